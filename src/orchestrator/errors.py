@@ -1,0 +1,69 @@
+"""The one exception tree of orchestrator.
+
+Everything the package raises on purpose derives from :class:`OrchestratorError`.
+Library errors (YAML, aiohttp, OS) are translated where they enter, with
+``raise ... from exc``, so callers never have to know which library failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OrchestratorError(Exception):
+    """Base class of every error orchestrator raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a plan, located as precisely as the source allows.
+
+    ``line`` is 1-based, or ``None`` when the problem is not tied to a line
+    (a missing file, say). ``path`` is the field path such as
+    ``campaigns[2].results[1]``, or ``""`` for the document itself.
+    """
+
+    source: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class PlanError(OrchestratorError):
+    """A plan cannot be used; ``problems`` lists every reason, in source order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(OrchestratorError):
+    """The command line asks for something that cannot be done; nothing was sent."""
+
+
+class TransportError(OrchestratorError):
+    """A call did not get an HTTP answer.
+
+    ``outcome_unknown`` is true when the request may have reached the server
+    (a timeout, a dropped connection): the server may still be working on the
+    token, so the caller must let it cool down before using it again.
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class CallTimeout(TransportError):
+    """The call got no complete answer within its ``timeout_s``."""
+
+    def __init__(self, message: str = "timeout") -> None:
+        super().__init__(message, outcome_unknown=True)
+
+
+class ConnectionFailed(TransportError):
+    """The connection could not be made or broke before an answer arrived."""
