@@ -7,11 +7,35 @@ real one; tests pass a handler function. :func:`classify` is pure.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from types import TracebackType
+from urllib.parse import quote, urlencode
 
-from .plan import Secret
+import aiohttp
+from yarl import URL
+
+from .errors import CallTimeout, ConnectionFailed, OrchestratorError, TransportError
+from .plan import Clear, Secret
+
+#: The header that carries the token; the only place a token value ever goes.
+TOKEN_HEADER = "wolkvox-token"
+#: Path of the campaign API, appended to the server's base URL.
+CAMPAIGN_PATH = "/api/v2/campaign.php"
+#: Path of the information API (``token_info``), appended to the server's base URL.
+INFORMATION_PATH = "/api/v2/information.php"
+#: Bodies are read up to this size; a longer one is cut and so will not parse.
+MAX_BODY_BYTES = 1024 * 1024
+#: Longest ``msg``/``error`` text kept from a body.
+MAX_TEXT_CHARS = 500
+#: Longest transport error message.
+MAX_ERROR_CHARS = 200
 
 
 class Verdict(StrEnum):
@@ -66,3 +90,404 @@ class HttpResponse:
 
 #: Sends one request; raises :class:`orchestrator.errors.TransportError` when no answer came.
 Transport = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def server_base(template: str, server: str) -> str:
+    """The base URL of ``server``: ``template`` with ``{server}`` substituted, no trailing slash.
+
+    The server code is percent-encoded so that a malformed one ("evil.com#")
+    can never move the host, and with it the token, outside the template's
+    domain; real codes (digits, letters) are unchanged, leading zeros included.
+    """
+    return template.replace("{server}", quote(server, safe="")).rstrip("/")
+
+
+def build_url(template: str, clear: Clear) -> str:
+    """The ``clear_campaign`` URL of ``clear``: query in the order api, type, id, result."""
+    params = [
+        ("api", "clear_campaign"),
+        ("type_campaign", clear.type_campaign),
+        ("campaign_id", clear.campaign_id),
+    ]
+    if clear.result is not None:
+        params.append(("result", clear.result))
+    query = urlencode(params, quote_via=quote, safe="")
+    return f"{server_base(template, clear.server)}{CAMPAIGN_PATH}?{query}"
+
+
+def token_info_url(template: str, server: str) -> str:
+    """The ``token_info`` URL on ``server``."""
+    return f"{server_base(template, server)}{INFORMATION_PATH}?api=token_info"
+
+
+# --------------------------------------------------------------- classification
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+
+
+def _as_int(value: object) -> int | None:
+    """An int from a JSON int, an integral float or a string of digits; else ``None``."""
+    if isinstance(value, bool):  # bool is an int subclass; true is not a code
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
+
+
+def _text(value: object, limit: int = MAX_TEXT_CHARS) -> str | None:
+    """``value`` as one printable line of at most ``limit`` chars; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    # Server text ends up on terminals and in logs: no control sequences, no line breaks.
+    text = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _parse_body(raw: bytes) -> tuple[dict[str, object] | None, str | None]:
+    """The body as a JSON object, or ``None`` and why it is not one."""
+    if not raw.strip():
+        return None, "empty body"
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, "unreadable body"
+    if not isinstance(value, dict):
+        return None, f"body is a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Header ``name`` (lower case); tolerant of mappings that kept the original case."""
+    if name in headers:
+        return headers[name]
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date.
+
+    A date is taken relative to ``now`` (default: the current time); one in the
+    past gives 0. Anything unparseable, negative or non-finite gives ``None``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if _SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may lack a zone
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _verdict_for(code: int, text: str) -> Verdict:
+    """The verdict of a non-success answer whose effective code is ``code``."""
+    if code in (408, 429) or 500 <= code <= 599:
+        return Verdict.RETRY
+    if code == 401:
+        return Verdict.TOKEN_REJECTED
+    if code == 403:
+        upper = text.upper()
+        # "EXCEEDS THE LIMIT OF SIMULTANEOUS REQUESTS PER TOKEN" also mentions a
+        # limit: it means "busy, try again", so it must be recognised first.
+        if "SIMULTANEOUS" in upper:
+            return Verdict.RETRY
+        if "VALIDATE TOKEN" in upper:
+            return Verdict.TOKEN_REJECTED
+        if "TOKEN LIMIT EXCEEDED" in upper:
+            return Verdict.QUOTA_EXHAUSTED
+    return Verdict.FAILED
+
+
+def classify(response: HttpResponse, *, now: datetime | None = None) -> Answer:
+    """Judge one HTTP answer of ``clear_campaign``. Pure (``now`` only dates Retry-After).
+
+    Success needs all of: HTTP 2xx, a JSON object body, a ``code`` (int or
+    numeric string) in 200-299 and an ``error`` that is null, empty or absent.
+    Otherwise the effective code (the body's ``code`` when usable, else the
+    HTTP status) and the body's text decide between RETRY, TOKEN_REJECTED,
+    QUOTA_EXHAUSTED and FAILED. A 3xx is always FAILED: redirects are not
+    followed, since one could carry the token to another host.
+    """
+    status = response.status
+    retry_after = parse_retry_after(_header(response.headers, "retry-after"), now=now)
+    body, problem = _parse_body(response.body)
+    raw_msg = body.get("msg") if body is not None else None
+    raw_error = body.get("error") if body is not None else None
+    body_code = _as_int(body.get("code")) if body is not None else None
+    code = body_code if body_code is not None else status
+    msg = _text(raw_msg)
+    error = _text(raw_error)
+    if error is not None and not error.strip():
+        error = None
+
+    if 300 <= status <= 399:
+        verdict = Verdict.FAILED
+        error = error or f"redirect not followed: HTTP {status}"
+    elif 200 <= status <= 299 and body_code is not None and 200 <= body_code <= 299:
+        verdict = Verdict.SUCCEEDED if error is None else Verdict.FAILED
+    else:
+        text = " ".join(str(t) for t in (raw_error, raw_msg) if t is not None)
+        verdict = _verdict_for(code, text)
+        if problem is not None:
+            error = f"{problem}: HTTP {status}"
+        elif body_code is None and error is None:
+            error = f"no usable code in body: HTTP {status}"
+
+    return Answer(
+        verdict,
+        http_status=status,
+        code=code,
+        msg=msg,
+        error=error,
+        retry_after_s=retry_after,
+    )
+
+
+# -------------------------------------------------------------------- transport
+
+
+def _redact(text: str, token: str) -> str:
+    """``text`` with every occurrence of ``token`` masked."""
+    return text.replace(token, "[token]") if token else text
+
+
+def _error_message(prefix: str, exc: BaseException, token: str) -> str:
+    """A short one-line message for a library error, never containing the token."""
+    detail = str(exc).strip()
+    text = f"{prefix}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    # Redact before cutting, so that a cut cannot leave half a token behind.
+    return _text(_redact(text, token), MAX_ERROR_CHARS) or prefix
+
+
+class AiohttpTransport:
+    """The real :data:`Transport`: one keep-alive aiohttp session for the whole run.
+
+    Use as ``async with AiohttpTransport(limit) as transport``. ``limit`` is the
+    connector's total connection limit and must cover every lane that can be
+    calling at once; there is no per-host limit, since many lanes may share a
+    server. Redirects are never followed and bodies are read up to
+    ``max_body_bytes``. Library errors become :class:`CallTimeout` or
+    :class:`ConnectionFailed`.
+    """
+
+    def __init__(self, limit: int, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        self._limit = limit
+        self._max_body_bytes = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AiohttpTransport:
+        if self._session is not None:
+            raise RuntimeError("AiohttpTransport is already open")
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0)
+        # No cookie jar: every call stands alone, authenticated by its header only.
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Send ``request``; raise :class:`TransportError` when no HTTP answer came."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("AiohttpTransport used outside 'async with'")
+        token = request.token.reveal()
+        try:
+            async with session.request(
+                request.method,
+                # encoded=True: send the URL exactly as build_url encoded it.
+                URL(request.url, encoded=True),
+                headers={TOKEN_HEADER: token},
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=request.timeout_s),
+            ) as resp:
+                body = await self._read_capped(resp)
+                headers = {name.lower(): value for name, value in resp.headers.items()}
+                return HttpResponse(resp.status, body, headers)
+        except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError family
+            raise CallTimeout() from exc
+        except aiohttp.ClientConnectorError as exc:  # nothing was sent: DNS, refused, TLS
+            message = _error_message("connection failed", exc, token)
+            raise ConnectionFailed(message, outcome_unknown=False) from exc
+        except aiohttp.ClientResponseError as exc:
+            # Its request_info holds the request headers, token included: do not
+            # chain it, so no traceback or repr of the cause can show the token.
+            message = _error_message("bad answer", exc, token)
+            raise ConnectionFailed(message, outcome_unknown=True) from None
+        except (aiohttp.ClientError, OSError) as exc:  # the request may have been sent
+            message = _error_message("connection lost", exc, token)
+            raise ConnectionFailed(message, outcome_unknown=True) from exc
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, cut at ``max_body_bytes``; a cut closes the connection."""
+        cap = self._max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            chunks.append(chunk[: cap - size])
+            size += len(chunks[-1])
+            if size >= cap:
+                # Unread data is left on the socket: it cannot be reused.
+                resp.close()
+                break
+        return b"".join(chunks)
+
+
+# ----------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token's daily quota and how much of it is used."""
+
+    token_limit: int
+    token_use_today: int
+
+    @property
+    def remaining(self) -> int:
+        """Calls left today (never negative)."""
+        return max(0, self.token_limit - self.token_use_today)
+
+
+class TokenInfoError(OrchestratorError):
+    """``token_info`` gave no usable answer; the message never contains the token."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+
+
+def _info_fields(body: dict[str, object]) -> TokenInfo | None:
+    """The quota fields at the top level of ``body`` or under ``data``."""
+    candidates: list[object] = [body]
+    data = body.get("data")
+    candidates.append(data[0] if isinstance(data, list) and data else data)
+    for candidate in candidates:
+        if not isinstance(candidate, dict):
+            continue
+        limit = _as_int(candidate.get("token_limit"))
+        used = _as_int(candidate.get("token_use_today"))
+        if limit is not None and used is not None and limit >= 0 and used >= 0:
+            return TokenInfo(token_limit=limit, token_use_today=used)
+    return None
+
+
+def parse_token_info(response: HttpResponse) -> TokenInfo:
+    """Read a ``token_info`` answer; raise :class:`TokenInfoError` if it has no quota.
+
+    Accepts ``token_limit`` and ``token_use_today`` as ints or numeric strings,
+    at the top level of the JSON object or under ``data`` (an object, or a
+    list whose first item is one).
+    """
+    status = response.status
+    body, problem = _parse_body(response.body)
+    if body is None:
+        raise TokenInfoError(f"token_info: {problem}: HTTP {status}", http_status=status)
+    code = _as_int(body.get("code"))
+    text = _text(body.get("error")) or _text(body.get("msg")) or ""
+    if not 200 <= status <= 299 or (code is not None and not 200 <= code <= 299):
+        shown = code if code is not None else status
+        raise TokenInfoError(
+            f"token_info: HTTP {status}, code {shown}: {text}".rstrip(": "),
+            http_status=status,
+            code=code,
+        )
+    info = _info_fields(body)
+    if info is None:
+        raise TokenInfoError(
+            "token_info: no token_limit/token_use_today in answer", http_status=status, code=code
+        )
+    return info
+
+
+def _redact_answer(answer: Answer, token: str) -> Answer:
+    """``answer`` with the token masked in its texts, should a server echo it back."""
+    if not token or token not in f"{answer.msg}{answer.error}":
+        return answer
+    return replace(
+        answer,
+        msg=None if answer.msg is None else _redact(answer.msg, token),
+        error=None if answer.error is None else _redact(answer.error, token),
+    )
+
+
+class WolkvoxClient:
+    """Makes wolkvox calls through a :data:`Transport` and judges the answers."""
+
+    def __init__(self, transport: Transport, base_url: str) -> None:
+        self._transport = transport
+        self._base_url = base_url
+
+    async def clear(self, clear: Clear, token: Secret) -> Answer:
+        """Send one ``clear_campaign`` call and return its judged :class:`Answer`.
+
+        A call that got no HTTP answer is a RETRY whose ``outcome_unknown`` says
+        whether it may have reached wolkvox. Cancellation propagates.
+        """
+        request = HttpRequest(
+            method="DELETE",
+            url=build_url(self._base_url, clear),
+            token=token,
+            timeout_s=clear.timeout_s,
+        )
+        try:
+            response = await self._transport(request)
+        except TransportError as exc:
+            error = _text(_redact(str(exc), token.reveal()), MAX_ERROR_CHARS) or "transport error"
+            return Answer(Verdict.RETRY, error=error, outcome_unknown=exc.outcome_unknown)
+        return _redact_answer(classify(response), token.reveal())
+
+    async def token_info(self, server: str, token: Secret, timeout_s: float) -> TokenInfo:
+        """The quota of ``token`` on ``server``; :class:`TokenInfoError` if unavailable."""
+        request = HttpRequest(
+            method="GET",
+            url=token_info_url(self._base_url, server),
+            token=token,
+            timeout_s=timeout_s,
+        )
+        secret = token.reveal()
+        try:
+            response = await self._transport(request)
+        except TransportError as exc:
+            raise TokenInfoError(f"token_info: {_redact(str(exc), secret)}") from exc
+        try:
+            return parse_token_info(response)
+        except TokenInfoError as exc:
+            if secret and secret in str(exc):
+                raise TokenInfoError(
+                    _redact(str(exc), secret), http_status=exc.http_status, code=exc.code
+                ) from None
+            raise

@@ -1,0 +1,48 @@
+"""How long a lane waits before retrying a clear: full-jitter exponential backoff.
+
+The function is pure: the random source is a parameter, so tests pin it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+#: The longest wait a ``Retry-After`` header can impose. A hostile or broken
+#: header ("Retry-After: 999999999") must not park a lane for the whole run.
+RETRY_AFTER_CEILING_S = 3600.0
+
+# 2.0 ** 1000 is still a finite float; beyond it the ceiling is the cap anyway,
+# and bounding the exponent keeps a huge attempt number from raising OverflowError.
+_MAX_EXPONENT = 1000
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base_s: float = 1.0,
+    cap_s: float = 60.0,
+    retry_after_s: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after attempt number ``attempt`` (1-based) failed.
+
+    The wait is ``rand() * min(cap_s, base_s * 2 ** (attempt - 1))`` ("full
+    jitter", so lanes that failed together do not retry together), but never
+    less than ``retry_after_s`` when the server sent one, itself clamped to
+    :data:`RETRY_AFTER_CEILING_S`. Invalid ``retry_after_s`` values (negative,
+    NaN) are ignored.
+
+    Raises :class:`ValueError` for ``attempt < 1`` or a negative ``base_s``/``cap_s``.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    if base_s < 0 or cap_s < 0:
+        raise ValueError("base_s and cap_s must be >= 0")
+    ceiling = min(cap_s, base_s * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
+    # A misbehaving random source must not produce a negative or inflated wait.
+    delay = min(max(rand(), 0.0), 1.0) * ceiling
+    if retry_after_s is not None and retry_after_s >= 0 and not math.isnan(retry_after_s):
+        delay = max(delay, min(retry_after_s, RETRY_AFTER_CEILING_S))
+    return delay

@@ -1,0 +1,129 @@
+"""What the scheduler reports while it runs: one value per thing that happened.
+
+The scheduler emits these to listeners (the log, the report, the journal); the
+listeners never call back into the scheduler, so data flows one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .client import Answer
+from .plan import Clear
+
+
+class Outcome(StrEnum):
+    """How a clear ended. Each clear ends exactly once."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Reason(StrEnum):
+    """Why a clear failed or was skipped."""
+
+    #: The answer was final and not a success (4xx, unreadable 2xx, ...).
+    REJECTED = "rejected"
+    #: Every allowed attempt got a retryable answer.
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    TOKEN_REJECTED = "token_rejected"
+    TOKEN_QUOTA_EXHAUSTED = "token_quota_exhausted"
+    #: An earlier clear of the lane failed and its ``on_failure`` is ``stop``.
+    BLOCKED_BY_FAILURE = "blocked_by_failure"
+    #: A clear with ``on_failure: abort`` failed somewhere in the run.
+    ABORTED = "aborted"
+    #: SIGINT or SIGTERM arrived.
+    INTERRUPTED = "interrupted"
+    #: ``--dry-run``: nothing is sent.
+    DRY_RUN = "dry_run"
+    #: ``--resume``: the clear succeeded in the run being resumed.
+    ALREADY_SUCCEEDED = "already_succeeded"
+    #: The shared token lock was lost while a call held it; the lane stops.
+    LOCK_LOST = "lock_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenWaiting:
+    """Another process held the token's lock; ``clear`` waited ``waited_s`` for it."""
+
+    clear: Clear
+    token_id: str
+    waited_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClearStarted:
+    """An attempt of ``clear`` is about to be sent."""
+
+    clear: Clear
+    token_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearRetrying:
+    """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later."""
+
+    clear: Clear
+    token_id: str
+    attempt: int
+    delay_s: float
+    answer: Answer
+
+
+@dataclass(frozen=True, slots=True)
+class ClearFinished:
+    """The one terminal event of a clear.
+
+    ``answer`` is the last answer received (``None`` when nothing was sent or the
+    call was cut); ``blocked_by`` names the failed clear that stopped its lane.
+    """
+
+    clear: Clear
+    token_id: str
+    outcome: Outcome
+    reason: Reason | None
+    attempts: int
+    answer: Answer | None
+    duration_ms: int
+    error: str | None = None
+    blocked_by: int | None = None
+
+
+Event = TokenWaiting | ClearStarted | ClearRetrying | ClearFinished
+
+#: Receives every event, synchronously, in the order things happened.
+Listener = Callable[[Event], None]
+
+
+def clear_fields(clear: Clear, token_id: str) -> dict[str, object]:
+    """The fields that name a clear in every log line, report entry and journal row."""
+    return {
+        "seq": clear.seq,
+        "token_id": token_id,
+        "server": clear.server,
+        "type_campaign": clear.type_campaign,
+        "campaign_id": clear.campaign_id,
+        "result": clear.result_label,
+    }
+
+
+def outcome_fields(event: ClearFinished) -> dict[str, object]:
+    """How a clear ended, as flat fields (shared by the log and the report)."""
+    answer = event.answer
+    fields: dict[str, object] = {
+        "outcome": event.outcome.value,
+        "reason": event.reason.value if event.reason else None,
+        "attempts": event.attempts,
+        "http_status": answer.http_status if answer else None,
+        "code": answer.code if answer else None,
+        "msg": answer.msg if answer else None,
+        "error": event.error or (answer.error if answer else None),
+        "duration_ms": event.duration_ms,
+    }
+    if event.blocked_by is not None:
+        fields["blocked_by"] = event.blocked_by
+    return fields

@@ -1,0 +1,118 @@
+"""The structured log: one line per thing that happened, JSON or console.
+
+Event names are stable and namespaced (``clear.succeeded``); fields are flat.
+Every line carries ``event``, ``timestamp`` (ISO 8601, UTC), ``level`` and
+``run_id``. The log never sees a token: only ``token_id``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from .events import (
+    ClearFinished,
+    ClearRetrying,
+    ClearStarted,
+    Event,
+    Outcome,
+    TokenWaiting,
+    clear_fields,
+    outcome_fields,
+)
+
+LogFormat = Literal["json", "console"]
+
+_FINISHED_EVENT = {
+    Outcome.SUCCEEDED: ("clear.succeeded", "info"),
+    Outcome.FAILED: ("clear.failed", "error"),
+    Outcome.SKIPPED: ("clear.skipped", "warning"),
+}
+
+
+def pick_format(requested: str, stream: TextIO) -> LogFormat:
+    """``auto`` means console on a terminal, JSON anywhere else."""
+    if requested == "json":
+        return "json"
+    if requested == "console":
+        return "console"
+    return "console" if stream.isatty() else "json"
+
+
+def make_logger(
+    fmt: LogFormat,
+    run_id: str,
+    stream: TextIO | None = None,
+    *,
+    extra_processors: tuple[Processor, ...] = (),
+) -> Any:
+    """A logger bound to ``run_id`` that writes one line per event to ``stream``."""
+    out = stream if stream is not None else sys.stdout
+    renderer: Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    processors: list[Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _standard_order,
+        *extra_processors,
+        renderer,
+    ]
+    return structlog.wrap_logger(
+        structlog.WriteLogger(out),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=True,
+    ).bind(run_id=run_id)
+
+
+def _standard_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    # The four fields every line has come first, so a person reading raw JSON sees them.
+    ordered: MutableMapping[str, Any] = {
+        "event": event_dict.pop("event"),
+        "timestamp": event_dict.pop("timestamp"),
+        "level": event_dict.pop("level"),
+        "run_id": event_dict.pop("run_id", None),
+    }
+    ordered.update(event_dict)
+    return ordered
+
+
+class EventLog:
+    """A scheduler listener that writes each event as one log line."""
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    def __call__(self, event: Event) -> None:
+        """Log ``event``."""
+        fields = clear_fields(event.clear, event.token_id)
+        if isinstance(event, TokenWaiting):
+            self._logger.info("token.waiting", **fields, waited_s=round(event.waited_s, 3))
+        elif isinstance(event, ClearStarted):
+            self._logger.info("clear.started", **fields, attempt=event.attempt)
+        elif isinstance(event, ClearRetrying):
+            answer = event.answer
+            self._logger.warning(
+                "clear.retrying",
+                **fields,
+                attempt=event.attempt,
+                delay_s=round(event.delay_s, 3),
+                error=answer.error,
+                http_status=answer.http_status,
+                code=answer.code,
+            )
+        else:
+            self._finished(event, fields)
+
+    def _finished(self, event: ClearFinished, fields: dict[str, object]) -> None:
+        name, level = _FINISHED_EVENT[event.outcome]
+        outcome = outcome_fields(event)
+        del outcome["outcome"]
+        getattr(self._logger, level)(name, **fields, **outcome)

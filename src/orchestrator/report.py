@@ -1,0 +1,65 @@
+"""The run report: one JSON document per run, written atomically.
+
+It is written after every run that started, also after failures and
+interrupts, so a caller always finds a complete file or none at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import OrchestratorError
+from .events import ClearFinished, Event, Outcome, clear_fields, outcome_fields
+
+
+@dataclass(slots=True)
+class ReportCollector:
+    """A scheduler listener that keeps the terminal event of every clear."""
+
+    finished: dict[int, ClearFinished] = field(default_factory=dict)
+
+    def __call__(self, event: Event) -> None:
+        """Keep ``event`` when it ends a clear."""
+        if isinstance(event, ClearFinished):
+            self.finished[event.clear.seq] = event
+
+    def totals(self) -> dict[str, int]:
+        """How many clears ended each way."""
+        counts = {outcome.value: 0 for outcome in Outcome}
+        for event in self.finished.values():
+            counts[event.outcome.value] += 1
+        return counts
+
+    def clears(self) -> list[dict[str, object]]:
+        """One flat record per clear, in plan order."""
+        return [
+            clear_fields(event.clear, event.token_id) | outcome_fields(event)
+            for _, event in sorted(self.finished.items())
+        ]
+
+
+def write_json_atomically(path: str | os.PathLike[str], document: object) -> None:
+    """Write ``document`` as JSON to ``path`` so readers see the old file or the new one."""
+    target = Path(path)
+    try:
+        fd, temp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent=2)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise ReportError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+class ReportError(OrchestratorError):
+    """The report could not be written."""

@@ -1,0 +1,181 @@
+"""One run from start to end: log, schedule, send, report.
+
+The CLI builds a :class:`RunSpec` and calls :func:`execute`; everything a run
+does between ``run.started`` and ``run.finished`` happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .client import AiohttpTransport, Transport, WolkvoxClient
+from .events import ClearFinished, Listener, Outcome, Reason
+from .log import EventLog
+from .plan import Lane, Plan
+from .report import ReportCollector, write_json_atomically
+from .scheduler import Backoff, Clock, Scheduler, default_backoff
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything a run needs, already validated."""
+
+    plan: Plan
+    lanes: tuple[Lane, ...]
+    base_url: str
+    logger: Any
+    run_id: str
+    dry_run: bool = False
+    report_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended."""
+
+    exit_code: int
+    totals: dict[str, int]
+    duration_ms: int
+
+
+@dataclass(slots=True)
+class Engine:
+    """Replaceable parts of a run: tests swap the transport, the clock and backoff."""
+
+    transport: Transport | None = None
+    clock: Clock | None = None
+    backoff: Backoff = default_backoff
+    listeners: tuple[Listener, ...] = field(default=())
+    handle_signals: bool = True
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id such as ``20261128T045500Z-3fa9c1``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
+    """Run ``spec`` and return its exit code; write the report whatever happened."""
+    parts = engine or Engine()
+    started_at, started = _utc_now(), time.monotonic()
+    collector = ReportCollector()
+    listeners: tuple[Listener, ...] = (EventLog(spec.logger), collector, *parts.listeners)
+    spec.logger.info(
+        "run.started",
+        plan=spec.plan.source,
+        clears=sum(len(lane.clears) for lane in spec.lanes),
+        tokens=len(spec.lanes),
+        dry_run=spec.dry_run,
+    )
+    signum: int | None = None
+    try:
+        if spec.dry_run:
+            _pretend(spec.lanes, listeners)
+        else:
+            signum = await _schedule(spec, parts, listeners)
+    finally:
+        result = _conclude(spec, collector, signum, started)
+        _write_report(spec, collector, result, started_at)
+    return result
+
+
+async def _schedule(spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...]) -> int | None:
+    running = min(spec.plan.settings.max_parallel_tokens, len(spec.lanes))
+    async with contextlib.AsyncExitStack() as stack:
+        transport = parts.transport
+        if transport is None:
+            transport = await stack.enter_async_context(AiohttpTransport(limit=max(1, running)))
+        client = WolkvoxClient(transport, spec.base_url)
+        scheduler = Scheduler(
+            spec.lanes,
+            client.clear,
+            max_parallel=spec.plan.settings.max_parallel_tokens,
+            cooldown_s=spec.plan.settings.cooldown_s,
+            listeners=listeners,
+            clock=parts.clock,
+            backoff=parts.backoff,
+        )
+        received: list[int] = []
+        with _signals_to(scheduler, received, enabled=parts.handle_signals):
+            await scheduler.run()
+        return received[0] if received else None
+
+
+@contextlib.contextmanager
+def _signals_to(scheduler: Scheduler, received: list[int], *, enabled: bool) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to the scheduler for as long as it runs."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        scheduler.interrupt()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _pretend(lanes: tuple[Lane, ...], listeners: tuple[Listener, ...]) -> None:
+    for lane in lanes:
+        for clear in lane.clears:
+            event = ClearFinished(clear, lane.token_id, Outcome.SKIPPED, Reason.DRY_RUN, 0, None, 0)
+            for listener in listeners:
+                listener(event)
+
+
+def _conclude(
+    spec: RunSpec, collector: ReportCollector, signum: int | None, started: float
+) -> RunResult:
+    totals = collector.totals()
+    if signum is not None:
+        exit_code = 128 + signum
+    elif spec.dry_run or totals["failed"] == totals["skipped"] == 0:
+        exit_code = EXIT_OK
+    else:
+        exit_code = EXIT_FAILED
+    duration_ms = round((time.monotonic() - started) * 1000)
+    spec.logger.info("run.finished", **totals, duration_ms=duration_ms, exit_code=exit_code)
+    return RunResult(exit_code, totals, duration_ms)
+
+
+def _write_report(
+    spec: RunSpec, collector: ReportCollector, result: RunResult, started_at: str
+) -> None:
+    if spec.report_path is None:
+        return
+    write_json_atomically(
+        spec.report_path,
+        {
+            "run_id": spec.run_id,
+            "plan": spec.plan.source,
+            "dry_run": spec.dry_run,
+            "started_at": started_at,
+            "finished_at": _utc_now(),
+            "exit_code": result.exit_code,
+            "totals": result.totals,
+            "clears": collector.clears(),
+        },
+    )
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,496 @@
+"""The run journal: state-dir resolution, plan digest, clear states, resume, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.client import Answer, Verdict
+from orchestrator.errors import OrchestratorError
+from orchestrator.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
+from orchestrator.journal import (
+    ClearRecord,
+    Journal,
+    JournalError,
+    RunRecord,
+    plan_digest,
+    resolve_state_dir,
+)
+from orchestrator.plan import Clear, Lane, OnFailure, Secret, TokenRef
+
+RAW_TOKEN = "wv-raw-token-value-7f3c9e1d"
+OK = Answer(Verdict.SUCCEEDED, http_status=200, code=202, msg="All records has been deleted")
+BUSY = Answer(
+    Verdict.RETRY, http_status=403, code=403, error="EXCEEDS THE LIMIT OF SIMULTANEOUS REQUESTS"
+)
+TIMEOUT = Answer(Verdict.RETRY, error="timeout", outcome_unknown=True)
+BAD = Answer(Verdict.FAILED, http_status=400, code=400, error="SOME PARAMETERS ARE REQUIRED")
+T0 = "2026-11-28T02:00:00Z"
+
+
+def clear(seq: int, **overrides: object) -> Clear:
+    fields: dict[str, object] = {
+        "seq": seq,
+        "server": "0014",
+        "type_campaign": "predictive",
+        "campaign_id": str(3000 + seq),
+        "result": "busy",
+        "token": TokenRef("env", "WOLKVOX_TOKEN"),
+    }
+    fields.update(overrides)
+    return Clear(**fields)  # type: ignore[arg-type]
+
+
+def lane(token: str, *clears: Clear) -> Lane:
+    secret = Secret(token)
+    return Lane(secret.token_id, (f"env:{token}",), secret, clears)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal.open(tmp_path / "state") as opened:
+        yield opened
+
+
+@pytest.fixture
+def lanes() -> list[Lane]:
+    """Token A runs clears 1 and 3, token B clear 2 (seqs interleave across lanes)."""
+    return [lane(RAW_TOKEN, clear(1), clear(3, result=None)), lane("token-b", clear(2))]
+
+
+def started(lane_: Lane, index: int, attempt: int = 1) -> ClearStarted:
+    return ClearStarted(lane_.clears[index], lane_.token_id, attempt)
+
+
+def retrying(lane_: Lane, index: int, answer: Answer, attempt: int = 1) -> ClearRetrying:
+    return ClearRetrying(lane_.clears[index], lane_.token_id, attempt, 1.0, answer)
+
+
+def finished(
+    lane_: Lane,
+    index: int,
+    outcome: Outcome,
+    reason: Reason | None = None,
+    answer: Answer | None = None,
+    attempts: int = 1,
+) -> ClearFinished:
+    return ClearFinished(lane_.clears[index], lane_.token_id, outcome, reason, attempts, answer, 7)
+
+
+def begin(journal: Journal, lanes: list[Lane], run_id: str = "r1", started_at: str = T0) -> None:
+    journal.begin_run(
+        run_id, "plans/nightly.yaml", plan_digest(lanes), lanes, started_at=started_at
+    )
+
+
+def state_of(journal: Journal, run_id: str, seq: int) -> ClearRecord:
+    return next(record for record in journal.clears(run_id) if record.seq == seq)
+
+
+# ------------------------------------------------------------------ state directory
+
+
+@pytest.mark.parametrize(
+    ("cli", "environ", "expected"),
+    [
+        ("/cli", {"ORCHESTRATOR_STATE_DIR": "/env", "XDG_STATE_HOME": "/xdg"}, "/cli"),
+        (None, {"ORCHESTRATOR_STATE_DIR": "/env", "XDG_STATE_HOME": "/xdg"}, "/env"),
+        (None, {"XDG_STATE_HOME": "/xdg", "HOME": "/home/u"}, "/xdg/orchestrator"),
+        (None, {"HOME": "/home/u"}, "/home/u/.local/state/orchestrator"),
+        # Empty counts as unset; a relative XDG_STATE_HOME is invalid per the XDG spec.
+        (
+            "",
+            {"ORCHESTRATOR_STATE_DIR": "", "XDG_STATE_HOME": "rel", "HOME": "/h"},
+            "/h/.local/state/orchestrator",
+        ),
+        (None, {"ORCHESTRATOR_STATE_DIR": "~/state", "HOME": "/home/u"}, "/home/u/state"),
+    ],
+)
+def test_state_dir_resolution_order(
+    cli: str | None, environ: dict[str, str], expected: str
+) -> None:
+    assert resolve_state_dir(cli, environ) == Path(expected)
+
+
+# ------------------------------------------------------------------------ digest
+
+
+def test_digest_is_stable_and_ignores_lane_grouping_and_token_names(lanes: list[Lane]) -> None:
+    regrouped = [
+        Lane(lanes[1].token_id, ("file:/other",), None, lanes[1].clears),
+        Lane(lanes[0].token_id, (), None, tuple(reversed(lanes[0].clears))),
+    ]
+    assert plan_digest(lanes) == plan_digest(lanes)
+    assert plan_digest(regrouped) == plan_digest(lanes)
+    assert len(plan_digest(lanes)) == 64
+
+
+def test_digest_ignores_tags_and_source_lines(lanes: list[Lane]) -> None:
+    moved = [
+        dataclasses.replace(
+            lane_, clears=tuple(dataclasses.replace(c, tags=("x",), line=99) for c in lane_.clears)
+        )
+        for lane_ in lanes
+    ]
+    assert plan_digest(moved) == plan_digest(lanes)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seq": 9},
+        {"server": "0015"},
+        {"type_campaign": "preview"},
+        {"campaign_id": "9999"},
+        {"result": "answer"},
+        {"result": None},
+        {"on_failure": OnFailure.CONTINUE},
+        {"retries": 4},
+        {"timeout_s": 30.0},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_digest_changes_with_each_field(change: dict[str, object]) -> None:
+    base = [lane(RAW_TOKEN, clear(1))]
+    changed = [lane(RAW_TOKEN, dataclasses.replace(clear(1), **change))]  # type: ignore[arg-type]
+    assert plan_digest(changed) != plan_digest(base)
+
+
+def test_digest_changes_with_token_id() -> None:
+    assert plan_digest([lane("token-a", clear(1))]) != plan_digest([lane("token-b", clear(1))])
+
+
+def test_digest_treats_integral_timeout_as_float() -> None:
+    as_int = [lane(RAW_TOKEN, clear(1, timeout_s=90))]
+    assert plan_digest(as_int) == plan_digest([lane(RAW_TOKEN, clear(1, timeout_s=90.0))])
+
+
+# --------------------------------------------------------------------- round trip
+
+
+def test_begin_listener_finish_round_trip(journal: Journal, lanes: list[Lane]) -> None:
+    a, b = lanes
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    for event in (
+        started(a, 0),
+        finished(a, 0, Outcome.SUCCEEDED, answer=OK),
+        started(b, 0),
+        retrying(b, 0, BUSY),
+        started(b, 0, attempt=2),
+        finished(b, 0, Outcome.FAILED, Reason.REJECTED, BAD, attempts=2),
+        finished(a, 1, Outcome.SKIPPED, Reason.INTERRUPTED, attempts=0),
+    ):
+        listen(event)
+    journal.finish_run("r1", exit_code=130, finished_at="2026-11-28T02:05:00Z")
+
+    assert journal.run("r1") == RunRecord(
+        "r1", "plans/nightly.yaml", plan_digest(lanes), T0, "2026-11-28T02:05:00Z", 130, False
+    )
+    ok_msg = "All records has been deleted"
+    # seq, token_id, server, type_campaign, campaign_id, result, state, attempts,
+    # http_status, code, msg, error, reason
+    assert journal.clears("r1") == [
+        ClearRecord(1, a.token_id, "0014", "predictive", "3001", "busy", "succeeded", 1,
+                    200, 202, ok_msg, None, None),
+        ClearRecord(2, b.token_id, "0014", "predictive", "3002", "busy", "failed", 2,
+                    400, 400, None, "SOME PARAMETERS ARE REQUIRED", "rejected"),
+        ClearRecord(3, a.token_id, "0014", "predictive", "3003", "all", "skipped", 0,
+                    None, None, None, None, "interrupted"),
+    ]  # fmt: skip
+
+
+def test_begin_run_marks_every_clear_pending(journal: Journal, lanes: list[Lane]) -> None:
+    begin(journal, lanes)
+    assert [(r.seq, r.state, r.attempts) for r in journal.clears("r1")] == [
+        (1, "pending", 0),
+        (2, "pending", 0),
+        (3, "pending", 0),
+    ]
+    assert journal.run("r1") == RunRecord(
+        "r1", "plans/nightly.yaml", plan_digest(lanes), T0, None, None, False
+    )
+
+
+def test_in_flight_is_committed_before_the_listener_returns(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    journal.listener("r1")(started(lanes[0], 0))
+    # Another connection sees only committed data: what a resumed process would see.
+    other = sqlite3.connect(journal.path)
+    try:
+        row = other.execute("SELECT state, attempts FROM clears WHERE seq = 1").fetchone()
+    finally:
+        other.close()
+    assert row == ("in_flight", 1)
+
+
+def test_in_flight_survives_a_sigkill_of_the_process(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from orchestrator.events import ClearStarted
+        from orchestrator.journal import Journal
+        from orchestrator.plan import Clear, Lane, TokenRef
+        clear = Clear(1, "0014", "predictive", "3001", None, TokenRef("env", "T"))
+        journal = Journal.open(Path({str(tmp_path)!r}))
+        journal.begin_run("r1", "p.yaml", "d", [Lane("tok", (), None, (clear,))], started_at="t")
+        journal.listener("r1")(ClearStarted(clear, "tok", 1))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    with Journal.open(tmp_path) as journal:
+        record = journal.resume_run("r1")[1]
+    assert (record.state, record.attempts) == ("in_flight", 1)
+
+
+def test_retry_after_unknown_outcome_stays_in_flight(journal: Journal, lanes: list[Lane]) -> None:
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    listen(retrying(lanes[0], 0, TIMEOUT))
+    record = state_of(journal, "r1", 1)
+    assert (record.state, record.error) == ("in_flight", "timeout")
+
+
+def test_retry_after_a_known_answer_goes_back_to_pending(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    listen(retrying(lanes[0], 0, BUSY))
+    record = state_of(journal, "r1", 1)
+    assert (record.state, record.http_status, record.code) == ("pending", 403, 403)
+
+
+def test_no_token_value_reaches_the_database_file(journal: Journal, lanes: list[Lane]) -> None:
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    listen(finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK))
+    journal.finish_run("r1", exit_code=0, finished_at=T0)
+    files = [journal.path, *journal.path.parent.glob("journal.sqlite3-*")]
+    content = b"".join(p.read_bytes() for p in files)
+    assert lanes[0].token_id.encode() in content  # the fingerprint is there, so we read the data
+    assert RAW_TOKEN.encode() not in content
+
+
+# ------------------------------------------------------------------------ resume
+
+
+def test_already_succeeded_does_not_overwrite_the_succeeded_row(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    listen(finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK))
+    journal.finish_run("r1", exit_code=1, finished_at=T0)
+    before = state_of(journal, "r1", 1)
+
+    journal.resume_run("r1")
+    listen(finished(lanes[0], 0, Outcome.SKIPPED, Reason("already_succeeded"), attempts=0))
+
+    assert state_of(journal, "r1", 1) == before
+    assert before.state == "succeeded"
+
+
+@pytest.mark.parametrize("exit_code", [None, 1, 130], ids=["unfinished", "failed", "signalled"])
+def test_find_resumable_picks_latest_unfinished_or_failed_run_of_the_digest(
+    journal: Journal, lanes: list[Lane], exit_code: int | None
+) -> None:
+    begin(journal, lanes, "older", "2026-11-26T02:00:00Z")  # crashed, never finished
+    begin(journal, lanes, "latest", "2026-11-27T02:00:00Z")
+    if exit_code is not None:
+        journal.finish_run("latest", exit_code=exit_code, finished_at="2026-11-27T03:00:00Z")
+    begin(journal, lanes, "succeeded", "2026-11-28T02:00:00Z")
+    journal.finish_run("succeeded", exit_code=0, finished_at="2026-11-28T03:00:00Z")
+    begin(journal, [lane("token-c", clear(7))], "other-plan", "2026-11-29T02:00:00Z")
+
+    found = journal.find_resumable(plan_digest(lanes))
+
+    assert found is not None and found.run_id == "latest"
+
+
+def test_find_resumable_ignores_succeeded_runs_and_other_digests(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes, "ok")
+    journal.finish_run("ok", exit_code=0, finished_at=T0)
+    begin(journal, [lane("token-c", clear(7))], "other-plan")
+    assert journal.find_resumable(plan_digest(lanes)) is None
+
+
+def test_find_resumable_ignores_dry_runs(journal: Journal, lanes: list[Lane]) -> None:
+    journal.begin_run("dry", "p.yaml", plan_digest(lanes), lanes, started_at=T0, dry_run=True)
+    assert journal.find_resumable(plan_digest(lanes)) is None
+    dry = journal.run("dry")
+    assert dry is not None and dry.dry_run
+
+
+def test_find_resumable_by_run_id_returns_it_whatever_the_digest(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes, "ok")
+    journal.finish_run("ok", exit_code=0, finished_at=T0)
+    found = journal.find_resumable("another digest", run_id="ok")
+    assert found is not None and (found.run_id, found.exit_code) == ("ok", 0)
+    assert journal.find_resumable(plan_digest(lanes), run_id="missing") is None
+
+
+def test_resume_run_reopens_the_run_and_returns_prior_states(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    listen(finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK))
+    listen(started(lanes[1], 0))  # the process dies with this call in flight
+    journal.finish_run("r1", exit_code=1, finished_at="2026-11-28T02:05:00Z")
+
+    prior = journal.resume_run("r1")
+
+    assert {seq: record.state for seq, record in prior.items()} == {
+        1: "succeeded",
+        2: "in_flight",
+        3: "pending",
+    }
+    record = journal.run("r1")
+    assert record is not None and (record.finished_at, record.exit_code) == (None, None)
+
+
+def test_resume_run_of_an_unknown_run_raises(journal: Journal) -> None:
+    with pytest.raises(JournalError, match="no run nope"):
+        journal.resume_run("nope")
+
+
+def test_calls_per_token_accumulate_across_a_resume(tmp_path: Path, lanes: list[Lane]) -> None:
+    a, b = lanes
+    with Journal.open(tmp_path) as first:
+        begin(first, lanes)
+        listen = first.listener("r1")
+        listen(started(a, 0))
+        listen(retrying(a, 0, BUSY))
+        listen(started(a, 0, attempt=2))
+        listen(finished(a, 0, Outcome.SUCCEEDED, answer=OK, attempts=2))
+        listen(started(b, 0))  # killed here: no finish_run
+
+    with Journal.open(tmp_path) as second:  # a new process
+        resumable = second.find_resumable(plan_digest(lanes))
+        assert resumable is not None
+        second.resume_run(resumable.run_id)
+        listen = second.listener(resumable.run_id)
+        listen(finished(a, 0, Outcome.SKIPPED, Reason("already_succeeded"), attempts=0))
+        listen(started(b, 0))
+        listen(finished(b, 0, Outcome.SUCCEEDED, answer=OK))
+        listen(started(a, 1))
+        listen(finished(a, 1, Outcome.SUCCEEDED, answer=OK))
+
+        assert second.calls_per_token("r1") == {a.token_id: 3, b.token_id: 2}
+
+
+def test_runs_lists_newest_first_with_totals(journal: Journal, lanes: list[Lane]) -> None:
+    begin(journal, lanes, "old", "2026-11-27T02:00:00Z")
+    journal.finish_run("old", exit_code=0, finished_at="2026-11-27T02:01:00Z")
+    begin(journal, lanes, "new", "2026-11-28T02:00:00Z")
+    listen = journal.listener("new")
+    listen(started(lanes[0], 0))
+    listen(finished(lanes[0], 0, Outcome.FAILED, Reason.REJECTED, BAD))
+    listen(started(lanes[1], 0))
+
+    summaries = journal.runs()
+
+    assert [s.run_id for s in summaries] == ["new", "old"]
+    assert summaries[0].totals == {
+        "succeeded": 0,
+        "failed": 1,
+        "skipped": 0,
+        "pending": 1,
+        "in_flight": 1,
+    }
+    assert summaries[1].totals["pending"] == 3
+    assert (summaries[1].exit_code, summaries[1].finished_at) == (0, "2026-11-27T02:01:00Z")
+    assert [s.run_id for s in journal.runs(limit=1)] == ["new"]
+
+
+# ---------------------------------------------------------------------- failures
+
+
+def test_journal_error_is_an_orchestrator_error() -> None:
+    assert issubclass(JournalError, OrchestratorError)
+
+
+def test_open_under_a_regular_file_raises_journal_error(tmp_path: Path) -> None:
+    # A path under a file cannot be created even by root, unlike a chmod'ed directory.
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(JournalError, match=r"journal .*file/x/journal\.sqlite3 cannot be opened"):
+        Journal.open(blocker / "x")
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="running as root: chmod 0o500 does not stop root from writing",
+)
+def test_open_in_a_read_only_directory_raises_journal_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o500)
+    try:
+        with pytest.raises(JournalError, match="cannot be opened"):
+            Journal.open(state)
+    finally:
+        state.chmod(0o700)
+
+
+def test_open_of_a_database_path_that_is_a_directory_raises_journal_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "journal.sqlite3").mkdir()
+    with pytest.raises(JournalError, match="cannot be opened"):
+        Journal.open(tmp_path)
+
+
+def test_full_disk_raises_journal_error_from_the_listener(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    # The database may not grow past its current pages (SQLite clamps 1 up to that),
+    # so an answer too large for the page makes SQLite report SQLITE_FULL.
+    journal._conn.execute("PRAGMA max_page_count = 1")
+    huge = Answer(Verdict.FAILED, http_status=400, code=400, error="x" * 20_000)
+    listen = journal.listener("r1")
+    with pytest.raises(JournalError, match="cannot be written: database or disk is full") as info:
+        listen(finished(lanes[0], 0, Outcome.FAILED, Reason.REJECTED, huge))
+    assert str(journal.path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_listener_for_an_unknown_run_raises_journal_error(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    with pytest.raises(JournalError, match="no clear 1 in run other"):
+        journal.listener("other")(started(lanes[0], 0))
+
+
+def test_use_after_close_raises_journal_error(tmp_path: Path, lanes: list[Lane]) -> None:
+    journal = Journal.open(tmp_path)
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    journal.close()
+    with pytest.raises(JournalError, match="cannot be written"):
+        listen(started(lanes[0], 0))

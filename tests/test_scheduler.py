@@ -1,0 +1,384 @@
+"""The scheduler: order, gating, concurrency, retries, cooldown, failure policy, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fakes import (
+    BAD_REQUEST,
+    BUSY,
+    OK,
+    QUOTA,
+    REJECTED,
+    TIMEOUT,
+    UNAVAILABLE,
+    FakeClock,
+    ScriptedSender,
+    lane_of,
+)
+
+from orchestrator.events import (
+    ClearFinished,
+    ClearRetrying,
+    ClearStarted,
+    Event,
+    Outcome,
+    Reason,
+    TokenWaiting,
+)
+from orchestrator.locks import Lease
+from orchestrator.plan import Lane, OnFailure
+from orchestrator.scheduler import Scheduler
+
+
+def make_scheduler(
+    lanes: list[Lane],
+    sender: ScriptedSender,
+    events: list[Event],
+    *,
+    max_parallel: int = 8,
+    cooldown_s: float = 60.0,
+    clock: FakeClock | None = None,
+) -> Scheduler:
+    return Scheduler(
+        lanes,
+        sender,
+        max_parallel=max_parallel,
+        cooldown_s=cooldown_s,
+        listeners=[events.append],
+        clock=clock or FakeClock(),
+        backoff=lambda attempt, retry_after: max(float(attempt), retry_after or 0.0),
+    )
+
+
+def finished(events: list[Event]) -> dict[int, ClearFinished]:
+    return {e.clear.seq: e for e in events if isinstance(e, ClearFinished)}
+
+
+def outcomes(events: list[Event]) -> dict[int, tuple[str, str | None]]:
+    return {
+        seq: (e.outcome.value, e.reason.value if e.reason else None)
+        for seq, e in finished(events).items()
+    }
+
+
+async def test_a_lane_sends_its_clears_in_plan_order() -> None:
+    sender, events = ScriptedSender(), []
+    await make_scheduler([lane_of("A", [1, 2, 3, 4])], sender, events).run()
+    assert sender.calls == [1, 2, 3, 4]
+    assert outcomes(events) == {s: ("succeeded", None) for s in (1, 2, 3, 4)}
+
+
+async def test_the_next_clear_waits_until_the_previous_one_succeeded() -> None:
+    sender, events = ScriptedSender(), []
+    sender.gate(1)
+    task = asyncio.create_task(make_scheduler([lane_of("A", [1, 2])], sender, events).run())
+    await sender.started[1].wait()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sender.calls == [1]
+    sender.gates[1].set()
+    await task
+    assert sender.calls == [1, 2]
+
+
+async def test_a_token_never_has_two_calls_in_flight() -> None:
+    sender, events = ScriptedSender(), []
+    lanes = [lane_of("A", list(range(1, 21))), lane_of("B", list(range(21, 41)))]
+    await make_scheduler(lanes, sender, events).run()
+    assert set(sender.max_in_flight.values()) == {1}
+    assert sender.max_total_in_flight == 2
+
+
+async def test_lanes_run_side_by_side_up_to_max_parallel() -> None:
+    sender, events = ScriptedSender(), []
+    sender.gate(1, 2, 3)
+    lanes = [lane_of("A", [1]), lane_of("B", [2]), lane_of("C", [3])]
+    task = asyncio.create_task(make_scheduler(lanes, sender, events, max_parallel=2).run())
+    await sender.started[1].wait()
+    await sender.started[2].wait()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sender.calls == [1, 2], "the third lane must wait for a free slot"
+    sender.gates[2].set()
+    await sender.started[3].wait()
+    sender.gates[1].set()
+    sender.gates[3].set()
+    await task
+    assert sender.max_total_in_flight == 2
+
+
+async def test_a_retryable_answer_is_retried_until_it_succeeds() -> None:
+    sender, events = ScriptedSender({1: [UNAVAILABLE, BUSY, OK]}), []
+    await make_scheduler([lane_of("A", [1])], sender, events).run()
+    assert sender.calls == [1, 1, 1]
+    retrying = [e for e in events if isinstance(e, ClearRetrying)]
+    assert [(e.attempt, e.delay_s) for e in retrying] == [(1, 1.0), (2, 2.0)]
+    assert finished(events)[1].attempts == 3
+    assert finished(events)[1].outcome is Outcome.SUCCEEDED
+
+
+async def test_a_clear_gets_at_most_one_plus_retries_attempts() -> None:
+    sender, events = ScriptedSender({1: [UNAVAILABLE]}), []
+    await make_scheduler([lane_of("A", [1, 2], retries=2)], sender, events).run()
+    assert sender.calls == [1, 1, 1]
+    assert outcomes(events) == {
+        1: ("failed", "retries_exhausted"),
+        2: ("skipped", "blocked_by_failure"),
+    }
+    assert finished(events)[2].blocked_by == 1
+
+
+async def test_a_final_answer_is_not_retried() -> None:
+    sender, events = ScriptedSender({1: [BAD_REQUEST]}), []
+    await make_scheduler([lane_of("A", [1])], sender, events).run()
+    assert sender.calls == [1]
+    assert outcomes(events) == {1: ("failed", "rejected")}
+    assert finished(events)[1].answer == BAD_REQUEST
+
+
+async def test_retry_after_is_handed_to_the_backoff() -> None:
+    slow_down = UNAVAILABLE.__class__(**{**_fields(UNAVAILABLE), "retry_after_s": 30.0})
+    sender, events = ScriptedSender({1: [slow_down, OK]}), []
+    await make_scheduler([lane_of("A", [1])], sender, events).run()
+    assert [e.delay_s for e in events if isinstance(e, ClearRetrying)] == [30.0]
+
+
+async def test_after_a_timeout_the_token_cools_down_before_the_retry() -> None:
+    clock = FakeClock()
+    sender, events = ScriptedSender({1: [TIMEOUT, OK]}), []
+    await make_scheduler([lane_of("A", [1])], sender, events, cooldown_s=60, clock=clock).run()
+    assert [e.delay_s for e in events if isinstance(e, ClearRetrying)] == [60.0]
+    assert clock.sleeps == [60.0]
+
+
+async def test_after_a_timeout_the_next_clear_waits_for_the_cooldown_too() -> None:
+    clock = FakeClock()
+    sender, events = ScriptedSender({1: [TIMEOUT]}), []
+    lane = lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE, retries=0)
+    await make_scheduler([lane], sender, events, cooldown_s=45, clock=clock).run()
+    assert clock.sleeps == [45.0]
+    starts = [e for e in events if isinstance(e, ClearStarted)]
+    assert [s.clear.seq for s in starts] == [1, 2]
+    assert outcomes(events) == {1: ("failed", "retries_exhausted"), 2: ("succeeded", None)}
+
+
+async def test_a_rejected_token_skips_the_rest_of_its_lane_whatever_on_failure_says() -> None:
+    sender, events = ScriptedSender({1: [REJECTED]}), []
+    lanes = [lane_of("A", [1, 2, 3], on_failure=OnFailure.CONTINUE), lane_of("B", [4])]
+    await make_scheduler(lanes, sender, events).run()
+    assert sender.calls == [1, 4]
+    assert outcomes(events) == {
+        1: ("failed", "token_rejected"),
+        2: ("skipped", "token_rejected"),
+        3: ("skipped", "token_rejected"),
+        4: ("succeeded", None),
+    }
+
+
+async def test_an_exhausted_quota_skips_the_rest_of_its_lane() -> None:
+    sender, events = ScriptedSender({1: [QUOTA]}), []
+    await make_scheduler([lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE)], sender, events).run()
+    assert sender.calls == [1]
+    assert outcomes(events) == {
+        1: ("failed", "token_quota_exhausted"),
+        2: ("skipped", "token_quota_exhausted"),
+    }
+
+
+async def test_on_failure_continue_goes_on_to_the_next_clear() -> None:
+    sender, events = ScriptedSender({1: [BAD_REQUEST]}), []
+    await make_scheduler([lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE)], sender, events).run()
+    assert sender.calls == [1, 2]
+    assert outcomes(events) == {1: ("failed", "rejected"), 2: ("succeeded", None)}
+
+
+async def test_on_failure_abort_starts_nothing_new_but_lets_calls_in_flight_finish() -> None:
+    sender, events = ScriptedSender({1: [BAD_REQUEST]}), []
+    sender.gate(1, 3)
+    lanes = [lane_of("A", [1, 2], on_failure=OnFailure.ABORT), lane_of("B", [3, 4])]
+    task = asyncio.create_task(make_scheduler(lanes, sender, events).run())
+    await sender.started[3].wait()
+    sender.gates[1].set()
+    await sender.started[1].wait()
+    while 1 not in finished(events):
+        await asyncio.sleep(0)
+    sender.gates[3].set()
+    await task
+    assert sorted(sender.calls) == [1, 3]
+    assert outcomes(events) == {
+        1: ("failed", "rejected"),
+        2: ("skipped", "aborted"),
+        3: ("succeeded", None),
+        4: ("skipped", "aborted"),
+    }
+
+
+async def test_an_interrupt_lets_the_call_in_flight_finish_and_skips_the_rest() -> None:
+    sender, events = ScriptedSender(), []
+    sender.gate(1)
+    scheduler = make_scheduler([lane_of("A", [1, 2]), lane_of("B", [3])], sender, events, max_parallel=1)
+    task = asyncio.create_task(scheduler.run())
+    await sender.started[1].wait()
+    scheduler.interrupt()
+    sender.gates[1].set()
+    await task
+    assert sender.calls == [1]
+    assert outcomes(events) == {
+        1: ("succeeded", None),
+        2: ("skipped", "interrupted"),
+        3: ("skipped", "interrupted"),
+    }
+
+
+async def test_a_second_interrupt_cuts_the_calls_in_flight() -> None:
+    sender, events = ScriptedSender(), []
+    sender.gate(1)
+    scheduler = make_scheduler([lane_of("A", [1, 2])], sender, events)
+    task = asyncio.create_task(scheduler.run())
+    await sender.started[1].wait()
+    scheduler.interrupt()
+    scheduler.interrupt()
+    await task
+    cut = finished(events)[1]
+    assert (cut.outcome, cut.reason, cut.error, cut.answer) == (
+        Outcome.FAILED,
+        Reason.INTERRUPTED,
+        "interrupted",
+        None,
+    )
+    assert outcomes(events)[2] == ("skipped", "interrupted")
+
+
+async def test_an_interrupt_during_backoff_fails_the_clear_without_another_attempt() -> None:
+    sender, events = ScriptedSender({1: [UNAVAILABLE, OK]}), []
+
+    class StallingClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            self.sleeps.append(seconds)
+            await asyncio.Event().wait()
+
+    clock = StallingClock()
+    scheduler = make_scheduler([lane_of("A", [1])], sender, events, clock=clock)
+    task = asyncio.create_task(scheduler.run())
+    while not clock.sleeps:
+        await asyncio.sleep(0)
+    scheduler.interrupt()
+    await task
+    assert sender.calls == [1]
+    assert outcomes(events) == {1: ("failed", "interrupted")}
+    assert finished(events)[1].answer == UNAVAILABLE
+
+
+async def test_every_clear_gets_exactly_one_terminal_event() -> None:
+    script = {1: [BAD_REQUEST], 5: [REJECTED], 8: [UNAVAILABLE, OK], 10: [TIMEOUT]}
+    sender, events = ScriptedSender(script), []
+    lanes = [
+        lane_of("A", [1, 2, 3]),
+        lane_of("B", [4, 5, 6], on_failure=OnFailure.CONTINUE),
+        lane_of("C", [7, 8, 9], retries=1),
+        lane_of("D", [10, 11], retries=0),
+    ]
+    totals = await make_scheduler(lanes, sender, events, max_parallel=2).run()
+    terminal = [e.clear.seq for e in events if isinstance(e, ClearFinished)]
+    assert sorted(terminal) == list(range(1, 12))
+    assert (totals.succeeded, totals.failed, totals.skipped) == (4, 3, 4)
+
+
+def _fields(answer: object) -> dict[str, object]:
+    return {name: getattr(answer, name) for name in answer.__slots__}  # type: ignore[attr-defined]
+
+
+async def test_a_resumed_run_does_not_send_clears_that_succeeded_before() -> None:
+    sender, events = ScriptedSender(), []
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2, 3])],
+        sender,
+        max_parallel=1,
+        cooldown_s=60,
+        listeners=[events.append],
+        clock=FakeClock(),
+        already_succeeded=frozenset({1, 3}),
+    )
+    await scheduler.run()
+    assert sender.calls == [2]
+    assert outcomes(events) == {
+        1: ("skipped", "already_succeeded"),
+        2: ("succeeded", None),
+        3: ("skipped", "already_succeeded"),
+    }
+
+
+async def test_a_token_whose_call_was_cut_by_a_crash_cools_down_before_its_first_use() -> None:
+    clock = FakeClock()
+    sender, events = ScriptedSender(), []
+    lanes = [lane_of("A", [1]), lane_of("B", [2])]
+    scheduler = Scheduler(
+        lanes,
+        sender,
+        max_parallel=1,
+        cooldown_s=30,
+        listeners=[events.append],
+        clock=clock,
+        cooling_tokens=frozenset({lanes[1].token_id}),
+    )
+    await scheduler.run()
+    assert clock.sleeps == [30.0]
+    assert sender.calls == [1, 2]
+
+
+class ScriptedLocks:
+    """Token locks whose leases report a wait or get lost, as the test says."""
+
+    def __init__(self, waited_s: float = 0.0, lose_on: int | None = None) -> None:
+        self.waited_s, self.lose_on, self.holds = waited_s, lose_on, 0
+        self.held: set[str] = set()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
+        assert token_id not in self.held
+        self.holds += 1
+        lease = Lease(token_id, self.waited_s)
+        self.held.add(token_id)
+        try:
+            yield lease
+        finally:
+            self.held.discard(token_id)
+            lease.lost = self.holds == self.lose_on
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_every_call_holds_the_token_lock_and_a_wait_is_reported() -> None:
+    sender, events, locks = ScriptedSender(), [], ScriptedLocks(waited_s=2.5)
+    seen_held: list[bool] = []
+    sender.on_call = lambda seq: seen_held.append(bool(locks.held))
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2])], sender, max_parallel=1, cooldown_s=0,
+        listeners=[events.append], clock=FakeClock(), locks=locks,
+    )
+    await scheduler.run()
+    assert locks.holds == 2
+    assert seen_held == [True, True]
+    waits = [(e.clear.seq, e.waited_s) for e in events if isinstance(e, TokenWaiting)]
+    assert waits == [(1, 2.5), (2, 2.5)]
+    kinds = [type(e).__name__ for e in events if e.clear.seq == 1]
+    assert kinds == ["TokenWaiting", "ClearStarted", "ClearFinished"]
+
+
+async def test_a_lost_lock_stops_the_lane_after_the_call_in_flight() -> None:
+    sender, events = ScriptedSender({1: [UNAVAILABLE, OK]}), []
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2]), lane_of("B", [3])], sender, max_parallel=1, cooldown_s=0,
+        listeners=[events.append], clock=FakeClock(), locks=ScriptedLocks(lose_on=1),
+    )
+    await scheduler.run()
+    assert sender.calls == [1, 3]
+    assert outcomes(events) == {
+        1: ("failed", "lock_lost"),
+        2: ("skipped", "lock_lost"),
+        3: ("succeeded", None),
+    }
