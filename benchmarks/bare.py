@@ -54,7 +54,15 @@ async def _lane(
             and not data.get("error")
         )
         out.write(
-            json.dumps({"event": "ok" if ok else "failed", "lane": index, "seq": seq, "status": status, "code": code})
+            json.dumps(
+                {
+                    "event": "ok" if ok else "failed",
+                    "lane": index,
+                    "seq": seq,
+                    "status": status,
+                    "code": code,
+                }
+            )
             + "\n"
         )
         if not ok:  # on_failure: stop

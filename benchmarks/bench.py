@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -240,7 +241,9 @@ class SimulatorProcess:
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                match = re.search(r"simulating wolkvox at (http://127\.0\.0\.1:\d+)(\S*)", _tail(self._log))
+                match = re.search(
+                    r"simulating wolkvox at (http://127\.0\.0\.1:\d+)(\S*)", _tail(self._log)
+                )
                 if match:
                     self.root, self.base_url = match.group(1), match.group(1) + match.group(2)
                     break
@@ -407,6 +410,25 @@ def probe_tools(workdir: Path) -> Tools:
     return Tools(state_dir="--state-dir" in help_text)
 
 
+def settle(max_wait_s: float) -> float:
+    """Wait (at most ``max_wait_s``) until other processes leave the CPUs nearly idle.
+
+    Returns the seconds waited. The machine is shared: a build or a test suite
+    running beside a measurement would be measured too.
+    """
+    if max_wait_s <= 0:
+        return 0.0
+    started = time.monotonic()
+    capacity = os.cpu_count() or 1
+    while time.monotonic() - started < max_wait_s:
+        before = machine_busy_s()
+        time.sleep(1.0)
+        after = machine_busy_s()
+        if before is None or after is None or (after - before) / capacity < 0.05:
+            break
+    return time.monotonic() - started
+
+
 def run_variant(
     variant: str,
     work: Workload,
@@ -468,7 +490,9 @@ def run_variant(
         "connections_per_token_mean": statistics.fmean(connections),
         "tokens_on_one_connection": sum(1 for n in connections if n == 1) / len(connections),
         "simulator_cpu_s": (
-            None if sim_cpu_before is None or sim_cpu_after is None else sim_cpu_after - sim_cpu_before
+            None
+            if sim_cpu_before is None or sim_cpu_after is None
+            else sim_cpu_after - sim_cpu_before
         ),
         "foreign_cpu_share": _foreign_share(
             busy_before, busy_after, child, sim_cpu_before, sim_cpu_after
@@ -523,7 +547,9 @@ def _timeline_figures(timeline: list[dict[str, Any]], child: Child) -> dict[str,
     gaps_ms: list[float] = []
     for calls in by_token.values():
         calls.sort(key=lambda c: c["arrived"])
-        gaps_ms += [(b["arrived"] - a["departed"]) * 1000 for a, b in zip(calls, calls[1:], strict=False)]
+        gaps_ms += [
+            (b["arrived"] - a["departed"]) * 1000 for a, b in zip(calls, calls[1:], strict=False)
+        ]
     first = min(c["arrived"] for c in timeline)
     return {
         # time.monotonic() is system-wide on Linux: the simulator's clock is ours.
@@ -597,18 +623,80 @@ def print_rows(title: str, rows: list[Row]) -> None:
 def run_rows(orch: dict[str, float], bare: dict[str, float], critical_path_s: float) -> list[Row]:
     """The figures every run scenario reports, without targets."""
     rows = [
-        Row("critical path (C x latency)", "critical_path_s", "s", critical_path_s, critical_path_s),
-        Row("API busy window (first in, last out)", "busy_window_s", "s", orch.get("busy_window_s"), bare.get("busy_window_s")),
-        Row("gap answer -> next request, median", "gap_median_ms", "ms", orch.get("gap_median_ms"), bare.get("gap_median_ms")),
-        Row("gap answer -> next request, p99", "gap_p99_ms", "ms", orch.get("gap_p99_ms"), bare.get("gap_p99_ms")),
-        Row("CPU s per 1,000 clears (user+sys)", "cpu_per_1k_clears_s", "s", orch.get("cpu_per_1k_clears_s"), bare.get("cpu_per_1k_clears_s")),
-        Row("peak memory (ru_maxrss)", "peak_rss_mb", "MB", orch.get("peak_rss_mb"), bare.get("peak_rss_mb")),
-        Row("process start -> first request", "first_request_s", "s", orch.get("first_request_s"), bare.get("first_request_s")),
+        Row(
+            "critical path (C x latency)", "critical_path_s", "s", critical_path_s, critical_path_s
+        ),
+        Row(
+            "API busy window (first in, last out)",
+            "busy_window_s",
+            "s",
+            orch.get("busy_window_s"),
+            bare.get("busy_window_s"),
+        ),
+        Row(
+            "gap answer -> next request, median",
+            "gap_median_ms",
+            "ms",
+            orch.get("gap_median_ms"),
+            bare.get("gap_median_ms"),
+        ),
+        Row(
+            "gap answer -> next request, p99",
+            "gap_p99_ms",
+            "ms",
+            orch.get("gap_p99_ms"),
+            bare.get("gap_p99_ms"),
+        ),
+        Row(
+            "CPU s per 1,000 clears (user+sys)",
+            "cpu_per_1k_clears_s",
+            "s",
+            orch.get("cpu_per_1k_clears_s"),
+            bare.get("cpu_per_1k_clears_s"),
+        ),
+        Row(
+            "peak memory (ru_maxrss)",
+            "peak_rss_mb",
+            "MB",
+            orch.get("peak_rss_mb"),
+            bare.get("peak_rss_mb"),
+        ),
+        Row(
+            "process start -> first request",
+            "first_request_s",
+            "s",
+            orch.get("first_request_s"),
+            bare.get("first_request_s"),
+        ),
         Row("process wall time", "wall_s", "s", orch.get("wall_s"), bare.get("wall_s")),
-        Row("connections per token, max", "connections_per_token_max", "", orch.get("connections_per_token_max"), bare.get("connections_per_token_max")),
-        Row("tokens that kept one connection", "tokens_on_one_connection", "%", orch.get("tokens_on_one_connection"), bare.get("tokens_on_one_connection")),
-        Row("simulator CPU during the run", "simulator_cpu_s", "s", orch.get("simulator_cpu_s"), bare.get("simulator_cpu_s")),
-        Row("other processes' share of the CPUs", "foreign_cpu_share", "%", orch.get("foreign_cpu_share"), bare.get("foreign_cpu_share")),
+        Row(
+            "connections per token, max",
+            "connections_per_token_max",
+            "",
+            orch.get("connections_per_token_max"),
+            bare.get("connections_per_token_max"),
+        ),
+        Row(
+            "tokens that kept one connection",
+            "tokens_on_one_connection",
+            "%",
+            orch.get("tokens_on_one_connection"),
+            bare.get("tokens_on_one_connection"),
+        ),
+        Row(
+            "simulator CPU during the run",
+            "simulator_cpu_s",
+            "s",
+            orch.get("simulator_cpu_s"),
+            bare.get("simulator_cpu_s"),
+        ),
+        Row(
+            "other processes' share of the CPUs",
+            "foreign_cpu_share",
+            "%",
+            orch.get("foreign_cpu_share"),
+            bare.get("foreign_cpu_share"),
+        ),
     ]
     return [r for r in rows if r.orchestrator is not None or r.bare is not None]
 
@@ -632,6 +720,7 @@ class Context:
     repeat: int
     smoke: bool
     profile: str | None
+    settle_s: float = 0.0
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -669,19 +758,44 @@ def side_by_side(
 ) -> dict[str, list[dict[str, Any]]]:
     """``repeat`` runs of each variant, alternating which goes first, after one warm-up each."""
     runs: dict[str, list[dict[str, Any]]] = {"orchestrator": [], "bare": []}
-    for variant in runs if warmup and not ctx.smoke else ():  # warm the page cache and the simulator; not counted
-        run_variant(variant, work, sim, ctx.workdir, ctx.tools, f"{work.name}-warmup-{variant}", timeline=False, timeout_s=timeout_s)
+    for variant in (
+        runs if warmup and not ctx.smoke else ()
+    ):  # warm the page cache and the simulator; not counted
+        run_variant(
+            variant,
+            work,
+            sim,
+            ctx.workdir,
+            ctx.tools,
+            f"{work.name}-warmup-{variant}",
+            timeline=False,
+            timeout_s=timeout_s,
+        )
     for i in range(repeat):
         order = ("orchestrator", "bare") if i % 2 == 0 else ("bare", "orchestrator")
         for variant in order:
-            figures = run_variant(variant, work, sim, ctx.workdir, ctx.tools, f"{work.name}-{i}-{variant}", timeline=timeline, timeout_s=timeout_s)
+            settle(ctx.settle_s)
+            figures = run_variant(
+                variant,
+                work,
+                sim,
+                ctx.workdir,
+                ctx.tools,
+                f"{work.name}-{i}-{variant}",
+                timeline=timeline,
+                timeout_s=timeout_s,
+            )
             runs[variant].append(figures)
             print(f"  run {i + 1}/{repeat} {variant:<12} " + _brief(figures), flush=True)
     return runs
 
 
 def _brief(f: dict[str, Any]) -> str:
-    parts = [f"busy {f['busy_window_s']:.3f} s", f"cpu {f['cpu_s']:.2f} s", f"rss {f['peak_rss_mb']:.0f} MB"]
+    parts = [
+        f"busy {f['busy_window_s']:.3f} s",
+        f"cpu {f['cpu_s']:.2f} s",
+        f"rss {f['peak_rss_mb']:.0f} MB",
+    ]
     if "gap_median_ms" in f:
         parts.append(f"gap p50 {f['gap_median_ms']:.2f} ms p99 {f['gap_p99_ms']:.2f} ms")
     parts.append(f"conns/token max {f['connections_per_token_max']}")
@@ -699,7 +813,9 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
     )
     print(f"\n{title}", flush=True)
     with SimulatorProcess(shape.latency_ms, ctx.workdir, dict(os.environ)) as sim:
-        work = make_workload(ctx.workdir, name, shape.tokens, shape.clears, shape.parallel, sim.base_url)
+        work = make_workload(
+            ctx.workdir, name, shape.tokens, shape.clears, shape.parallel, sim.base_url
+        )
         runs = side_by_side(ctx, work, sim, ctx.repeat)
         if ctx.profile and name == "cpu":
             profile_run(ctx, work, sim)
@@ -707,13 +823,27 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
     critical = shape.clears * shape.latency_ms / 1000
     rows = run_rows(orch, bare, critical)
     if name == "latency":
-        _set_target(rows, "busy_window_s", "<= 1.03 x bare", lambda r: r.orchestrator <= 1.03 * r.bare)
-        _set_target(rows, "gap_median_ms", "<= bare + 0.5 ms", lambda r: r.orchestrator <= r.bare + 0.5)
+        _set_target(
+            rows, "busy_window_s", "<= 1.03 x bare", lambda r: r.orchestrator <= 1.03 * r.bare
+        )
+        _set_target(
+            rows, "gap_median_ms", "<= bare + 0.5 ms", lambda r: r.orchestrator <= r.bare + 0.5
+        )
     else:
-        _set_target(rows, "cpu_per_1k_clears_s", "<= 1.25 x bare", lambda r: r.orchestrator <= 1.25 * r.bare)
-        _set_target(rows, "busy_window_s", "<= 1.15 x bare", lambda r: r.orchestrator <= 1.15 * r.bare)
-    journal = "on" if runs["orchestrator"][0].get("journal_bytes") else (
-        "off (this build has no --state-dir)" if not ctx.tools.state_dir else "off (no journal file written)"
+        _set_target(
+            rows, "cpu_per_1k_clears_s", "<= 1.25 x bare", lambda r: r.orchestrator <= 1.25 * r.bare
+        )
+        _set_target(
+            rows, "busy_window_s", "<= 1.15 x bare", lambda r: r.orchestrator <= 1.15 * r.bare
+        )
+    journal = (
+        "on"
+        if runs["orchestrator"][0].get("journal_bytes")
+        else (
+            "off (this build has no --state-dir)"
+            if not ctx.tools.state_dir
+            else "off (no journal file written)"
+        )
     )
     print_rows(f"{title}; JSON log on, journal {journal}", rows)
     return {
@@ -735,9 +865,13 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
     )
     print(f"\n{title}", flush=True)
     with SimulatorProcess(shape.latency_ms, ctx.workdir, dict(os.environ)) as sim:
-        work = make_workload(ctx.workdir, "scale", shape.tokens, shape.clears, shape.parallel, sim.base_url)
+        work = make_workload(
+            ctx.workdir, "scale", shape.tokens, shape.clears, shape.parallel, sim.base_url
+        )
         validations = []
-        for i in range(1 if ctx.smoke else 0, ctx.repeat + 1):  # 0 warms the page cache; not counted
+        for i in range(
+            1 if ctx.smoke else 0, ctx.repeat + 1
+        ):  # 0 warms the page cache; not counted
             child = run_child(
                 [*orchestrator_cmd(), "validate", str(work.plan)],
                 env=work.env,
@@ -746,23 +880,49 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
                 timeout_s=120,
             )
             if child.exit_code != 0 or child.timed_out:
-                raise HarnessError(f"validate exited {child.exit_code}:\n{_tail(ctx.workdir / 'scale-validate.stderr')}")
+                raise HarnessError(
+                    f"validate exited {child.exit_code}:\n{_tail(ctx.workdir / 'scale-validate.stderr')}"
+                )
             if i:
-                validations.append({"wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_mb": child.maxrss_mb})
-                print(f"  validate {i}/{ctx.repeat}: {child.wall_s:.3f} s, cpu {child.cpu_s:.2f} s, rss {child.maxrss_mb:.0f} MB", flush=True)
+                validations.append(
+                    {"wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_mb": child.maxrss_mb}
+                )
+                print(
+                    f"  validate {i}/{ctx.repeat}: {child.wall_s:.3f} s, cpu {child.cpu_s:.2f} s, rss {child.maxrss_mb:.0f} MB",
+                    flush=True,
+                )
         runs = side_by_side(ctx, work, sim, ctx.repeat, timeline=False, timeout_s=900, warmup=False)
     validate = medians(validations)
     orch, bare = medians(runs["orchestrator"]), medians(runs["bare"])
     rows = [
-        Row(f"validate {total:,}-clear plan: start -> exit", "validate_wall_s", "s", validate["wall_s"]),
+        Row(
+            f"validate {total:,}-clear plan: start -> exit",
+            "validate_wall_s",
+            "s",
+            validate["wall_s"],
+        ),
         Row(f"validate {total:,}-clear plan: CPU", "validate_cpu_s", "s", validate["cpu_s"]),
-        Row(f"validate {total:,}-clear plan: peak memory", "validate_rss_mb", "MB", validate["peak_rss_mb"]),
-        *run_rows(orch, bare, shape.clears * shape.latency_ms / 1000 * math.ceil(shape.tokens / shape.parallel)),
+        Row(
+            f"validate {total:,}-clear plan: peak memory",
+            "validate_rss_mb",
+            "MB",
+            validate["peak_rss_mb"],
+        ),
+        *run_rows(
+            orch,
+            bare,
+            shape.clears * shape.latency_ms / 1000 * math.ceil(shape.tokens / shape.parallel),
+        ),
     ]
     rows[3].figure = "critical path (C x latency x waves)"
     _set_target(rows, "validate_wall_s", "< 3 s", lambda r: r.orchestrator < 3)
     _set_target(rows, "peak_rss_mb", "< 300 MB", lambda r: r.orchestrator < 300)
-    _set_target(rows, "connections_per_token_max", "1 (one keep-alive per lane)", lambda r: r.orchestrator == 1)
+    _set_target(
+        rows,
+        "connections_per_token_max",
+        "1 (one keep-alive per lane)",
+        lambda r: r.orchestrator == 1,
+    )
     print_rows(title, rows)
     return {
         "shape": asdict(shape),
@@ -775,7 +935,10 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
 
 def scenario_startup(ctx: Context) -> dict[str, Any]:
     shape = (SMOKE_SHAPES if ctx.smoke else SHAPES)["startup"]
-    print(f"\nstartup: validate of the example plan, and a {shape.tokens} x {shape.clears} run; medians of {ctx.repeat}", flush=True)
+    print(
+        f"\nstartup: validate of the example plan, and a {shape.tokens} x {shape.clears} run; medians of {ctx.repeat}",
+        flush=True,
+    )
     if EXAMPLE_PLAN.exists():
         example, example_name = EXAMPLE_PLAN, "plans/example.yaml"
     else:
@@ -792,21 +955,44 @@ def scenario_startup(ctx: Context) -> dict[str, Any]:
             timeout_s=60,
         )
         if child.exit_code != 0 or child.timed_out:
-            raise HarnessError(f"validate {example} exited {child.exit_code}:\n{_tail(ctx.workdir / 'startup-validate.stderr')}")
+            raise HarnessError(
+                f"validate {example} exited {child.exit_code}:\n{_tail(ctx.workdir / 'startup-validate.stderr')}"
+            )
         if i:
-            validations.append({"wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_mb": child.maxrss_mb})
+            validations.append(
+                {"wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_mb": child.maxrss_mb}
+            )
     with SimulatorProcess(shape.latency_ms, ctx.workdir, dict(os.environ)) as sim:
-        work = make_workload(ctx.workdir, "startup", shape.tokens, shape.clears, shape.parallel, sim.base_url)
+        work = make_workload(
+            ctx.workdir, "startup", shape.tokens, shape.clears, shape.parallel, sim.base_url
+        )
         runs = side_by_side(ctx, work, sim, ctx.repeat)
     validate = medians(validations)
     orch, bare = medians(runs["orchestrator"]), medians(runs["bare"])
     rows = [
-        Row(f"validate {EXAMPLE_PLAN.name if EXAMPLE_PLAN.exists() else 'README example'}: start -> exit", "validate_wall_s", "s", validate["wall_s"]),
+        Row(
+            f"validate {EXAMPLE_PLAN.name if EXAMPLE_PLAN.exists() else 'README example'}: start -> exit",
+            "validate_wall_s",
+            "s",
+            validate["wall_s"],
+        ),
         Row("validate: CPU", "validate_cpu_s", "s", validate["cpu_s"]),
         Row("validate: peak memory", "validate_rss_mb", "MB", validate["peak_rss_mb"]),
-        Row("run: process start -> first request", "first_request_s", "s", orch.get("first_request_s"), bare.get("first_request_s")),
+        Row(
+            "run: process start -> first request",
+            "first_request_s",
+            "s",
+            orch.get("first_request_s"),
+            bare.get("first_request_s"),
+        ),
         Row("run: process wall time", "wall_s", "s", orch.get("wall_s"), bare.get("wall_s")),
-        Row("run: peak memory", "peak_rss_mb", "MB", orch.get("peak_rss_mb"), bare.get("peak_rss_mb")),
+        Row(
+            "run: peak memory",
+            "peak_rss_mb",
+            "MB",
+            orch.get("peak_rss_mb"),
+            bare.get("peak_rss_mb"),
+        ),
     ]
     _set_target(rows, "validate_wall_s", "<= 0.4 s", lambda r: r.orchestrator <= 0.4)
     _set_target(rows, "first_request_s", "<= 0.4 s", lambda r: r.orchestrator <= 0.4)
@@ -832,12 +1018,44 @@ def profile_run(ctx: Context, work: Workload, sim: SimulatorProcess) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     if ctx.profile == "pyinstrument":
         session = ctx.workdir / "cpu.pyisession"
-        wrap = [sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "orchestrator"]
-        run_variant("orchestrator", work, sim, ctx.workdir, ctx.tools, "cpu-profile", timeline=False, wrap=wrap)
+        wrap = [
+            sys.executable,
+            "-m",
+            "pyinstrument",
+            "-r",
+            "pyisession",
+            "-o",
+            str(session),
+            "-m",
+            "orchestrator",
+        ]
+        run_variant(
+            "orchestrator",
+            work,
+            sim,
+            ctx.workdir,
+            ctx.tools,
+            "cpu-profile",
+            timeline=False,
+            wrap=wrap,
+        )
         for suffix, extra in (("", []), ("-all", ["--show-all"])):
             target = RESULTS_DIR / f"profile-cpu-pyinstrument{suffix}.txt"
             subprocess.run(
-                [sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text", "--no-color", "--unicode", "-o", str(target), *extra],
+                [
+                    sys.executable,
+                    "-m",
+                    "pyinstrument",
+                    "--load",
+                    str(session),
+                    "-r",
+                    "text",
+                    "--no-color",
+                    "--unicode",
+                    "-o",
+                    str(target),
+                    *extra,
+                ],
                 check=True,
                 timeout=120,
             )
@@ -845,8 +1063,31 @@ def profile_run(ctx: Context, work: Workload, sim: SimulatorProcess) -> None:
     else:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         raw = RESULTS_DIR / "profile-cpu-py-spy.txt"
-        wrap = [spy, "record", "-r", "1000", "-f", "raw", "--full-filenames", "-o", str(raw), "--", sys.executable, "-m", "orchestrator"]
-        run_variant("orchestrator", work, sim, ctx.workdir, ctx.tools, "cpu-profile", timeline=False, wrap=wrap)
+        wrap = [
+            spy,
+            "record",
+            "-r",
+            "1000",
+            "-f",
+            "raw",
+            "--full-filenames",
+            "-o",
+            str(raw),
+            "--",
+            sys.executable,
+            "-m",
+            "orchestrator",
+        ]
+        run_variant(
+            "orchestrator",
+            work,
+            sim,
+            ctx.workdir,
+            ctx.tools,
+            "cpu-profile",
+            timeline=False,
+            wrap=wrap,
+        )
         summary = RESULTS_DIR / "profile-cpu-py-spy-summary.txt"
         summary.write_text(summarize_py_spy(raw), encoding="utf-8")
         print(f"  profile: {raw.relative_to(ROOT)}, summary {summary.relative_to(ROOT)}")
@@ -854,29 +1095,50 @@ def profile_run(ctx: Context, work: Workload, sim: SimulatorProcess) -> None:
 
 def summarize_py_spy(raw: Path, top: int = 40) -> str:
     """Self and inclusive samples per function from py-spy's collapsed stacks."""
-    own: dict[str, int] = defaultdict(int)
-    inclusive: dict[str, int] = defaultdict(int)
-    by_module: dict[str, int] = defaultdict(int)
-    total = 0
+    stacks: list[tuple[list[str], int]] = []
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-        by_module[_module_of(frames[-1])] += count
-    out = [f"{total} samples (1 ms each, idle excluded)", "", "self time by package:"]
-    out += [f"  {n / total:6.1%}  {m}" for m, n in sorted(by_module.items(), key=lambda kv: -kv[1])[:top]]
-    out += ["", "self time by function:"]
-    out += [f"  {n / total:6.1%}  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
-    out += ["", "inclusive time, orchestrator's own functions:"]
-    mine = {f: n for f, n in inclusive.items() if "/orchestrator/" in f and "site-packages" not in f}
-    out += [f"  {n / total:6.1%}  {f}" for f, n in sorted(mine.items(), key=lambda kv: -kv[1])[:top]]
+        if stack and count_text.isdigit():
+            frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+            stacks.append((frames, int(count_text)))
+    total = sum(n for _, n in stacks)
+    importing = sum(n for frames, n in stacks if _is_import(frames))
+    out = [
+        f"{total} samples at 1 kHz, idle excluded; {importing / max(total, 1):.1%} of them inside imports",
+        "(module loading); 'after start-up' leaves those out.",
+    ]
+    for title, chosen in (
+        ("whole run", stacks),
+        ("after start-up", [(f, n) for f, n in stacks if not _is_import(f)]),
+    ):
+        own: dict[str, int] = defaultdict(int)
+        inclusive: dict[str, int] = defaultdict(int)
+        by_module: dict[str, int] = defaultdict(int)
+        part = sum(n for _, n in chosen) or 1
+        for frames, count in chosen:
+            own[frames[-1]] += count
+            for frame in set(frames):
+                inclusive[frame] += count
+            by_module[_module_of(frames[-1])] += count
+        out += ["", f"=== {title}: {part} samples", "", "self time by package (% of this part):"]
+        out += [
+            f"  {n / part:6.1%}  {m}"
+            for m, n in sorted(by_module.items(), key=lambda kv: -kv[1])[:top]
+        ]
+        out += ["", "self time by function:"]
+        out += [
+            f"  {n / part:6.1%}  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]
+        ]
+        out += ["", "inclusive time, orchestrator's own functions:"]
+        mine = {f: n for f, n in inclusive.items() if _module_of(f).startswith("orchestrator.")}
+        out += [
+            f"  {n / part:6.1%}  {f}" for f, n in sorted(mine.items(), key=lambda kv: -kv[1])[:top]
+        ]
     return "\n".join(out) + "\n"
+
+
+def _is_import(frames: list[str]) -> bool:
+    return any("importlib._bootstrap" in f for f in frames)
 
 
 def _module_of(frame: str) -> str:
@@ -887,7 +1149,9 @@ def _module_of(frame: str) -> str:
     if "site-packages/" in path:
         return path.split("site-packages/", 1)[1].split("/", 1)[0]
     if "/lib/python" in path:
-        return "stdlib " + path.split("/lib/python", 1)[1].split("/", 1)[1].split("/", 1)[0].removesuffix(".py")
+        return "stdlib " + path.split("/lib/python", 1)[1].split("/", 1)[1].split("/", 1)[
+            0
+        ].removesuffix(".py")
     return path
 
 
@@ -902,9 +1166,27 @@ def machine() -> dict[str, Any]:
             return metadata.version(module)
         return None
 
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip())
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        ).stdout.strip()
+    )
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "orchestrator").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return {
+        "src_sha256": digest.hexdigest()[:12],
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -915,11 +1197,35 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=("latency", "cpu", "scale", "startup", "all"), default="all")
-    parser.add_argument("--repeat", type=int, default=3, help="measured runs of each variant (default 3); medians are quoted")
-    parser.add_argument("--smoke", action="store_true", help="a tiny version of every scenario, repeat 1: keeps the harness working")
-    parser.add_argument("--profile", choices=("pyinstrument", "py-spy"), help="also profile orchestrator under the CPU-bound scenario")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenario", choices=("latency", "cpu", "scale", "startup", "all"), default="all"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="measured runs of each variant (default 3); medians are quoted",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny version of every scenario, repeat 1: keeps the harness working",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("pyinstrument", "py-spy"),
+        help="also profile orchestrator under the CPU-bound scenario",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each measured run, wait up to S seconds for other processes to leave the CPUs idle",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (plans, logs)")
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 50:
@@ -931,10 +1237,15 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     started = time.monotonic()
     try:
-        ctx = Context(workdir, probe_tools(workdir), repeat, args.smoke, args.profile)
+        ctx = Context(workdir, probe_tools(workdir), repeat, args.smoke, args.profile, args.settle)
         info = machine()
-        print(f"machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']}, aiohttp {info['aiohttp']}, git {info['git']}")
-        print(f"orchestrator: {' '.join(orchestrator_cmd())}; journal: {'--state-dir ' + str(workdir) + '/...' if ctx.tools.state_dir else 'no --state-dir in this build'}")
+        print(
+            f"machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']},"
+            f" aiohttp {info['aiohttp']}, structlog {info['structlog']}; git {info['git']}, src {info['src_sha256']}"
+        )
+        print(
+            f"orchestrator: {' '.join(orchestrator_cmd())}; journal: {'--state-dir ' + str(workdir) + '/...' if ctx.tools.state_dir else 'no --state-dir in this build'}"
+        )
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         for name in names:
             try:
@@ -952,7 +1263,13 @@ def main(argv: list[str] | None = None) -> int:
                 "scenario": name,
                 "smoke": args.smoke,
                 "repeat": repeat,
-                "command": " ".join([".venv/bin/python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+                "command": " ".join(
+                    [
+                        ".venv/bin/python",
+                        "benchmarks/bench.py",
+                        *(argv if argv is not None else sys.argv[1:]),
+                    ]
+                ),
                 "machine": info,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **result,
@@ -965,7 +1282,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ndone in {time.monotonic() - started:.1f} s" + (f"; BROKEN: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\ndone in {time.monotonic() - started:.1f} s"
+        + (f"; BROKEN: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -13,13 +13,30 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
 
 from .errors import OrchestratorError, PlanError, UsageError
 from .plan import Lane, Plan
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
+_LATEST = "latest"
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .runner import Resume, RunSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """The journal and locks of a run, opened before anything is sent."""
+
+    journal: Journal
+    state_dir: Path
+    digest: str
+    run_id: str
+    resume: Resume | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="clear the campaigns of a plan")
     run.add_argument("plan", help="path of the YAML plan")
     run.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    run.add_argument("--dry-run", action="store_true", help="send nothing; print what would be sent")
+    run.add_argument(
+        "--dry-run", action="store_true", help="send nothing; print what would be sent"
+    )
     run.add_argument("--base-url", help="URL template of the API (default from the plan)")
     run.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
     _add_tag(run)
@@ -71,13 +90,41 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run against the built-in simulator on a free loopback port (no tokens needed)",
     )
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const=_LATEST,
+        metavar="RUN_ID",
+        help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
+    )
+    run.add_argument(
+        "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
+    )
+    run.add_argument(
+        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
+    )
+    _add_state_dir(run)
     run.set_defaults(handler=_run)
+
+    runs = commands.add_parser("runs", help="list recent runs from the journal")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.add_argument("--limit", type=_count, default=20, help="how many runs (default 20)")
+    _add_state_dir(runs)
+    runs.set_defaults(handler=_runs)
+
+    show = commands.add_parser("show", help="print every clear of a journaled run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _add_state_dir(show)
+    show.set_defaults(handler=_show)
 
     simulate = commands.add_parser("simulate", help="serve the wolkvox API simulator")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=_port, default=8080)
     simulate.add_argument("--latency-ms", type=_non_negative, default=50.0)
-    simulate.add_argument("--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503")
+    simulate.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503"
+    )
     simulate.set_defaults(handler=_simulate)
     return parser
 
@@ -110,6 +157,21 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="journal and lock directory (default: $ORCHESTRATOR_STATE_DIR, "
+        "$XDG_STATE_HOME/orchestrator or ~/.local/state/orchestrator)",
+    )
 
 
 def _add_tag(parser: argparse.ArgumentParser) -> None:
@@ -156,12 +218,48 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--simulate and --base-url cannot be used together")
     if args.base_url and (why := check_base_url(args.base_url)):
         raise UsageError(f"--base-url: {why}")
+    if args.max_clears is not None and len(plan.clears) > args.max_clears:
+        raise UsageError(
+            f"{args.plan} expands to {len(plan.clears)} clears, more than --max-clears "
+            f"{args.max_clears}; nothing was sent"
+        )
     if args.report:
         _check_writable(args.report)
     lanes = _lanes_for_run(plan, args)
+    durable = None if args.dry_run else _open_state(plan, lanes, args)
     if not (args.dry_run or args.yes):
         _confirm(lanes)
-    return asyncio.run(_run_async(plan, lanes, args))
+    return asyncio.run(_run_async(plan, lanes, args, durable))
+
+
+def _open_state(plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespace) -> Durable:
+    """Open the journal and find the run to resume, before anything is sent."""
+    from .journal import Journal, plan_digest, resolve_state_dir
+    from .runner import Resume, new_run_id
+
+    state_dir = resolve_state_dir(args.state_dir)
+    journal = Journal.open(state_dir)
+    digest = plan_digest(lanes)
+    if args.resume is None:
+        return Durable(journal, state_dir, digest, new_run_id(), None)
+    wanted = None if args.resume == _LATEST else args.resume
+    record = journal.find_resumable(digest, wanted)
+    if record is None:
+        journal.close()
+        which = f"run {wanted}" if wanted else f"an unfinished or failed run of {args.plan}"
+        raise UsageError(f"--resume: found no {which} in {journal.path}")
+    if record.digest != digest:
+        journal.close()
+        raise UsageError(
+            f"--resume: run {record.run_id} was made from a different plan "
+            f"(digest {record.digest[:12]}, this plan {digest[:12]}); nothing was sent"
+        )
+    prior = journal.resume_run(record.run_id)
+    resume = Resume(
+        succeeded=frozenset(seq for seq, c in prior.items() if c.state == "succeeded"),
+        cooling_tokens=frozenset(c.token_id for c in prior.values() if c.state == "in_flight"),
+    )
+    return Durable(journal, state_dir, digest, record.run_id, resume)
 
 
 def _lanes_for_run(plan: Plan, args: argparse.Namespace) -> tuple[Lane, ...]:
@@ -203,10 +301,13 @@ def _check_writable(report: str) -> None:
         raise UsageError(f"--report: cannot write into {folder}")
 
 
-async def _run_async(plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespace) -> int:
+async def _run_async(
+    plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespace, durable: Durable | None
+) -> int:
     from .log import make_logger, pick_format
     from .runner import RunSpec, execute, new_run_id
 
+    run_id = durable.run_id if durable else new_run_id()
     async with contextlib.AsyncExitStack() as stack:
         base_url = args.base_url or plan.settings.base_url
         if args.simulate and not args.dry_run:
@@ -214,11 +315,23 @@ async def _run_async(plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespa
 
             simulator = await stack.enter_async_context(Simulator())
             base_url = simulator.url + SERVER_PREFIX
-        run_id = new_run_id()
-        logger = make_logger(pick_format(args.log_format, sys.stdout), run_id)
-        spec = RunSpec(plan, lanes, base_url, logger, run_id, args.dry_run, args.report)
+        spec = RunSpec(
+            plan,
+            lanes,
+            base_url,
+            make_logger(pick_format(args.log_format, sys.stdout), run_id),
+            run_id,
+            args.dry_run,
+            args.report,
+        )
+        if durable is not None:
+            spec = await _with_state(spec, durable, args.lock_url or plan.settings.lock_url, stack)
         result = await execute(spec)
+        if durable is not None:
+            durable.journal.finish_run(run_id, exit_code=result.exit_code, finished_at=_now())
     totals = result.totals
+    if result.error:
+        _say(f"orchestrator: {result.error}")
     _say(
         f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "
         f"in {result.duration_ms / 1000:.1f} s (run {run_id}, exit {result.exit_code})"
@@ -226,10 +339,119 @@ async def _run_async(plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespa
     return result.exit_code
 
 
+async def _with_state(
+    spec: RunSpec, durable: Durable, lock_url: str | None, stack: contextlib.AsyncExitStack
+) -> RunSpec:
+    """Take the token locks and start (or reopen) the run in the journal."""
+    import dataclasses
+
+    from .locks import FileLocks, TokenLocks
+
+    stack.callback(durable.journal.close)
+    locks: TokenLocks
+    if lock_url:
+        from .locks import RedisLocks
+
+        locks = await RedisLocks.connect(lock_url)
+    else:
+        locks = FileLocks(durable.state_dir)
+    stack.push_async_callback(locks.aclose)
+    if durable.resume is None:
+        durable.journal.begin_run(
+            spec.run_id, spec.plan.source, durable.digest, spec.lanes, started_at=_now()
+        )
+    spec = dataclasses.replace(spec, recorder=durable.journal.listener(spec.run_id), locks=locks)
+    if durable.resume is not None:
+        spec = dataclasses.replace(spec, resume=durable.resume)
+    return spec
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from .simulator import SimulatorConfig, serve
 
     config = SimulatorConfig(latency_ms=args.latency_ms, fail_rate=args.fail_rate)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, args.host, args.port, on_ready=lambda url: _say(f"simulating wolkvox at {url}")))
+        asyncio.run(
+            serve(
+                config,
+                args.host,
+                args.port,
+                on_ready=lambda url: _say(f"simulating wolkvox at {url}"),
+            )
+        )
     return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import json
+
+    from .journal import Journal, resolve_state_dir
+
+    with Journal.open(resolve_state_dir(args.state_dir)) as journal:
+        runs = journal.runs(args.limit)
+    if args.json:
+        print(json.dumps([_as_dict(run) for run in runs], indent=2))
+        return 0
+    print(
+        f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} {'SKIPPED':>7} {'PENDING':>7}  PLAN"
+    )
+    for run in runs:
+        t = run.totals
+        exit_code = "-" if run.exit_code is None else str(run.exit_code)
+        pending = t["pending"] + t["in_flight"]
+        print(
+            f"{run.run_id:<26} {run.started_at:<28} {exit_code:>4} {t['succeeded']:>6} "
+            f"{t['failed']:>6} {t['skipped']:>7} {pending:>7}  {run.plan}"
+            + ("  (dry run)" if run.dry_run else "")
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    import json
+
+    from .journal import Journal, resolve_state_dir
+
+    with Journal.open(resolve_state_dir(args.state_dir)) as journal:
+        record = journal.run(args.run_id)
+        if record is None:
+            raise UsageError(f"no run {args.run_id} in {journal.path}")
+        clears = journal.clears(args.run_id)
+        calls = journal.calls_per_token(args.run_id)
+    if args.json:
+        document = _as_dict(record) | {
+            "calls_per_token": calls,
+            "clears": [_as_dict(c) for c in clears],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    exit_code = "unfinished" if record.exit_code is None else f"exit {record.exit_code}"
+    print(f"run {record.run_id}: {record.plan}, started {record.started_at}, {exit_code}")
+    for c in clears:
+        detail = ", ".join(
+            f"{k} {v}"
+            for k, v in (
+                ("reason", c.reason),
+                ("http", c.http_status),
+                ("code", c.code),
+                ("error", c.error),
+            )
+            if v is not None
+        )
+        print(
+            f"  #{c.seq:<5} {c.state:<10} server {c.server} {c.type_campaign} campaign {c.campaign_id}: "
+            f"{c.result} (attempts {c.attempts}{', ' + detail if detail else ''})"
+        )
+    return 0
+
+
+def _as_dict(value: object) -> dict[str, object]:
+    import dataclasses
+
+    return dataclasses.asdict(value)  # type: ignore[call-overload, no-any-return]

@@ -43,6 +43,8 @@ class Reason(StrEnum):
     ALREADY_SUCCEEDED = "already_succeeded"
     #: The shared token lock was lost while a call held it; the lane stops.
     LOCK_LOST = "lock_lost"
+    #: The run could not record an event (the journal cannot be written, say) and halted.
+    RECORDING_FAILED = "recording_failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,11 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+if TYPE_CHECKING:  # redis is imported only by runs that use it: start-up time counts
+    import redis.asyncio as aioredis
 
 from .errors import OrchestratorError
 
@@ -246,6 +244,10 @@ class RedisLocks:
     @classmethod
     async def connect(cls, url: str, *, ttl_s: float = 30.0) -> RedisLocks:
         """Connect to ``url`` and PING it; raise :class:`LockError` when that fails."""
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
         where = describe_lock_url(url)
@@ -301,6 +303,7 @@ class RedisLocks:
 
     async def _acquire(self, token_id: str, key: str, owner: str) -> tuple[float, bool]:
         """Take the lease; return until when it is surely ours, and whether we waited."""
+        from redis.exceptions import RedisError
         delay = _FIRST_POLL_S
         unreachable_since: float | None = None
         waited = False
@@ -333,6 +336,7 @@ class RedisLocks:
 
     async def _keep(self, lease: Lease, key: str, owner: str, valid_until: float) -> None:
         """Renew the lease every ttl/3 until cancelled; flag it lost when that fails."""
+        from redis.exceptions import RedisError
         delay = self._ttl_s / 3
         while True:
             await asyncio.sleep(delay)
@@ -356,6 +360,7 @@ class RedisLocks:
 
     async def _release(self, key: str, owner: str) -> None:
         """Delete the lease if it is still ours; a failure only leaves it to expire."""
+        from redis.exceptions import RedisError
         with suppress(RedisError, OSError):
             await self._client.eval(_RELEASE_LUA, 1, key, owner)
 

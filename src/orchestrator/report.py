@@ -13,19 +13,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OrchestratorError
-from .events import ClearFinished, Event, Outcome, clear_fields, outcome_fields
+from .events import (
+    ClearFinished,
+    ClearStarted,
+    Event,
+    Outcome,
+    Reason,
+    clear_fields,
+    outcome_fields,
+)
 
 
 @dataclass(slots=True)
 class ReportCollector:
-    """A scheduler listener that keeps the terminal event of every clear."""
+    """A scheduler listener that keeps the terminal event of every clear.
+
+    It also counts calls per token, retries included: every call spends the
+    token's daily quota.
+    """
 
     finished: dict[int, ClearFinished] = field(default_factory=dict)
+    calls_per_token: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, event: Event) -> None:
-        """Keep ``event`` when it ends a clear."""
+        """Keep ``event`` when it ends a clear; count it when it starts a call."""
         if isinstance(event, ClearFinished):
             self.finished[event.clear.seq] = event
+        elif isinstance(event, ClearStarted):
+            self.calls_per_token[event.token_id] = self.calls_per_token.get(event.token_id, 0) + 1
+
+    def all_succeeded(self) -> bool:
+        """True when every clear succeeded, in this run or in the run it resumed."""
+        return all(
+            event.outcome is Outcome.SUCCEEDED or event.reason is Reason.ALREADY_SUCCEEDED
+            for event in self.finished.values()
+        )
 
     def totals(self) -> dict[str, int]:
         """How many clears ended each way."""
@@ -46,7 +68,9 @@ def write_json_atomically(path: str | os.PathLike[str], document: object) -> Non
     """Write ``document`` as JSON to ``path`` so readers see the old file or the new one."""
     target = Path(path)
     try:
-        fd, temp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+        fd, temp = tempfile.mkstemp(
+            dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp"
+        )
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(document, handle, indent=2)

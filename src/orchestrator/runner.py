@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .client import AiohttpTransport, Transport, WolkvoxClient
+from .errors import OrchestratorError
 from .events import ClearFinished, Listener, Outcome, Reason
+from .locks import TokenLocks
 from .log import EventLog
 from .plan import Lane, Plan
 from .report import ReportCollector, write_json_atomically
@@ -26,6 +28,16 @@ from .scheduler import Backoff, Clock, Scheduler, default_backoff
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a resumed run carries over from the run it continues."""
+
+    #: Clears that succeeded before: not sent again.
+    succeeded: frozenset[int] = frozenset()
+    #: Tokens whose call was in flight when the process died: they rest first.
+    cooling_tokens: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,10 @@ class RunSpec:
     run_id: str
     dry_run: bool = False
     report_path: str | None = None
+    #: Listener that records each event durably before the run goes on (the journal).
+    recorder: Listener | None = None
+    locks: TokenLocks | None = None
+    resume: Resume = field(default_factory=Resume)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +64,8 @@ class RunResult:
     exit_code: int
     totals: dict[str, int]
     duration_ms: int
+    #: Why the run halted early, when it could not record its progress.
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -67,11 +85,13 @@ def new_run_id() -> str:
 
 
 async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
-    """Run ``spec`` and return its exit code; write the report whatever happened."""
+    """Run ``spec`` and return how it ended; write the report whatever happened."""
     parts = engine or Engine()
     started_at, started = _utc_now(), time.monotonic()
     collector = ReportCollector()
-    listeners: tuple[Listener, ...] = (EventLog(spec.logger), collector, *parts.listeners)
+    # The recorder goes first: a clear is journaled before it is logged or sent.
+    first = (spec.recorder,) if spec.recorder is not None else ()
+    listeners: tuple[Listener, ...] = (*first, EventLog(spec.logger), collector, *parts.listeners)
     spec.logger.info(
         "run.started",
         plan=spec.plan.source,
@@ -79,19 +99,28 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
         tokens=len(spec.lanes),
         dry_run=spec.dry_run,
     )
-    signum: int | None = None
+    outcome = _Ending()
     try:
         if spec.dry_run:
             _pretend(spec.lanes, listeners)
         else:
-            signum = await _schedule(spec, parts, listeners)
+            await _schedule(spec, parts, listeners, outcome)
     finally:
-        result = _conclude(spec, collector, signum, started)
+        result = _conclude(spec, collector, outcome, started)
         _write_report(spec, collector, result, started_at)
     return result
 
 
-async def _schedule(spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...]) -> int | None:
+@dataclass(slots=True)
+class _Ending:
+    signum: int | None = None
+    recording_error: Exception | None = None
+    calls_sent: int = 0
+
+
+async def _schedule(
+    spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...], ending: _Ending
+) -> None:
     running = min(spec.plan.settings.max_parallel_tokens, len(spec.lanes))
     async with contextlib.AsyncExitStack() as stack:
         transport = parts.transport
@@ -106,11 +135,18 @@ async def _schedule(spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...
             listeners=listeners,
             clock=parts.clock,
             backoff=parts.backoff,
+            locks=spec.locks,
+            already_succeeded=spec.resume.succeeded,
+            cooling_tokens=spec.resume.cooling_tokens,
         )
         received: list[int] = []
-        with _signals_to(scheduler, received, enabled=parts.handle_signals):
-            await scheduler.run()
-        return received[0] if received else None
+        try:
+            with _signals_to(scheduler, received, enabled=parts.handle_signals):
+                await scheduler.run()
+        finally:
+            ending.signum = received[0] if received else None
+            ending.recording_error = scheduler.recording_error
+            ending.calls_sent = scheduler.calls_sent
 
 
 @contextlib.contextmanager
@@ -143,18 +179,32 @@ def _pretend(lanes: tuple[Lane, ...], listeners: tuple[Listener, ...]) -> None:
 
 
 def _conclude(
-    spec: RunSpec, collector: ReportCollector, signum: int | None, started: float
+    spec: RunSpec, collector: ReportCollector, ending: _Ending, started: float
 ) -> RunResult:
     totals = collector.totals()
-    if signum is not None:
-        exit_code = 128 + signum
-    elif spec.dry_run or totals["failed"] == totals["skipped"] == 0:
+    error = None
+    if ending.recording_error is not None:
+        error = f"the run halted: {_describe(ending.recording_error)}"
+        # Nothing sent means nothing changed: that is bad input, not a failed run.
+        exit_code = EXIT_USAGE if ending.calls_sent == 0 else EXIT_FAILED
+    elif ending.signum is not None:
+        exit_code = 128 + ending.signum
+    elif spec.dry_run or collector.all_succeeded():
         exit_code = EXIT_OK
     else:
         exit_code = EXIT_FAILED
     duration_ms = round((time.monotonic() - started) * 1000)
-    spec.logger.info("run.finished", **totals, duration_ms=duration_ms, exit_code=exit_code)
-    return RunResult(exit_code, totals, duration_ms)
+    fields: dict[str, object] = {**totals, "duration_ms": duration_ms, "exit_code": exit_code}
+    fields["calls_per_token"] = collector.calls_per_token
+    if error is not None:
+        fields["error"] = error
+    log = spec.logger.error if error else spec.logger.info
+    log("run.finished", **fields)
+    return RunResult(exit_code, totals, duration_ms, error)
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
 
 
 def _write_report(
@@ -172,6 +222,8 @@ def _write_report(
             "finished_at": _utc_now(),
             "exit_code": result.exit_code,
             "totals": result.totals,
+            "calls_per_token": collector.calls_per_token,
+            "error": result.error,
             "clears": collector.clears(),
         },
     )

@@ -136,6 +136,8 @@ class Scheduler:
         self._halt_reason: Reason | None = None
         self._in_flight: set[asyncio.Task[Answer]] = set()
         self._interrupts = 0
+        self._recording_error: Exception | None = None
+        self._calls_sent = 0
         self._totals = {outcome: 0 for outcome in Outcome}
 
     @property
@@ -262,6 +264,12 @@ class Scheduler:
                     self._emit(TokenWaiting(clear, token_id, lease.waited_s))
                 tries.count += 1
                 self._emit(ClearStarted(clear, token_id, tries.count))
+                if self._recording_error is not None:
+                    # The in-flight mark was not recorded: this attempt must not leave.
+                    tries.count -= 1
+                    tries.reason = Reason.RECORDING_FAILED
+                    return None
+                self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
         except LockError as exc:
             tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
@@ -328,11 +336,31 @@ class Scheduler:
             )
         )
 
+    @property
+    def recording_error(self) -> Exception | None:
+        """The first error a listener raised; the run halted on it."""
+        return self._recording_error
+
+    @property
+    def calls_sent(self) -> int:
+        """How many calls left this process."""
+        return self._calls_sent
+
     def _emit(self, event: Event) -> None:
         if isinstance(event, ClearFinished):
             self._totals[event.outcome] += 1
         for listener in self._listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:
+                # A clear whose state cannot be recorded must not be followed by another
+                # request: halt, and let the runner report the error once the lanes are done.
+                if self._recording_error is None:
+                    self._recording_error = exc
+                self._stop(Reason.RECORDING_FAILED)
+                if isinstance(event, ClearStarted):
+                    # That attempt will not be sent, so nobody else may hear of it.
+                    return
 
 
 def _failure_reason(answer: Answer) -> Reason:

@@ -368,7 +368,13 @@ class _Validator:
         self._fields(entries, path, spec)
         campaign_id, results, server = spec.campaign_id, spec.results, spec.server
         type_campaign, token = spec.type_campaign, spec.token
-        if None in (campaign_id, results, type_campaign, server, token):
+        if (
+            campaign_id is None
+            or results is None
+            or type_campaign is None
+            or server is None
+            or token is None
+        ):
             self._missing(spec, entries, default_keys, path, line)
         if results is not None:
             self.planned += len(results)
