@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,10 +266,8 @@ class SimulatorProcess:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGINT)  # serve() stops cleanly on KeyboardInterrupt
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         _kill_group(proc.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
@@ -547,9 +546,7 @@ def _timeline_figures(timeline: list[dict[str, Any]], child: Child) -> dict[str,
     gaps_ms: list[float] = []
     for calls in by_token.values():
         calls.sort(key=lambda c: c["arrived"])
-        gaps_ms += [
-            (b["arrived"] - a["departed"]) * 1000 for a, b in zip(calls, calls[1:], strict=False)
-        ]
+        gaps_ms += [(b["arrived"] - a["departed"]) * 1000 for a, b in itertools.pairwise(calls)]
     first = min(c["arrived"] for c in timeline)
     return {
         # time.monotonic() is system-wide on Linux: the simulator's clock is ours.
@@ -614,7 +611,8 @@ def print_rows(title: str, rows: list[Row]) -> None:
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "-"
         verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS")
         print(
-            f"{row.figure:<44} {_fmt(row.orchestrator, row.unit):>14} {_fmt(row.bare, row.unit):>12}"
+            f"{row.figure:<44} {_fmt(row.orchestrator, row.unit):>14}"
+            f" {_fmt(row.bare, row.unit):>12}"
             f" {ratio:>7}  {row.target:<26} {verdict}"
         )
     sys.stdout.flush()
@@ -860,7 +858,8 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
     shape = (SMOKE_SHAPES if ctx.smoke else SHAPES)["scale"]
     total = shape.tokens * shape.clears
     title = (
-        f"scale: {shape.tokens} tokens x {shape.clears} clears ({total} clears) x {shape.latency_ms:g} ms,"
+        f"scale: {shape.tokens} tokens x {shape.clears} clears ({total} clears)"
+        f" x {shape.latency_ms:g} ms,"
         f" max_parallel_tokens {shape.parallel}, medians of {ctx.repeat}"
     )
     print(f"\n{title}", flush=True)
@@ -881,14 +880,16 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
             )
             if child.exit_code != 0 or child.timed_out:
                 raise HarnessError(
-                    f"validate exited {child.exit_code}:\n{_tail(ctx.workdir / 'scale-validate.stderr')}"
+                    f"validate exited {child.exit_code}:\n"
+                    + _tail(ctx.workdir / "scale-validate.stderr")
                 )
             if i:
                 validations.append(
                     {"wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_mb": child.maxrss_mb}
                 )
                 print(
-                    f"  validate {i}/{ctx.repeat}: {child.wall_s:.3f} s, cpu {child.cpu_s:.2f} s, rss {child.maxrss_mb:.0f} MB",
+                    f"  validate {i}/{ctx.repeat}: {child.wall_s:.3f} s,"
+                    f" cpu {child.cpu_s:.2f} s, rss {child.maxrss_mb:.0f} MB",
                     flush=True,
                 )
         runs = side_by_side(ctx, work, sim, ctx.repeat, timeline=False, timeout_s=900, warmup=False)
@@ -936,7 +937,8 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
 def scenario_startup(ctx: Context) -> dict[str, Any]:
     shape = (SMOKE_SHAPES if ctx.smoke else SHAPES)["startup"]
     print(
-        f"\nstartup: validate of the example plan, and a {shape.tokens} x {shape.clears} run; medians of {ctx.repeat}",
+        f"\nstartup: validate of the example plan, and a {shape.tokens} x {shape.clears} run;"
+        f" medians of {ctx.repeat}",
         flush=True,
     )
     if EXAMPLE_PLAN.exists():
@@ -956,7 +958,8 @@ def scenario_startup(ctx: Context) -> dict[str, Any]:
         )
         if child.exit_code != 0 or child.timed_out:
             raise HarnessError(
-                f"validate {example} exited {child.exit_code}:\n{_tail(ctx.workdir / 'startup-validate.stderr')}"
+                f"validate {example} exited {child.exit_code}:\n"
+                + _tail(ctx.workdir / "startup-validate.stderr")
             )
         if i:
             validations.append(
@@ -971,7 +974,7 @@ def scenario_startup(ctx: Context) -> dict[str, Any]:
     orch, bare = medians(runs["orchestrator"]), medians(runs["bare"])
     rows = [
         Row(
-            f"validate {EXAMPLE_PLAN.name if EXAMPLE_PLAN.exists() else 'README example'}: start -> exit",
+            f"validate {'example.yaml' if EXAMPLE_PLAN.exists() else 'README example'}: start -> exit",
             "validate_wall_s",
             "s",
             validate["wall_s"],
@@ -1104,7 +1107,8 @@ def summarize_py_spy(raw: Path, top: int = 40) -> str:
     total = sum(n for _, n in stacks)
     importing = sum(n for frames, n in stacks if _is_import(frames))
     out = [
-        f"{total} samples at 1 kHz, idle excluded; {importing / max(total, 1):.1%} of them inside imports",
+        f"{total} samples at 1 kHz, idle excluded;"
+        f" {importing / max(total, 1):.1%} of them inside imports",
         "(module loading); 'after start-up' leaves those out.",
     ]
     for title, chosen in (
@@ -1224,7 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         metavar="S",
-        help="before each measured run, wait up to S seconds for other processes to leave the CPUs idle",
+        help="before each measured run, wait up to S s for other processes to leave the CPUs idle",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (plans, logs)")
     args = parser.parse_args(argv)
@@ -1241,10 +1245,16 @@ def main(argv: list[str] | None = None) -> int:
         info = machine()
         print(
             f"machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']},"
-            f" aiohttp {info['aiohttp']}, structlog {info['structlog']}; git {info['git']}, src {info['src_sha256']}"
+            f" aiohttp {info['aiohttp']}, structlog {info['structlog']};"
+            f" git {info['git']}, src {info['src_sha256']}"
         )
         print(
-            f"orchestrator: {' '.join(orchestrator_cmd())}; journal: {'--state-dir ' + str(workdir) + '/...' if ctx.tools.state_dir else 'no --state-dir in this build'}"
+            f"orchestrator: {' '.join(orchestrator_cmd())}; journal: "
+            + (
+                "on (--state-dir in a temporary directory)"
+                if ctx.tools.state_dir
+                else "no --state-dir in this build"
+            )
         )
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         for name in names:

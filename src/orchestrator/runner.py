@@ -141,7 +141,7 @@ async def _schedule(
         )
         received: list[int] = []
         try:
-            with _signals_to(scheduler, received, enabled=parts.handle_signals):
+            with _signals_to(scheduler, received, spec.logger, enabled=parts.handle_signals):
                 await scheduler.run()
         finally:
             ending.signum = received[0] if received else None
@@ -150,7 +150,9 @@ async def _schedule(
 
 
 @contextlib.contextmanager
-def _signals_to(scheduler: Scheduler, received: list[int], *, enabled: bool) -> Iterator[None]:
+def _signals_to(
+    scheduler: Scheduler, received: list[int], logger: Any, *, enabled: bool
+) -> Iterator[None]:
     """Route SIGINT and SIGTERM to the scheduler for as long as it runs."""
     if not enabled:
         yield
@@ -159,7 +161,15 @@ def _signals_to(scheduler: Scheduler, received: list[int], *, enabled: bool) -> 
 
     def on_signal(signum: int) -> None:
         received.append(signum)
+        in_flight = scheduler.in_flight
         scheduler.interrupt()
+        # Said at once, so an operator knows the signal arrived and what a second one does.
+        logger.warning(
+            "run.interrupted",
+            signal=signal.Signals(signum).name,
+            calls_in_flight=in_flight,
+            cut=len(received) > 1,
+        )
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)

@@ -145,6 +145,11 @@ class Scheduler:
         """True once :meth:`interrupt` was called."""
         return self._interrupts > 0
 
+    @property
+    def in_flight(self) -> int:
+        """How many calls are waiting for their answer right now."""
+        return len(self._in_flight)
+
     def interrupt(self) -> None:
         """Stop starting clears; on the second call, also cut the calls in flight."""
         self._interrupts += 1

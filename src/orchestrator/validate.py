@@ -188,10 +188,6 @@ class _Spec:
         )
 
 
-#: Where a clear target was first cleared: (campaign path, line).
-_Place = tuple[str, int]
-
-
 class _Validator:
     """One validation pass over one plan."""
 
@@ -202,11 +198,9 @@ class _Validator:
         self.protect: dict[str, str] = {}
         self.clears: list[Clear] = []
         self.planned = 0
-        #: Where each (server, type_campaign, campaign_id, result) is first cleared,
-        #: and each target first cleared at all and first cleared with "all".
-        self.cleared: dict[tuple[str, str, str, str | None], _Place] = {}
-        self.targets: dict[tuple[str, str, str], _Place] = {}
-        self.everything: dict[tuple[str, str, str], _Place] = {}
+        #: Each (server, type_campaign, campaign_id) cleared so far → the results
+        #: each campaign entry clears there, with its path and line.
+        self.targets: dict[tuple[str, str, str], list[tuple[tuple[str | None, ...], str, int]]] = {}
         self.token_files: dict[str, str] = {}
 
     def plan(self, root: Node | None) -> Plan:
@@ -443,39 +437,42 @@ class _Validator:
     def _duplicates(
         self, target: tuple[str, str, str], results: tuple[str | None, ...], path: str, line: int
     ) -> None:
-        here = (path, line)
-        cleared = self.cleared
-        everything = self.everything
-        server, type_campaign, campaign_id = target
+        earlier = self.targets.get(target)
+        if earlier is None:
+            self.targets[target] = [(results, path, line)]
+            return
         for result in results:
-            key = (server, type_campaign, campaign_id, result)
-            if (
-                key in cleared
-                or target in everything
-                or (result is None and target in self.targets)
-            ):
-                self._duplicate(key, path, line)
-            else:
-                cleared[key] = here
-        if results[0] is None:
-            everything.setdefault(target, here)
-        self.targets.setdefault(target, here)
+            for their_results, their_path, their_line in earlier:
+                if result in their_results or result is None or None in their_results:
+                    self._duplicate(
+                        target,
+                        result,
+                        their_results,
+                        f"{their_path} at line {their_line}",
+                        path,
+                        line,
+                    )
+                    return
+        earlier.append((results, path, line))
 
-    def _duplicate(self, key: tuple[str, str, str, str | None], path: str, line: int) -> None:
-        server, type_campaign, campaign_id, result = key
+    def _duplicate(
+        self,
+        target: tuple[str, str, str],
+        result: str | None,
+        their_results: tuple[str | None, ...],
+        there: str,
+        path: str,
+        line: int,
+    ) -> None:
+        server, type_campaign, campaign_id = target
         what = f"campaign {campaign_id!r} on server {server!r} ({type_campaign})"
-        first = self.cleared.get(key)
-        if first is not None:
+        if result in their_results:
             label = ALL_RESULTS if result is None else result
-            message = (
-                f"duplicate clear: {what}, result {label!r}, is already cleared by {_at(first)}"
-            )
+            message = f"duplicate clear: {what}, result {label!r}, is already cleared by {there}"
         else:
-            target = (server, type_campaign, campaign_id)
-            other = self.everything.get(target) or self.targets[target]
             message = (
                 f"duplicate clear: {what} is cleared both with {ALL_RESULTS!r} and with a "
-                f"result filter (see {_at(other)}); {ALL_RESULTS!r} already deletes every record"
+                f"result filter (see {there}); {ALL_RESULTS!r} already deletes every record"
             )
         self.problem(line, join(path, "results"), message)
 
@@ -591,7 +588,7 @@ class _Validator:
         items = self.read.items(node, parent, "results", expected)
         if items is None:
             return None
-        path = join(parent, "results")
+        path = parent + ".results"
         if not items:
             message = (
                 f"the list is empty: name at least one filter, or write results: {ALL_RESULTS}"
@@ -651,7 +648,3 @@ def _check_lock_url(url: str) -> str | None:
 
 def _id_key(campaign_id: str) -> str:
     return campaign_id.lstrip("0") or "0"
-
-
-def _at(place: _Place) -> str:
-    return f"{place[0]} at line {place[1]}"

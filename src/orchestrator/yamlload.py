@@ -256,14 +256,12 @@ class Reader:
         self._reads += len(nodes)
         if self._reads > MAX_NODES:
             self._too_many()
-        texts: list[str | None] = []
-        append = texts.append
-        for index, node in enumerate(nodes):
-            if type(node) is ScalarNode and node.tag == _PLAIN and node.value not in NULL_TEXTS:
-                append(node.value)
-            else:
-                append(self._text(node, parent, index, expected))
-        return texts
+        return [
+            node.value
+            if type(node) is ScalarNode and node.tag == _PLAIN and node.value not in NULL_TEXTS
+            else self._text(node, parent, index, expected)
+            for index, node in enumerate(nodes)
+        ]
 
     def _text(self, node: Node, parent: str, key: str | int, expected: str) -> str | None:
         if type(node) is ScalarNode:

@@ -1,0 +1,217 @@
+"""The command line end to end: real plans, real loopback HTTP to the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sim_thread import ThreadedSimulator, running_simulator
+
+from orchestrator.cli import main
+from orchestrator.plan import RESULT_FILTERS
+
+TOKEN = "tok-main-0123456789"
+OPS_TOKEN = "tok-ops-9876543210"
+
+PLAN = """\
+version: 1
+settings:
+  base_url: "{base_url}"
+  cooldown_s: 0
+defaults:
+  server: 0014
+  token_env: T_MAIN
+  type_campaign: predictive
+campaigns:
+  - campaign_id: 3001
+    results: [no-answer, busy, abandon]
+    tags: [nightly]
+  - campaign_id: 3002
+    type_campaign: preview
+    results: all
+  - campaign_id: 4001
+    server: 0038
+    token_env: T_OPS
+    results: [failed]
+    on_failure: continue
+"""
+
+
+@pytest.fixture
+def sim() -> Iterator[ThreadedSimulator]:
+    with running_simulator(latency_ms=5) as sim:
+        yield sim
+
+
+@pytest.fixture
+def tokens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("T_MAIN", TOKEN)
+    monkeypatch.setenv("T_OPS", OPS_TOKEN)
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "state"))
+
+
+def write_plan(tmp_path: Path, base_url: str, text: str = PLAN) -> str:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text.format(base_url=base_url))
+    return str(path)
+
+
+def log_lines(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_run_clears_exactly_the_planned_records(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write_plan(tmp_path, sim.base_url)
+    assert main(["run", plan, "--yes", "--log-format", "json"]) == 0
+    records = sim.simulator.records
+    cleared = {"no-answer", "busy", "abandon"}
+    assert records("0014", "predictive", "3001") == {r: 0 if r in cleared else 100 for r in RESULT_FILTERS}
+    assert records("0014", "preview", "3002") == dict.fromkeys(RESULT_FILTERS, 0)
+    assert records("0038", "predictive", "4001") == {r: 0 if r == "failed" else 100 for r in RESULT_FILTERS}
+    assert records("14", "predictive", "3001") == dict.fromkeys(RESULT_FILTERS, 100)
+    assert sim.simulator.stats()["max_in_flight_per_token"] == 1
+
+
+def test_every_clear_is_logged_started_and_then_exactly_once_as_an_outcome(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json"])
+    lines = log_lines(capsys.readouterr().out)
+    assert [line["event"] for line in lines][0] == "run.started"
+    assert lines[0]["clears"] == 5 and lines[0]["tokens"] == 2 and lines[0]["dry_run"] is False
+    terminal = [line["seq"] for line in lines if line["event"] == "clear.succeeded"]
+    assert sorted(terminal) == [1, 2, 3, 4, 5]
+    lane = [(line["event"], line["seq"]) for line in lines if line.get("server") == "0014"]
+    assert lane == [
+        (event, seq) for seq in (1, 2, 3, 4) for event in ("clear.started", "clear.succeeded")
+    ]
+    finished = lines[-1]
+    assert finished["event"] == "run.finished"
+    assert (finished["succeeded"], finished["failed"], finished["skipped"], finished["exit_code"]) == (5, 0, 0, 0)
+    assert {line["run_id"] for line in lines} == {finished["run_id"]}
+
+
+def test_a_token_never_appears_in_any_output(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write_plan(tmp_path, sim.base_url)
+    report = tmp_path / "report.json"
+    main(["run", plan, "--yes", "--log-format", "json", "--report", str(report)])
+    main(["run", plan, "--dry-run", "--log-format", "console"])
+    main(["validate", plan])
+    captured = capsys.readouterr()
+    everything = captured.out + captured.err + report.read_text()
+    for state_file in (tmp_path / "state").rglob("*"):
+        if state_file.is_file():
+            everything += state_file.read_bytes().decode("latin-1")
+    assert TOKEN not in everything and OPS_TOKEN not in everything
+
+
+def test_without_yes_and_without_a_terminal_the_run_is_refused_and_nothing_sent(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))
+    assert main(["run", write_plan(tmp_path, sim.base_url)]) == 2
+    assert "pass --yes" in capsys.readouterr().err
+    assert sim.simulator.stats()["total_calls"] == 0
+
+
+def test_a_dry_run_sends_nothing_and_lists_the_clears_per_lane(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", write_plan(tmp_path, sim.base_url), "--dry-run", "--log-format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert sim.simulator.stats()["total_calls"] == 0
+    assert "lane 1: env:T_MAIN" in captured.err and "campaign 3002: ALL RECORDS" in captured.err
+    skipped = [line for line in log_lines(captured.out) if line["event"] == "clear.skipped"]
+    assert [(s["seq"], s["reason"]) for s in skipped] == [(n, "dry_run") for n in (1, 2, 3, 4, 5)]
+
+
+def test_tag_runs_only_the_campaigns_carrying_it(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--tag", "nightly", "--log-format", "json"]) == 0
+    done = [line["seq"] for line in log_lines(capsys.readouterr().out) if line["event"] == "clear.succeeded"]
+    assert done == [1, 2, 3]
+    assert sim.simulator.records("0014", "preview", "3002")["busy"] == 100
+
+
+def test_an_unknown_tag_is_bad_usage(sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--tag", "weekly"]) == 2
+    assert "no campaign" in capsys.readouterr().err
+
+
+def test_a_missing_token_stops_the_run_before_anything_is_sent(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("T_OPS")
+    assert main(["run", write_plan(tmp_path, sim.base_url), "--yes"]) == 2
+    assert "environment variable T_OPS is not set" in capsys.readouterr().err
+    assert sim.simulator.stats()["total_calls"] == 0
+
+
+def test_plain_http_to_another_host_is_refused(tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = write_plan(tmp_path, "https://wv{server}.wolkvox.com")
+    assert main(["run", plan, "--yes", "--base-url", "http://wv{server}.wolkvox.com"]) == 2
+    assert "--base-url" in capsys.readouterr().err
+
+
+def test_a_rejected_token_fails_its_lane_and_the_report_says_why(
+    tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "report.json"
+    with running_simulator(latency_ms=1, valid_tokens=frozenset({OPS_TOKEN})) as sim:
+        code = main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json", "--report", str(report)])
+    assert code == 1
+    document = json.loads(report.read_text())
+    assert document["exit_code"] == 1 and document["totals"] == {"succeeded": 1, "failed": 1, "skipped": 3}
+    by_seq = {c["seq"]: (c["outcome"], c["reason"], c["http_status"]) for c in document["clears"]}
+    assert by_seq == {
+        1: ("failed", "token_rejected", 403),
+        2: ("skipped", "token_rejected", None),
+        3: ("skipped", "token_rejected", None),
+        4: ("skipped", "token_rejected", None),
+        5: ("succeeded", None, 200),
+    }
+    assert set(document) >= {"run_id", "plan", "dry_run", "started_at", "finished_at", "calls_per_token"}
+
+
+def test_a_bad_plan_exits_2_with_one_line_per_problem_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("version: 1\ncampaigns:\n  - campaign_id: 12a\n    results: [nobody]\n    resutls: all\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{path}:3: campaigns[0].campaign_id" in err
+    assert f"{path}:4: campaigns[0].results[0]: 'nobody' is not a result filter" in err
+    assert f"{path}:5: campaigns[0]: unknown key 'resutls' (did you mean 'results'?)" in err
+
+
+def test_validate_needs_no_tokens_and_warns_about_unset_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("T_MAIN", raising=False)
+    assert main(["validate", write_plan(tmp_path, "https://wv{server}.wolkvox.com")]) == 0
+    captured = capsys.readouterr()
+    assert "warning: environment variable T_MAIN is not set" in captured.err
+    assert "#1" in captured.out and "#5" in captured.out
+
+
+def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WOLKVOX_")}
+    env["ORCHESTRATOR_STATE_DIR"] = str(tmp_path / "state")
+    example = Path(__file__).parent.parent / "plans" / "example.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(example), "--simulate", "--yes"],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5 succeeded, 0 failed, 0 skipped" in done.stderr
+    assert all(json.loads(line)["event"] for line in done.stdout.splitlines())
