@@ -19,7 +19,9 @@ BUSY = Answer(
 )
 UNAVAILABLE = Answer(Verdict.RETRY, http_status=503, code=503, error="unreadable body: HTTP 503")
 TIMEOUT = Answer(Verdict.RETRY, error="timeout", outcome_unknown=True)
-BAD_REQUEST = Answer(Verdict.FAILED, http_status=400, code=400, error="SOME PARAMETERS ARE REQUIRED")
+BAD_REQUEST = Answer(
+    Verdict.FAILED, http_status=400, code=400, error="SOME PARAMETERS ARE REQUIRED"
+)
 REJECTED = Answer(Verdict.TOKEN_REJECTED, http_status=403, code=403, error="PLEASE VALIDATE TOKEN")
 QUOTA = Answer(Verdict.QUOTA_EXHAUSTED, http_status=403, code=403, error="TOKEN LIMIT EXCEEDED")
 
@@ -42,7 +44,9 @@ def make_lane(name: str, *clears: Clear) -> Lane:
     return Lane(secret.token_id, (f"env:{name}",), secret, clears)
 
 
-def lane_of(name: str, seqs: list[int], on_failure: OnFailure = OnFailure.STOP, retries: int = 3) -> Lane:
+def lane_of(
+    name: str, seqs: list[int], on_failure: OnFailure = OnFailure.STOP, retries: int = 3
+) -> Lane:
     return make_lane(name, *(make_clear(s, on_failure=on_failure, retries=retries) for s in seqs))
 
 

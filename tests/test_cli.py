@@ -72,9 +72,13 @@ def test_a_run_clears_exactly_the_planned_records(
     assert main(["run", plan, "--yes", "--log-format", "json"]) == 0
     records = sim.simulator.records
     cleared = {"no-answer", "busy", "abandon"}
-    assert records("0014", "predictive", "3001") == {r: 0 if r in cleared else 100 for r in RESULT_FILTERS}
+    assert records("0014", "predictive", "3001") == {
+        r: 0 if r in cleared else 100 for r in RESULT_FILTERS
+    }
     assert records("0014", "preview", "3002") == dict.fromkeys(RESULT_FILTERS, 0)
-    assert records("0038", "predictive", "4001") == {r: 0 if r == "failed" else 100 for r in RESULT_FILTERS}
+    assert records("0038", "predictive", "4001") == {
+        r: 0 if r == "failed" else 100 for r in RESULT_FILTERS
+    }
     assert records("14", "predictive", "3001") == dict.fromkeys(RESULT_FILTERS, 100)
     assert sim.simulator.stats()["max_in_flight_per_token"] == 1
 
@@ -94,7 +98,12 @@ def test_every_clear_is_logged_started_and_then_exactly_once_as_an_outcome(
     ]
     finished = lines[-1]
     assert finished["event"] == "run.finished"
-    assert (finished["succeeded"], finished["failed"], finished["skipped"], finished["exit_code"]) == (5, 0, 0, 0)
+    assert (
+        finished["succeeded"],
+        finished["failed"],
+        finished["skipped"],
+        finished["exit_code"],
+    ) == (5, 0, 0, 0)
     assert {line["run_id"] for line in lines} == {finished["run_id"]}
 
 
@@ -115,7 +124,11 @@ def test_a_token_never_appears_in_any_output(
 
 
 def test_without_yes_and_without_a_terminal_the_run_is_refused_and_nothing_sent(
-    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sim: ThreadedSimulator,
+    tokens: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sys, "stdin", open(os.devnull))
     assert main(["run", write_plan(tmp_path, sim.base_url)]) == 2
@@ -126,7 +139,9 @@ def test_without_yes_and_without_a_terminal_the_run_is_refused_and_nothing_sent(
 def test_a_dry_run_sends_nothing_and_lists_the_clears_per_lane(
     sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", write_plan(tmp_path, sim.base_url), "--dry-run", "--log-format", "json"]) == 0
+    assert (
+        main(["run", write_plan(tmp_path, sim.base_url), "--dry-run", "--log-format", "json"]) == 0
+    )
     captured = capsys.readouterr()
     assert sim.simulator.stats()["total_calls"] == 0
     assert "lane 1: env:T_MAIN" in captured.err and "campaign 3002: ALL RECORDS" in captured.err
@@ -137,19 +152,42 @@ def test_a_dry_run_sends_nothing_and_lists_the_clears_per_lane(
 def test_tag_runs_only_the_campaigns_carrying_it(
     sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--tag", "nightly", "--log-format", "json"]) == 0
-    done = [line["seq"] for line in log_lines(capsys.readouterr().out) if line["event"] == "clear.succeeded"]
+    assert (
+        main(
+            [
+                "run",
+                write_plan(tmp_path, sim.base_url),
+                "--yes",
+                "--tag",
+                "nightly",
+                "--log-format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    done = [
+        line["seq"]
+        for line in log_lines(capsys.readouterr().out)
+        if line["event"] == "clear.succeeded"
+    ]
     assert done == [1, 2, 3]
     assert sim.simulator.records("0014", "preview", "3002")["busy"] == 100
 
 
-def test_an_unknown_tag_is_bad_usage(sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_tag_is_bad_usage(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--tag", "weekly"]) == 2
     assert "no campaign" in capsys.readouterr().err
 
 
 def test_a_missing_token_stops_the_run_before_anything_is_sent(
-    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sim: ThreadedSimulator,
+    tokens: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("T_OPS")
     assert main(["run", write_plan(tmp_path, sim.base_url), "--yes"]) == 2
@@ -157,7 +195,9 @@ def test_a_missing_token_stops_the_run_before_anything_is_sent(
     assert sim.simulator.stats()["total_calls"] == 0
 
 
-def test_plain_http_to_another_host_is_refused(tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_http_to_another_host_is_refused(
+    tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plan = write_plan(tmp_path, "https://wv{server}.wolkvox.com")
     assert main(["run", plan, "--yes", "--base-url", "http://wv{server}.wolkvox.com"]) == 2
     assert "--base-url" in capsys.readouterr().err
@@ -168,10 +208,24 @@ def test_a_rejected_token_fails_its_lane_and_the_report_says_why(
 ) -> None:
     report = tmp_path / "report.json"
     with running_simulator(latency_ms=1, valid_tokens=frozenset({OPS_TOKEN})) as sim:
-        code = main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json", "--report", str(report)])
+        code = main(
+            [
+                "run",
+                write_plan(tmp_path, sim.base_url),
+                "--yes",
+                "--log-format",
+                "json",
+                "--report",
+                str(report),
+            ]
+        )
     assert code == 1
     document = json.loads(report.read_text())
-    assert document["exit_code"] == 1 and document["totals"] == {"succeeded": 1, "failed": 1, "skipped": 3}
+    assert document["exit_code"] == 1 and document["totals"] == {
+        "succeeded": 1,
+        "failed": 1,
+        "skipped": 3,
+    }
     by_seq = {c["seq"]: (c["outcome"], c["reason"], c["http_status"]) for c in document["clears"]}
     assert by_seq == {
         1: ("failed", "token_rejected", 403),
@@ -180,14 +234,23 @@ def test_a_rejected_token_fails_its_lane_and_the_report_says_why(
         4: ("skipped", "token_rejected", None),
         5: ("succeeded", None, 200),
     }
-    assert set(document) >= {"run_id", "plan", "dry_run", "started_at", "finished_at", "calls_per_token"}
+    assert set(document) >= {
+        "run_id",
+        "plan",
+        "dry_run",
+        "started_at",
+        "finished_at",
+        "calls_per_token",
+    }
 
 
 def test_a_bad_plan_exits_2_with_one_line_per_problem_and_no_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("version: 1\ncampaigns:\n  - campaign_id: 12a\n    results: [nobody]\n    resutls: all\n")
+    path.write_text(
+        "version: 1\ncampaigns:\n  - campaign_id: 12a\n    results: [nobody]\n    resutls: all\n"
+    )
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -196,7 +259,9 @@ def test_a_bad_plan_exits_2_with_one_line_per_problem_and_no_traceback(
     assert f"{path}:5: campaigns[0]: unknown key 'resutls' (did you mean 'results'?)" in err
 
 
-def test_validate_needs_no_tokens_and_warns_about_unset_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_needs_no_tokens_and_warns_about_unset_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("T_MAIN", raising=False)
     assert main(["validate", write_plan(tmp_path, "https://wv{server}.wolkvox.com")]) == 0
     captured = capsys.readouterr()
@@ -210,8 +275,98 @@ def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path
     example = Path(__file__).parent.parent / "plans" / "example.yaml"
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", "run", str(example), "--simulate", "--yes"],
-        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     assert "5 succeeded, 0 failed, 0 skipped" in done.stderr
     assert all(json.loads(line)["event"] for line in done.stdout.splitlines())
+
+
+def test_a_one_off_clear_deletes_only_the_named_results(
+    sim: ThreadedSimulator, tokens: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "clear",
+            "--server",
+            "0014",
+            "--type-campaign",
+            "predictive",
+            "--campaign-id",
+            "0777",
+            "--result",
+            "busy",
+            "--result",
+            "failed",
+            "--token-env",
+            "T_MAIN",
+            "--yes",
+            "--base-url",
+            sim.base_url,
+            "--log-format",
+            "json",
+        ]
+    )
+    assert code == 0
+    assert sim.simulator.records("0014", "predictive", "0777") == {
+        r: 0 if r in ("busy", "failed") else 100 for r in RESULT_FILTERS
+    }
+    done = [
+        (line["campaign_id"], line["result"])
+        for line in log_lines(capsys.readouterr().out)
+        if line["event"] == "clear.succeeded"
+    ]
+    assert done == [("0777", "busy"), ("0777", "failed")]
+
+
+def test_a_one_off_clear_without_result_deletes_every_record(
+    sim: ThreadedSimulator, tokens: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "clear",
+        "--server",
+        "0014",
+        "--type-campaign",
+        "preview",
+        "--campaign-id",
+        "12",
+        "--token-env",
+        "T_MAIN",
+        "--yes",
+        "--base-url",
+        sim.base_url,
+    ]
+    assert main(args) == 0
+    assert sim.simulator.records("0014", "preview", "12") == dict.fromkeys(RESULT_FILTERS, 0)
+
+
+def test_a_one_off_clear_names_the_option_that_is_wrong_and_sends_nothing(
+    sim: ThreadedSimulator, tokens: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "clear",
+            "--server",
+            "00-14",
+            "--type-campaign",
+            "predictive",
+            "--campaign-id",
+            "1",
+            "--result",
+            "nobody",
+            "--token-env",
+            "T_MAIN",
+            "--yes",
+            "--base-url",
+            sim.base_url,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "orchestrator clear: --server: " in err
+    assert "orchestrator clear: --result: 'nobody' is not a result filter" in err
+    assert sim.simulator.stats()["total_calls"] == 0

@@ -76,7 +76,9 @@ def test_a_success_is_logged_with_the_answer() -> None:
 
 
 def test_a_failure_is_logged_as_an_error_with_its_reason() -> None:
-    event = ClearFinished(CLEAR, LANE.token_id, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, 4, TIMEOUT, 9000)
+    event = ClearFinished(
+        CLEAR, LANE.token_id, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, 4, TIMEOUT, 9000
+    )
     assert captured(event) == [
         {
             "event": "clear.failed",

@@ -180,7 +180,9 @@ async def test_a_rejected_token_skips_the_rest_of_its_lane_whatever_on_failure_s
 
 async def test_an_exhausted_quota_skips_the_rest_of_its_lane() -> None:
     sender, events = ScriptedSender({1: [QUOTA]}), []
-    await make_scheduler([lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE)], sender, events).run()
+    await make_scheduler(
+        [lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE)], sender, events
+    ).run()
     assert sender.calls == [1]
     assert outcomes(events) == {
         1: ("failed", "token_quota_exhausted"),
@@ -190,7 +192,9 @@ async def test_an_exhausted_quota_skips_the_rest_of_its_lane() -> None:
 
 async def test_on_failure_continue_goes_on_to_the_next_clear() -> None:
     sender, events = ScriptedSender({1: [BAD_REQUEST]}), []
-    await make_scheduler([lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE)], sender, events).run()
+    await make_scheduler(
+        [lane_of("A", [1, 2], on_failure=OnFailure.CONTINUE)], sender, events
+    ).run()
     assert sender.calls == [1, 2]
     assert outcomes(events) == {1: ("failed", "rejected"), 2: ("succeeded", None)}
 
@@ -219,7 +223,9 @@ async def test_on_failure_abort_starts_nothing_new_but_lets_calls_in_flight_fini
 async def test_an_interrupt_lets_the_call_in_flight_finish_and_skips_the_rest() -> None:
     sender, events = ScriptedSender(), []
     sender.gate(1)
-    scheduler = make_scheduler([lane_of("A", [1, 2]), lane_of("B", [3])], sender, events, max_parallel=1)
+    scheduler = make_scheduler(
+        [lane_of("A", [1, 2]), lane_of("B", [3])], sender, events, max_parallel=1
+    )
     task = asyncio.create_task(scheduler.run())
     await sender.started[1].wait()
     scheduler.interrupt()
@@ -357,8 +363,13 @@ async def test_every_call_holds_the_token_lock_and_a_wait_is_reported() -> None:
     seen_held: list[bool] = []
     sender.on_call = lambda seq: seen_held.append(bool(locks.held))
     scheduler = Scheduler(
-        [lane_of("A", [1, 2])], sender, max_parallel=1, cooldown_s=0,
-        listeners=[events.append], clock=FakeClock(), locks=locks,
+        [lane_of("A", [1, 2])],
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[events.append],
+        clock=FakeClock(),
+        locks=locks,
     )
     await scheduler.run()
     assert locks.holds == 2
@@ -372,8 +383,13 @@ async def test_every_call_holds_the_token_lock_and_a_wait_is_reported() -> None:
 async def test_a_lost_lock_stops_the_lane_after_the_call_in_flight() -> None:
     sender, events = ScriptedSender({1: [UNAVAILABLE, OK]}), []
     scheduler = Scheduler(
-        [lane_of("A", [1, 2]), lane_of("B", [3])], sender, max_parallel=1, cooldown_s=0,
-        listeners=[events.append], clock=FakeClock(), locks=ScriptedLocks(lose_on=1),
+        [lane_of("A", [1, 2]), lane_of("B", [3])],
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[events.append],
+        clock=FakeClock(),
+        locks=ScriptedLocks(lose_on=1),
     )
     await scheduler.run()
     assert sender.calls == [1, 3]

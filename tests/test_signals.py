@@ -23,11 +23,29 @@ campaigns:
 def start_run(tmp_path: Path, base_url: str) -> subprocess.Popen[str]:
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN.format(base_url=base_url))
-    env = {**os.environ, "T_MAIN": "token-for-signals", "ORCHESTRATOR_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        **os.environ,
+        "T_MAIN": "token-for-signals",
+        "ORCHESTRATOR_STATE_DIR": str(tmp_path / "state"),
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(plan), "--yes", "--log-format", "json",
-         "--report", str(tmp_path / "report.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(plan),
+            "--yes",
+            "--log-format",
+            "json",
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -38,7 +56,9 @@ def read_until(proc: subprocess.Popen[str], event: str) -> list[dict[str, object
         lines.append(json.loads(raw))
         if lines[-1]["event"] == event:
             return lines
-    raise AssertionError(f"the run ended before {event}: {proc.stderr.read() if proc.stderr else ''}")
+    raise AssertionError(
+        f"the run ended before {event}: {proc.stderr.read() if proc.stderr else ''}"
+    )
 
 
 def read_until_started(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
@@ -61,7 +81,11 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
             proc.kill()
         calls = sim.simulator.stats()["total_calls"]
     assert proc.returncode == 143
-    outcomes = {(line["seq"], line["event"], line.get("reason")) for line in lines if line["event"].startswith("clear.") and line["event"] != "clear.started"}
+    outcomes = {
+        (line["seq"], line["event"], line.get("reason"))
+        for line in lines
+        if line["event"].startswith("clear.") and line["event"] != "clear.started"
+    }
     assert outcomes == {
         (1, "clear.succeeded", None),
         (2, "clear.skipped", "interrupted"),
@@ -69,9 +93,15 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
     }
     assert calls == 1
     interrupted = [line for line in lines if line["event"] == "run.interrupted"]
-    assert [(i["signal"], i["calls_in_flight"], i["cut"]) for i in interrupted] == [("SIGTERM", 1, False)]
+    assert [(i["signal"], i["calls_in_flight"], i["cut"]) for i in interrupted] == [
+        ("SIGTERM", 1, False)
+    ]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["exit_code"] == 143 and report["totals"] == {"succeeded": 1, "failed": 0, "skipped": 2}
+    assert report["exit_code"] == 143 and report["totals"] == {
+        "succeeded": 1,
+        "failed": 0,
+        "skipped": 2,
+    }
 
 
 def test_a_second_sigint_cuts_the_call_in_flight(tmp_path: Path) -> None:
@@ -87,7 +117,11 @@ def test_a_second_sigint_cuts_the_call_in_flight(tmp_path: Path) -> None:
         finally:
             proc.kill()
     assert proc.returncode == 130
-    ends = {line["seq"]: (line["event"], line["reason"], line["error"]) for line in lines if line["event"] in ("clear.failed", "clear.skipped")}
+    ends = {
+        line["seq"]: (line["event"], line["reason"], line["error"])
+        for line in lines
+        if line["event"] in ("clear.failed", "clear.skipped")
+    }
     assert ends == {
         1: ("clear.failed", "interrupted", "interrupted"),
         2: ("clear.skipped", "interrupted", None),

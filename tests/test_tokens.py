@@ -23,7 +23,9 @@ def plan_of(*refs: TokenRef) -> Plan:
 
 def test_two_names_holding_one_token_share_a_lane() -> None:
     plan = plan_of(MAIN, OPS, MAIN)
-    lanes = build_lanes(plan.clears, read_tokens(plan, {"WOLKVOX_TOKEN": "s3cr3t", "WOLKVOX_TOKEN_OPS": "s3cr3t"}))
+    lanes = build_lanes(
+        plan.clears, read_tokens(plan, {"WOLKVOX_TOKEN": "s3cr3t", "WOLKVOX_TOKEN_OPS": "s3cr3t"})
+    )
     assert len(lanes) == 1
     assert [c.seq for c in lanes[0].clears] == [1, 2, 3]
     assert lanes[0].token_names == ("env:WOLKVOX_TOKEN", "env:WOLKVOX_TOKEN_OPS")
@@ -31,7 +33,9 @@ def test_two_names_holding_one_token_share_a_lane() -> None:
 
 def test_distinct_tokens_get_distinct_lanes_in_order_of_first_use() -> None:
     plan = plan_of(OPS, MAIN, OPS)
-    lanes = build_lanes(plan.clears, read_tokens(plan, {"WOLKVOX_TOKEN": "a", "WOLKVOX_TOKEN_OPS": "b"}))
+    lanes = build_lanes(
+        plan.clears, read_tokens(plan, {"WOLKVOX_TOKEN": "a", "WOLKVOX_TOKEN_OPS": "b"})
+    )
     assert [[c.seq for c in lane.clears] for lane in lanes] == [[1, 3], [2]]
     assert lanes[0].token_id != lanes[1].token_id
 

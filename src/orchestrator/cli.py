@@ -72,24 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="clear the campaigns of a plan")
     run.add_argument("plan", help="path of the YAML plan")
-    run.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    run.add_argument(
-        "--dry-run", action="store_true", help="send nothing; print what would be sent"
-    )
-    run.add_argument("--base-url", help="URL template of the API (default from the plan)")
-    run.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
     _add_tag(run)
-    run.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default="auto",
-        help="JSON lines, or a readable rendering (auto: console on a terminal)",
-    )
-    run.add_argument(
-        "--simulate",
-        action="store_true",
-        help="run against the built-in simulator on a free loopback port (no tokens needed)",
-    )
     run.add_argument(
         "--resume",
         nargs="?",
@@ -97,14 +80,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
     )
-    run.add_argument(
-        "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
-    )
-    run.add_argument(
-        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
-    )
-    _add_state_dir(run)
+    _add_run_options(run)
     run.set_defaults(handler=_run)
+
+    clear = commands.add_parser(
+        "clear", help="clear one campaign now, without a plan file (for runbooks)"
+    )
+    clear.add_argument("--server", required=True, help="server code, e.g. 0014")
+    clear.add_argument("--type-campaign", required=True, help="predictive or preview")
+    clear.add_argument("--campaign-id", required=True, help="the campaign's numeric id")
+    clear.add_argument(
+        "--result",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="delete only records with this result (repeatable); without it: ALL records",
+    )
+    source = clear.add_mutually_exclusive_group(required=True)
+    source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    source.add_argument("--token-file", metavar="PATH", help="file holding the token")
+    clear.add_argument("--retries", help="retries of a retryable answer (default 3)")
+    clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
+    clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
+    _add_run_options(clear)
+    clear.set_defaults(handler=_clear, resume=None)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -174,6 +173,34 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``clear`` share: one engine, one set of guards."""
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="send nothing; print what would be sent"
+    )
+    parser.add_argument("--base-url", help="URL template of the API (default from the plan)")
+    parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="JSON lines, or a readable rendering (auto: console on a terminal)",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against the built-in simulator on a free loopback port (no tokens needed)",
+    )
+    parser.add_argument(
+        "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
+    )
+    parser.add_argument(
+        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
+    )
+    _add_state_dir(parser)
+
+
 def _add_tag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tag",
@@ -211,16 +238,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    return _execute(_load(args.plan, args.tag), args)
+
+
+def _clear(args: argparse.Namespace) -> int:
+    from .one_off import plan_from_options
+
+    return _execute(plan_from_options(args), args)
+
+
+def _execute(plan: Plan, args: argparse.Namespace) -> int:
     from .validate import check_base_url
 
-    plan = _load(args.plan, args.tag)
     if args.simulate and args.base_url:
         raise UsageError("--simulate and --base-url cannot be used together")
     if args.base_url and (why := check_base_url(args.base_url)):
         raise UsageError(f"--base-url: {why}")
     if args.max_clears is not None and len(plan.clears) > args.max_clears:
         raise UsageError(
-            f"{args.plan} expands to {len(plan.clears)} clears, more than --max-clears "
+            f"{plan.source} expands to {len(plan.clears)} clears, more than --max-clears "
             f"{args.max_clears}; nothing was sent"
         )
     if args.report:
@@ -246,7 +282,7 @@ def _open_state(plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespace) -
     record = journal.find_resumable(digest, wanted)
     if record is None:
         journal.close()
-        which = f"run {wanted}" if wanted else f"an unfinished or failed run of {args.plan}"
+        which = f"run {wanted}" if wanted else f"an unfinished or failed run of {plan.source}"
         raise UsageError(f"--resume: found no {which} in {journal.path}")
     if record.digest != digest:
         journal.close()

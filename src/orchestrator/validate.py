@@ -59,6 +59,7 @@ CAMPAIGN_KEYS: Final = (
 #: The ``results`` text meaning "no filter: every record of the campaign".
 ALL_RESULTS: Final = "all"
 
+_RESULTS_EXPECTED: Final = f"{ALL_RESULTS!r} or a list of result filters"
 _ON_FAILURE: Final = tuple(o.value for o in OnFailure)
 _FILTERS: Final = frozenset(RESULT_FILTERS)
 _CAMPAIGN_ID = re.compile(r"[0-9]{1,20}")
@@ -575,7 +576,7 @@ class _Validator:
         return TokenRef("file", self.token_files[text])
 
     def _results(self, node: Node, parent: str) -> tuple[str | None, ...] | None:
-        expected = f"{ALL_RESULTS!r} or a list of result filters"
+        expected = _RESULTS_EXPECTED
         if type(node) is ScalarNode:
             text = self.read.text(node, parent, "results", expected)
             if text == ALL_RESULTS:
