@@ -9,34 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from .errors import OrchestratorError, PlanError, UsageError
 from .plan import Lane, Plan
+from .session import LATEST
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
-_LATEST = "latest"
-
-if TYPE_CHECKING:
-    from .journal import Journal
-    from .runner import Resume, RunSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Durable:
-    """The journal and locks of a run, opened before anything is sent."""
-
-    journal: Journal
-    state_dir: Path
-    digest: str
-    run_id: str
-    resume: Resume | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         nargs="?",
-        const=_LATEST,
+        const=LATEST,
         metavar="RUN_ID",
         help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
     )
@@ -248,72 +230,23 @@ def _clear(args: argparse.Namespace) -> int:
 
 
 def _execute(plan: Plan, args: argparse.Namespace) -> int:
-    from .validate import check_base_url
+    from .session import RunOptions, perform, prepare
 
-    if args.simulate and args.base_url:
-        raise UsageError("--simulate and --base-url cannot be used together")
-    if args.base_url and (why := check_base_url(args.base_url)):
-        raise UsageError(f"--base-url: {why}")
-    if args.max_clears is not None and len(plan.clears) > args.max_clears:
-        raise UsageError(
-            f"{plan.source} expands to {len(plan.clears)} clears, more than --max-clears "
-            f"{args.max_clears}; nothing was sent"
-        )
-    if args.report:
-        _check_writable(args.report)
-    lanes = _lanes_for_run(plan, args)
-    durable = None if args.dry_run else _open_state(plan, lanes, args)
-    if not (args.dry_run or args.yes):
-        _confirm(lanes)
-    return asyncio.run(_run_async(plan, lanes, args, durable))
-
-
-def _open_state(plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespace) -> Durable:
-    """Open the journal and find the run to resume, before anything is sent."""
-    from .journal import Journal, plan_digest, resolve_state_dir
-    from .runner import Resume, new_run_id
-
-    state_dir = resolve_state_dir(args.state_dir)
-    journal = Journal.open(state_dir)
-    digest = plan_digest(lanes)
-    if args.resume is None:
-        return Durable(journal, state_dir, digest, new_run_id(), None)
-    wanted = None if args.resume == _LATEST else args.resume
-    record = journal.find_resumable(digest, wanted)
-    if record is None:
-        journal.close()
-        which = f"run {wanted}" if wanted else f"an unfinished or failed run of {plan.source}"
-        raise UsageError(f"--resume: found no {which} in {journal.path}")
-    if record.digest != digest:
-        journal.close()
-        raise UsageError(
-            f"--resume: run {record.run_id} was made from a different plan "
-            f"(digest {record.digest[:12]}, this plan {digest[:12]}); nothing was sent"
-        )
-    prior = journal.resume_run(record.run_id)
-    resume = Resume(
-        succeeded=frozenset(seq for seq, c in prior.items() if c.state == "succeeded"),
-        cooling_tokens=frozenset(c.token_id for c in prior.values() if c.state == "in_flight"),
+    options = RunOptions(
+        dry_run=args.dry_run,
+        base_url=args.base_url,
+        report=args.report,
+        log_format=args.log_format,
+        simulate=args.simulate,
+        max_clears=args.max_clears,
+        lock_url=args.lock_url,
+        state_dir=args.state_dir,
+        resume=args.resume,
     )
-    return Durable(journal, state_dir, digest, record.run_id, resume)
-
-
-def _lanes_for_run(plan: Plan, args: argparse.Namespace) -> tuple[Lane, ...]:
-    from .schedule_view import render_schedule
-    from .tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
-
-    if args.simulate:
-        lanes = build_lanes(plan.clears, placeholder_tokens(plan))
-    elif args.dry_run and missing_tokens(plan):
-        # A dry run shows the schedule even where tokens are absent, as validate does.
-        for warning in missing_tokens(plan):
-            _say(warning)
-        lanes = build_lanes(plan.clears, None)
-    else:
-        lanes = build_lanes(plan.clears, read_tokens(plan))
-    if args.dry_run:
-        _say(render_schedule(plan, lanes))
-    return lanes
+    prepared = prepare(plan, options, say=_say)
+    if not (args.dry_run or args.yes):
+        _confirm(prepared.lanes)
+    return asyncio.run(perform(prepared, say=_say))
 
 
 def _confirm(lanes: tuple[Lane, ...]) -> None:
@@ -329,83 +262,6 @@ def _confirm(lanes: tuple[Lane, ...]) -> None:
     sys.stderr.flush()
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise UsageError("not confirmed; nothing was sent")
-
-
-def _check_writable(report: str) -> None:
-    folder = Path(report).resolve().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UsageError(f"--report: cannot write into {folder}")
-
-
-async def _run_async(
-    plan: Plan, lanes: tuple[Lane, ...], args: argparse.Namespace, durable: Durable | None
-) -> int:
-    from .log import make_logger, pick_format
-    from .runner import RunSpec, execute, new_run_id
-
-    run_id = durable.run_id if durable else new_run_id()
-    async with contextlib.AsyncExitStack() as stack:
-        base_url = args.base_url or plan.settings.base_url
-        if args.simulate and not args.dry_run:
-            from .simulator import SERVER_PREFIX, Simulator
-
-            simulator = await stack.enter_async_context(Simulator())
-            base_url = simulator.url + SERVER_PREFIX
-        spec = RunSpec(
-            plan,
-            lanes,
-            base_url,
-            make_logger(pick_format(args.log_format, sys.stdout), run_id),
-            run_id,
-            args.dry_run,
-            args.report,
-        )
-        if durable is not None:
-            spec = await _with_state(spec, durable, args.lock_url or plan.settings.lock_url, stack)
-        result = await execute(spec)
-        if durable is not None:
-            durable.journal.finish_run(run_id, exit_code=result.exit_code, finished_at=_now())
-    totals = result.totals
-    if result.error:
-        _say(f"orchestrator: {result.error}")
-    _say(
-        f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "
-        f"in {result.duration_ms / 1000:.1f} s (run {run_id}, exit {result.exit_code})"
-    )
-    return result.exit_code
-
-
-async def _with_state(
-    spec: RunSpec, durable: Durable, lock_url: str | None, stack: contextlib.AsyncExitStack
-) -> RunSpec:
-    """Take the token locks and start (or reopen) the run in the journal."""
-    import dataclasses
-
-    from .locks import FileLocks, TokenLocks
-
-    stack.callback(durable.journal.close)
-    locks: TokenLocks
-    if lock_url:
-        from .locks import RedisLocks
-
-        locks = await RedisLocks.connect(lock_url)
-    else:
-        locks = FileLocks(durable.state_dir)
-    stack.push_async_callback(locks.aclose)
-    if durable.resume is None:
-        durable.journal.begin_run(
-            spec.run_id, spec.plan.source, durable.digest, spec.lanes, started_at=_now()
-        )
-    spec = dataclasses.replace(spec, recorder=durable.journal.listener(spec.run_id), locks=locks)
-    if durable.resume is not None:
-        spec = dataclasses.replace(spec, resume=durable.resume)
-    return spec
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -435,7 +291,8 @@ def _runs(args: argparse.Namespace) -> int:
         print(json.dumps([_as_dict(run) for run in runs], indent=2))
         return 0
     print(
-        f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} {'SKIPPED':>7} {'PENDING':>7}  PLAN"
+        f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} "
+        f"{'SKIPPED':>7} {'PENDING':>7}  PLAN"
     )
     for run in runs:
         t = run.totals
@@ -481,8 +338,9 @@ def _show(args: argparse.Namespace) -> int:
             if v is not None
         )
         print(
-            f"  #{c.seq:<5} {c.state:<10} server {c.server} {c.type_campaign} campaign {c.campaign_id}: "
-            f"{c.result} (attempts {c.attempts}{', ' + detail if detail else ''})"
+            f"  #{c.seq:<5} {c.state:<10} server {c.server} {c.type_campaign} "
+            f"campaign {c.campaign_id}: {c.result} "
+            f"(attempts {c.attempts}{', ' + detail if detail else ''})"
         )
     return 0
 

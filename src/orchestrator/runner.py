@@ -87,7 +87,7 @@ def new_run_id() -> str:
 async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     """Run ``spec`` and return how it ended; write the report whatever happened."""
     parts = engine or Engine()
-    started_at, started = _utc_now(), time.monotonic()
+    started_at, started = utc_now(), time.monotonic()
     collector = ReportCollector()
     # The recorder goes first: a clear is journaled before it is logged or sent.
     first = (spec.recorder,) if spec.recorder is not None else ()
@@ -229,7 +229,7 @@ def _write_report(
             "plan": spec.plan.source,
             "dry_run": spec.dry_run,
             "started_at": started_at,
-            "finished_at": _utc_now(),
+            "finished_at": utc_now(),
             "exit_code": result.exit_code,
             "totals": result.totals,
             "calls_per_token": collector.calls_per_token,
@@ -239,5 +239,5 @@ def _write_report(
     )
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")

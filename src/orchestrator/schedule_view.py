@@ -42,7 +42,9 @@ def render_confirmation(lanes: Sequence[Lane]) -> str:
     clears = [c for lane in lanes for c in lane.clears]
     everything = [t for t, results in campaigns.items() if ALL_MARK in results]
     filtered = [t for t in campaigns if t not in everything]
-    lines = [f"This run deletes records from {len(campaigns)} campaign(s), {describe_counts(clears)}."]
+    lines = [
+        f"This run deletes records from {len(campaigns)} campaign(s), {describe_counts(clears)}."
+    ]
     if everything:
         lines.append(f"EVERY record of {len(everything)} campaign(s):")
         lines.extend(f"  server {s} {t} campaign {c}: {ALL_MARK}" for s, t, c in everything)

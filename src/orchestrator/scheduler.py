@@ -201,7 +201,7 @@ class Scheduler:
 
     def _after(self, state: _LaneState, clear: Clear, finished: ClearFinished) -> None:
         if finished.outcome is not Outcome.FAILED or finished.reason is self._halt_reason:
-            # A clear cut by a halt is not the lane's failure: the halt's reason speaks for the rest.
+            # A clear cut by a halt is not the lane's failure: the halt's reason covers the rest.
             return
         if state.blocked is not None:
             return

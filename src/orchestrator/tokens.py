@@ -30,7 +30,8 @@ def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[To
         if why is None:
             keyring[ref] = Secret(value)
         else:
-            problems.append(Problem(plan.source, clear.line, "", f"{why} (campaign {clear.campaign_id})"))
+            message = f"{why} (campaign {clear.campaign_id})"
+            problems.append(Problem(plan.source, clear.line, "", message))
     if problems:
         raise PlanError(problems)
     return keyring
@@ -86,7 +87,8 @@ def _read(ref: TokenRef, env: Mapping[str, str]) -> tuple[str, str | None]:
         value, what = env[ref.name].strip(), f"environment variable {ref.name}"
     else:
         try:
-            value, what = Path(ref.name).read_text(encoding="utf-8").strip(), f"token file {ref.name}"
+            value = Path(ref.name).read_text(encoding="utf-8").strip()
+            what = f"token file {ref.name}"
         except (OSError, UnicodeDecodeError) as exc:
             return "", f"token file {ref.name} cannot be read ({_os_reason(exc)})"
     if not value:

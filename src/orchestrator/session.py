@@ -1,0 +1,228 @@
+"""Turn a validated plan and the run options into a run, and perform it.
+
+:func:`prepare` does everything that can refuse a run before anything is sent
+(guards, tokens, lanes, the journal, the run to resume); :func:`perform` takes
+the locks, runs, and closes the journal. Heavy modules (aiohttp, redis, rich)
+are imported only here, when a run really happens: start-up time counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import OrchestratorError, UsageError
+from .plan import Lane, Plan
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .locks import TokenLocks
+    from .runner import Resume, RunSpec
+
+#: ``--resume`` without a run id: the latest unfinished or failed run of the plan.
+LATEST = "latest"
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """The command-line options of ``run`` and ``clear``."""
+
+    dry_run: bool = False
+    base_url: str | None = None
+    report: str | None = None
+    log_format: str = "auto"
+    simulate: bool = False
+    max_clears: int | None = None
+    lock_url: str | None = None
+    state_dir: str | None = None
+    resume: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """The journal of a run, opened before anything is sent."""
+
+    journal: Journal
+    state_dir: Path
+    digest: str
+    run_id: str
+    resume: Resume | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A run that passed every check and is ready to start."""
+
+    plan: Plan
+    lanes: tuple[Lane, ...]
+    options: RunOptions
+    durable: Durable | None
+
+
+def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
+    """Check everything that can refuse the run; raise :class:`UsageError` or a plan error."""
+    _check_options(plan, options)
+    lanes = _lanes(plan, options, say)
+    durable = None if options.dry_run else _open_state(plan, lanes, options)
+    return Prepared(plan, lanes, options, durable)
+
+
+async def perform(prepared: Prepared, *, say: Say) -> int:
+    """Run a prepared plan, print its summary on stderr and return the exit code."""
+    from .log import make_logger, pick_format
+    from .runner import RunSpec, execute, new_run_id
+
+    plan, options, durable = prepared.plan, prepared.options, prepared.durable
+    run_id = durable.run_id if durable else new_run_id()
+    async with contextlib.AsyncExitStack() as stack:
+        base_url = options.base_url or plan.settings.base_url
+        if options.simulate and not options.dry_run:
+            base_url = await _start_simulator(stack)
+        logger = make_logger(pick_format(options.log_format, sys.stdout), run_id)
+        spec = RunSpec(
+            plan, prepared.lanes, base_url, logger, run_id, options.dry_run, options.report
+        )
+        if durable is not None:
+            spec = await _with_state(
+                spec, durable, options.lock_url or plan.settings.lock_url, stack
+            )
+        result = await execute(spec)
+        if durable is not None:
+            _finish_journal(durable, run_id, result.exit_code, say)
+    if result.error:
+        say(f"orchestrator: {result.error}")
+    totals = result.totals
+    say(
+        f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "
+        f"in {result.duration_ms / 1000:.1f} s (run {run_id}, exit {result.exit_code})"
+    )
+    return result.exit_code
+
+
+def _check_options(plan: Plan, options: RunOptions) -> None:
+    from .validate import check_base_url
+
+    if options.simulate and options.base_url:
+        raise UsageError("--simulate and --base-url cannot be used together")
+    if options.base_url and (why := check_base_url(options.base_url)):
+        raise UsageError(f"--base-url: {why}")
+    if options.max_clears is not None and len(plan.clears) > options.max_clears:
+        raise UsageError(
+            f"{plan.source} expands to {len(plan.clears)} clears, more than --max-clears "
+            f"{options.max_clears}; nothing was sent"
+        )
+    if options.report:
+        folder = Path(options.report).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(f"--report: cannot write into {folder}")
+
+
+def _lanes(plan: Plan, options: RunOptions, say: Say) -> tuple[Lane, ...]:
+    from .schedule_view import render_schedule
+    from .tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
+
+    if options.simulate:
+        lanes = build_lanes(plan.clears, placeholder_tokens(plan))
+    elif options.dry_run and (warnings := missing_tokens(plan)):
+        # A dry run shows the schedule even where tokens are absent, as validate does.
+        for warning in warnings:
+            say(warning)
+        lanes = build_lanes(plan.clears, None)
+    else:
+        lanes = build_lanes(plan.clears, read_tokens(plan))
+    if options.dry_run:
+        say(render_schedule(plan, lanes))
+    return lanes
+
+
+def _open_state(plan: Plan, lanes: tuple[Lane, ...], options: RunOptions) -> Durable:
+    """Open the journal and find the run to resume, before anything is sent."""
+    from .journal import Journal, plan_digest, resolve_state_dir
+    from .runner import new_run_id
+
+    state_dir = resolve_state_dir(options.state_dir)
+    journal = Journal.open(state_dir)
+    digest = plan_digest(lanes)
+    if options.resume is None:
+        return Durable(journal, state_dir, digest, new_run_id(), None)
+    try:
+        return _resumable(plan, journal, state_dir, digest, options.resume)
+    except OrchestratorError:
+        journal.close()
+        raise
+
+
+def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wanted: str) -> Durable:
+    from .runner import Resume
+
+    run_id = None if wanted == LATEST else wanted
+    record = journal.find_resumable(digest, run_id)
+    if record is None:
+        which = f"run {run_id}" if run_id else f"an unfinished or failed run of {plan.source}"
+        raise UsageError(f"--resume: found no {which} in {journal.path}")
+    if record.digest != digest:
+        raise UsageError(
+            f"--resume: run {record.run_id} was made from a different plan "
+            f"(digest {record.digest[:12]}, this plan {digest[:12]}); nothing was sent"
+        )
+    prior = journal.resume_run(record.run_id)
+    resume = Resume(
+        succeeded=frozenset(seq for seq, c in prior.items() if c.state == "succeeded"),
+        cooling_tokens=frozenset(c.token_id for c in prior.values() if c.state == "in_flight"),
+    )
+    return Durable(journal, state_dir, digest, record.run_id, resume)
+
+
+async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
+    from .simulator import SERVER_PREFIX, Simulator
+
+    simulator = await stack.enter_async_context(Simulator())
+    return simulator.url + SERVER_PREFIX
+
+
+async def _with_state(
+    spec: RunSpec, durable: Durable, lock_url: str | None, stack: contextlib.AsyncExitStack
+) -> RunSpec:
+    """Take the token locks and start (or reopen) the run in the journal."""
+    from .runner import utc_now
+
+    stack.callback(durable.journal.close)
+    locks = await _locks(durable.state_dir, lock_url)
+    stack.push_async_callback(locks.aclose)
+    if durable.resume is None:
+        durable.journal.begin_run(
+            spec.run_id, spec.plan.source, durable.digest, spec.lanes, started_at=utc_now()
+        )
+    spec = dataclasses.replace(spec, recorder=durable.journal.listener(spec.run_id), locks=locks)
+    if durable.resume is not None:
+        spec = dataclasses.replace(spec, resume=durable.resume)
+    return spec
+
+
+async def _locks(state_dir: Path, lock_url: str | None) -> TokenLocks:
+    if lock_url:
+        from .locks import RedisLocks
+
+        return await RedisLocks.connect(lock_url)
+    from .locks import FileLocks
+
+    return FileLocks(state_dir)
+
+
+def _finish_journal(durable: Durable, run_id: str, exit_code: int, say: Say) -> None:
+    from .journal import JournalError
+    from .runner import utc_now
+
+    try:
+        durable.journal.finish_run(run_id, exit_code=exit_code, finished_at=utc_now())
+    except JournalError as exc:
+        # The clears are done; the journal only misses the run's end, which --resume tolerates.
+        say(f"orchestrator: warning: {exc}")
