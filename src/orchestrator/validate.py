@@ -12,7 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -91,8 +91,9 @@ def parse_plan(text: str | bytes, source: str, *, base_dir: Path) -> Plan:
     ``token_file`` paths start. Tokens are not read here.
     """
     with yamlload.gc_paused():
-        root = yamlload.compose(text, source)
-        return _Validator(source, base_dir).plan(root)
+        # No reference to the node tree outlives this block: it is freed while
+        # the collector is still paused, not scanned by its next pass.
+        return _Validator(source, base_dir).plan(yamlload.compose(text, source))
 
 
 def check_base_url(url: str) -> str | None:
@@ -112,14 +113,15 @@ def check_base_url(url: str) -> str | None:
         return f"{_shown(url)} has a placeholder other than {_PLACEHOLDER} (the only one there is)"
     if "?" in url or "#" in url:
         return f"{_shown(url)} must not have a query or a fragment"
-    parts = urlsplit(url.replace(_PLACEHOLDER, "0014"))
-    if "@" in parts.netloc:
-        return f"{_shown(url)} must not carry user info (user:password@)"
     try:
+        # Checked with a server in place: "{server}" itself is no valid host.
+        parts = urlsplit(url.replace(_PLACEHOLDER, "0014"))
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return f"{_shown(url)} has an invalid host or port"
+    if "@" in parts.netloc:
+        return f"{_shown(url)} must not carry user info (user:password@)"
     if not host:
         return f"{_shown(url)} has no host (expected e.g. https://wv{{server}}.wolkvox.com)"
     if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host)):
@@ -146,14 +148,11 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def _choices(values: Iterable[str]) -> str:
-    return ", ".join(values)
-
-
 def _hint(text: str, allowed: Collection[str]) -> str:
     """A "did you mean" for a near miss, else the list of what is allowed."""
-    close = difflib.get_close_matches(text, allowed, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"expected one of {_choices(allowed)}"
+    # difflib is quadratic: a huge value is no typo of a short name anyway.
+    close = difflib.get_close_matches(text, allowed, n=1) if len(text) <= 64 else []
+    return f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(allowed)}"
 
 
 @dataclass(slots=True)
@@ -189,6 +188,11 @@ class _Spec:
         )
 
 
+#: A campaign entry without a problem: its target, results and token (never
+#: None here), all its fields, and its line.
+_Valid = tuple[tuple[str, str, str], tuple[str | None, ...], TokenRef, _Spec, int]
+
+
 class _Validator:
     """One validation pass over one plan."""
 
@@ -196,8 +200,11 @@ class _Validator:
         self.source = source
         self.base_dir = base_dir
         self.read = yamlload.Reader(source)
-        self.protect: dict[str, str] = {}
-        self.clears: list[Clear] = []
+        #: settings.protect, leading zeros stripped.
+        self.protected: frozenset[str] = frozenset()
+        #: Campaign entries without a problem, with their lines: expanded into
+        #: clears only once the whole plan is known to be valid.
+        self.valid: list[_Valid] = []
         self.planned = 0
         #: Each (server, type_campaign, campaign_id) cleared so far → the results
         #: each campaign entry clears there, with its path and line.
@@ -222,7 +229,7 @@ class _Validator:
             self.problem(line_of(root), "", "missing required key 'campaigns'")
         if self.read.problems:
             raise PlanError(self.read.problems)
-        return Plan(self.source, settings, tuple(self.clears))
+        return Plan(self.source, settings, self._expand())
 
     def problem(self, line: int | None, path: str, message: str) -> None:
         """Record a problem."""
@@ -316,7 +323,7 @@ class _Validator:
         protect = frozenset(i for i in ids if i is not None)
         # Matched ignoring leading zeros: wolkvox may read "0123" as 123, and
         # a protected campaign must not be cleared under another spelling.
-        self.protect = {_id_key(i): i for i in protect}
+        self.protected = frozenset(map(_id_key, protect))
         return protect
 
     # --- campaigns ----------------------------------------------------------
@@ -374,9 +381,10 @@ class _Validator:
         if results is not None:
             self.planned += len(results)
             if self.planned > MAX_CLEARS:
-                self.problem(line, path, f"the plan expands to more than {MAX_CLEARS} clears")
+                message = f"the plan expands to more than {MAX_CLEARS} clears; split it up"
+                self.problem(line, path, message)
                 raise PlanError(self.read.problems)
-        if campaign_id is not None and self.protect and _id_key(campaign_id) in self.protect:
+        if campaign_id is not None and self.protected and _id_key(campaign_id) in self.protected:
             message = (
                 f"campaign {campaign_id!r} is protected (settings.protect): no clear may touch it"
             )
@@ -385,30 +393,35 @@ class _Validator:
             return
         target = (server, type_campaign, campaign_id)
         self._duplicates(target, results, path, line)
-        if token is None or len(self.read.problems) != problems_before:
-            return
-        on_failure = spec.on_failure or OnFailure.STOP
-        timeout_s = DEFAULT_TIMEOUT_S if spec.timeout_s is None else spec.timeout_s
-        retries = DEFAULT_RETRIES if spec.retries is None else spec.retries
-        tags = spec.tags or ()
-        clears = self.clears
-        for result in results:
-            seq = len(clears) + 1
-            clears.append(
-                Clear(
-                    seq,
-                    server,
-                    type_campaign,
-                    campaign_id,
-                    result,
-                    token,
-                    on_failure,
-                    timeout_s,
-                    retries,
-                    tags,
-                    line,
+        if token is not None and len(self.read.problems) == problems_before:
+            self.valid.append((target, results, token, spec, line))
+
+    def _expand(self) -> tuple[Clear, ...]:
+        """One clear per result of each campaign entry, numbered across the plan."""
+        clears: list[Clear] = []
+        append = clears.append
+        for (server, type_campaign, campaign_id), results, token, spec, line in self.valid:
+            on_failure = spec.on_failure or OnFailure.STOP
+            timeout_s = DEFAULT_TIMEOUT_S if spec.timeout_s is None else spec.timeout_s
+            retries = DEFAULT_RETRIES if spec.retries is None else spec.retries
+            tags = spec.tags or ()
+            for result in results:
+                append(
+                    Clear(
+                        len(clears) + 1,
+                        server,
+                        type_campaign,
+                        campaign_id,
+                        result,
+                        token,
+                        on_failure,
+                        timeout_s,
+                        retries,
+                        tags,
+                        line,
+                    )
                 )
-            )
+        return tuple(clears)
 
     def _missing(
         self,
@@ -547,8 +560,8 @@ class _Validator:
         return None
 
     def _seconds(self, node: Node, parent: str, key: str, *, allow_zero: bool) -> float | None:
-        low = "from 0" if allow_zero else "above 0"
-        expected = f"a number of seconds {low} to {MAX_SECONDS:g}"
+        low = "from 0 to" if allow_zero else "above 0 and at most"
+        expected = f"a number of seconds {low} {MAX_SECONDS:g}"
         text = self.read.text(node, parent, key, expected)
         if text is None:
             return None
@@ -576,17 +589,16 @@ class _Validator:
         return TokenRef("file", self.token_files[text])
 
     def _results(self, node: Node, parent: str) -> tuple[str | None, ...] | None:
-        expected = _RESULTS_EXPECTED
         if type(node) is ScalarNode:
-            text = self.read.text(node, parent, "results", expected)
+            text = self.read.text(node, parent, "results", _RESULTS_EXPECTED)
             if text == ALL_RESULTS:
                 return (None,)
             if text is not None:
                 hint = f" (for one filter write [{text}])" if text in _FILTERS else ""
-                message = f"expected {expected}, got {_shown(text)}{hint}"
+                message = f"expected {_RESULTS_EXPECTED}, got {_shown(text)}{hint}"
                 self.problem(line_of(node), join(parent, "results"), message)
             return None
-        items = self.read.items(node, parent, "results", expected)
+        items = self.read.items(node, parent, "results", _RESULTS_EXPECTED)
         if items is None:
             return None
         path = parent + ".results"
@@ -625,25 +637,27 @@ class _Validator:
             return None
         path = join(parent, "tags")
         texts = self.read.texts(items, path, "a tag")
+        tags = tuple(filter(None, texts))
+        if len(tags) == len(texts):
+            return tags
         for index, text in enumerate(texts):
             if text == "":
                 self.problem(line_of(items[index]), join(path, index), "a tag cannot be empty")
-        tags = tuple(text for text in texts if text)
-        return tags if len(tags) == len(texts) else None
+        return None
 
 
 def _check_lock_url(url: str) -> str | None:
     """Why ``url`` cannot be the shared lock URL, or ``None`` when it can."""
     if _CONTROL_OR_SPACE.search(url):
         return f"{_shown(url)} contains spaces or control characters"
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        return f"{_shown(url)} is not a redis:// or rediss:// URL"
     try:
+        parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return f"{_shown(url)} has an invalid host or port"
+    if parts.scheme not in ("redis", "rediss"):
+        return f"{_shown(url)} is not a redis:// or rediss:// URL"
     return None if host else f"{_shown(url)} has no host"
 
 

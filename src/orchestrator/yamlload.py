@@ -51,6 +51,7 @@ __all__ = [
     "compose",
     "gc_paused",
     "join",
+    "kind",
     "line_of",
     "read_file",
 ]
@@ -91,13 +92,14 @@ class _Untyped:
 
     composed = 0
 
-    def resolve(self, kind: type[Node], value: str | None, implicit: object) -> str:
+    def resolve(
+        self, kind: type[Node], value: str | None, implicit: tuple[bool, bool] | bool
+    ) -> str:
         # Called only for nodes without an explicit tag (or with "!"). A scalar
-        # is plain-untagged exactly when implicit[0] is true; its text may
+        # is plain and untagged exactly when implicit[0] is true; its text may
         # then be a null, nothing else is ever inferred from it.
-        if kind is ScalarNode:
-            plain = isinstance(implicit, tuple) and bool(implicit[0])
-            return _PLAIN if plain else _STR
+        if isinstance(implicit, tuple):
+            return _PLAIN if implicit[0] else _STR
         return _SEQ if kind is SequenceNode else _MAP
 
     def descend_resolver(self, current_node: Node | None, current_index: object) -> None:
@@ -154,25 +156,28 @@ def compose(text: str | bytes, source: str) -> Node | None:
         raise _too_large(source)
     if isinstance(text, bytes):
         text = _decode(text, source)
+    loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
     try:
         loader = _Loader(text)
+        with gc_paused():
+            return loader.get_single_node()
     except UnicodeEncodeError as exc:
         line = text.count("\n", 0, exc.start) + 1
         raise _whole_file(source, "the plan is not valid Unicode text", line) from None
-    try:
-        with gc_paused():
-            return loader.get_single_node()
     except _TooManyNodes:
         raise _whole_file(source, f"the plan has more than {MAX_NODES} YAML nodes") from None
     except RecursionError:
         # Only the pure-Python composer recurses; libyaml stops at depth 1000.
         raise _whole_file(source, "the plan is nested too deeply") from None
     except yaml.reader.ReaderError as exc:
-        raise _reader_error(exc, text, source) from exc
+        # libyaml reports a byte offset, the pure-Python reader a character one.
+        in_bytes = loader is not None and not isinstance(loader, yaml.SafeLoader)
+        raise _reader_error(exc, text.encode() if in_bytes else text, source) from exc
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(exc, source) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 @contextmanager
@@ -256,12 +261,13 @@ class Reader:
         self._reads += len(nodes)
         if self._reads > MAX_NODES:
             self._too_many()
-        return [
-            node.value
-            if type(node) is ScalarNode and node.tag == _PLAIN and node.value not in NULL_TEXTS
-            else self._text(node, parent, index, expected)
-            for index, node in enumerate(nodes)
-        ]
+        texts: list[str | None] = []
+        for node in nodes:
+            if type(node) is ScalarNode and node.tag == _PLAIN and node.value not in NULL_TEXTS:
+                texts.append(node.value)
+            else:
+                texts.append(self._text(node, parent, len(texts), expected))
+        return texts
 
     def _text(self, node: Node, parent: str, key: str | int, expected: str) -> str | None:
         if type(node) is ScalarNode:
@@ -425,7 +431,11 @@ def _yaml_error(exc: yaml.MarkedYAMLError, source: str) -> PlanError:
     return _whole_file(source, message, line)
 
 
-def _reader_error(exc: yaml.reader.ReaderError, text: str, source: str) -> PlanError:
+def _reader_error(exc: yaml.reader.ReaderError, text: str | bytes, source: str) -> PlanError:
     char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-    line = text.count("\n", 0, exc.position) + 1
+    line = (
+        text[: exc.position].count(b"\n")
+        if isinstance(text, bytes)
+        else text.count("\n", 0, exc.position)
+    ) + 1
     return _whole_file(source, f"invalid YAML: character U+{char:04X}: {exc.reason}", line)
