@@ -28,7 +28,7 @@ from orchestrator.events import (
     Reason,
     TokenWaiting,
 )
-from orchestrator.locks import Lease
+from orchestrator.locks import Lease, LockError
 from orchestrator.plan import Lane, OnFailure
 from orchestrator.scheduler import Scheduler
 
@@ -398,3 +398,90 @@ async def test_a_lost_lock_stops_the_lane_after_the_call_in_flight() -> None:
         2: ("skipped", "lock_lost"),
         3: ("succeeded", None),
     }
+
+
+async def test_a_clear_whose_start_cannot_be_recorded_is_not_sent_and_the_run_halts() -> None:
+    sender, events = ScriptedSender(), []
+
+    def journal(event: Event) -> None:
+        if isinstance(event, ClearStarted) and event.clear.seq == 2:
+            raise OSError("disk full")
+
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2, 3]), lane_of("B", [4])],
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[journal, events.append],
+        clock=FakeClock(),
+    )
+    await scheduler.run()
+    assert sender.calls == [1]
+    assert scheduler.calls_sent == 1
+    assert isinstance(scheduler.recording_error, OSError)
+    assert [e.clear.seq for e in events if isinstance(e, ClearStarted)] == [1]
+    assert outcomes(events) == {
+        1: ("succeeded", None),
+        2: ("skipped", "recording_failed"),
+        3: ("skipped", "recording_failed"),
+        4: ("skipped", "recording_failed"),
+    }
+
+
+class WaitingLocks(ScriptedLocks):
+    """Holding the lock takes until the test releases it, as when another process has it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
+        self.asked.set()
+        await self.release.wait()
+        yield Lease(token_id, 1.0)
+
+
+async def test_an_interrupt_while_waiting_for_the_token_lock_sends_nothing() -> None:
+    sender, events, locks = ScriptedSender(), [], WaitingLocks()
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2])],
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[events.append],
+        clock=FakeClock(),
+        locks=locks,
+    )
+    task = asyncio.create_task(scheduler.run())
+    await locks.asked.wait()
+    scheduler.interrupt()
+    locks.release.set()
+    await task
+    assert sender.calls == []
+    assert outcomes(events) == {1: ("skipped", "interrupted"), 2: ("skipped", "interrupted")}
+
+
+class BrokenLocks(ScriptedLocks):
+    @contextlib.asynccontextmanager
+    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
+        raise LockError("lost contact with Redis")
+        yield Lease(token_id, 0.0)  # pragma: no cover
+
+
+async def test_a_lock_service_lost_mid_run_stops_the_lane_without_sending() -> None:
+    sender, events = ScriptedSender(), []
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2])],
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[events.append],
+        clock=FakeClock(),
+        locks=BrokenLocks(),
+    )
+    await scheduler.run()
+    assert sender.calls == []
+    assert outcomes(events) == {1: ("skipped", "lock_lost"), 2: ("skipped", "lock_lost")}
+    assert finished(events)[1].error == "lost contact with Redis"
