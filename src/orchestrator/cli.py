@@ -180,6 +180,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
     )
+    parser.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write Prometheus metrics of the run to PATH (for node_exporter's textfile collector)",
+    )
+    parser.add_argument(
+        "--check-quota",
+        action="store_true",
+        help="before clearing, refuse to start when a token lacks the calls its lane may need",
+    )
     _add_state_dir(parser)
 
 
@@ -242,6 +252,8 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
         lock_url=args.lock_url,
         state_dir=args.state_dir,
         resume=args.resume,
+        metrics_file=args.metrics_file,
+        check_quota=args.check_quota,
     )
     prepared = prepare(plan, options, say=_say)
     if not (args.dry_run or args.yes):

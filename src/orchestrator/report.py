@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from .atomic import write_text_atomically
 from .errors import OrchestratorError
 from .events import (
     ClearFinished,
@@ -66,23 +65,10 @@ class ReportCollector:
 
 def write_json_atomically(path: str | os.PathLike[str], document: object) -> None:
     """Write ``document`` as JSON to ``path`` so readers see the old file or the new one."""
-    target = Path(path)
     try:
-        fd, temp = tempfile.mkstemp(
-            dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=2)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     except OSError as exc:
-        raise ReportError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise ReportError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
 
 
 class ReportError(OrchestratorError):

@@ -64,6 +64,8 @@ class RunResult:
     exit_code: int
     totals: dict[str, int]
     duration_ms: int
+    #: Calls made per token_id, retries included: each spends the token's daily quota.
+    calls_per_token: dict[str, int] = field(default_factory=dict)
     #: Why the run halted early, when it could not record its progress.
     error: str | None = None
 
@@ -210,7 +212,7 @@ def _conclude(
         fields["error"] = error
     log = spec.logger.error if error else spec.logger.info
     log("run.finished", **fields)
-    return RunResult(exit_code, totals, duration_ms, error)
+    return RunResult(exit_code, totals, duration_ms, collector.calls_per_token, error)
 
 
 def _describe(exc: Exception) -> str:
@@ -232,7 +234,7 @@ def _write_report(
             "finished_at": utc_now(),
             "exit_code": result.exit_code,
             "totals": result.totals,
-            "calls_per_token": collector.calls_per_token,
+            "calls_per_token": result.calls_per_token,
             "error": result.error,
             "clears": collector.clears(),
         },

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from .plan import Lane, Plan
 if TYPE_CHECKING:
     from .journal import Journal
     from .locks import TokenLocks
-    from .runner import Resume, RunSpec
+    from .log import LogFormat
+    from .runner import Resume, RunResult, RunSpec
 
 #: ``--resume`` without a run id: the latest unfinished or failed run of the plan.
 LATEST = "latest"
@@ -44,6 +46,8 @@ class RunOptions:
     lock_url: str | None = None
     state_dir: str | None = None
     resume: str | None = None
+    metrics_file: str | None = None
+    check_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,26 +81,19 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
 
 async def perform(prepared: Prepared, *, say: Say) -> int:
     """Run a prepared plan, print its summary on stderr and return the exit code."""
-    from .log import make_logger, pick_format
-    from .runner import RunSpec, execute, new_run_id
+    from .log import pick_format
+    from .runner import new_run_id
 
-    plan, options, durable = prepared.plan, prepared.options, prepared.durable
+    options, durable = prepared.options, prepared.durable
     run_id = durable.run_id if durable else new_run_id()
+    started_wall = time.time()
+    log_format = pick_format(options.log_format, sys.stdout)
     async with contextlib.AsyncExitStack() as stack:
-        base_url = options.base_url or plan.settings.base_url
-        if options.simulate and not options.dry_run:
-            base_url = await _start_simulator(stack)
-        logger = make_logger(pick_format(options.log_format, sys.stdout), run_id)
-        spec = RunSpec(
-            plan, prepared.lanes, base_url, logger, run_id, options.dry_run, options.report
-        )
-        if durable is not None:
-            spec = await _with_state(
-                spec, durable, options.lock_url or plan.settings.lock_url, stack
-            )
-        result = await execute(spec)
+        result = await _run(prepared, run_id, log_format, stack)
         if durable is not None:
             _finish_journal(durable, run_id, result.exit_code, say)
+    if options.metrics_file and not options.dry_run:
+        _write_metrics(options.metrics_file, prepared.plan, run_id, started_wall, result, say)
     if result.error:
         say(f"orchestrator: {result.error}")
     totals = result.totals
@@ -105,6 +102,32 @@ async def perform(prepared: Prepared, *, say: Say) -> int:
         f"in {result.duration_ms / 1000:.1f} s (run {run_id}, exit {result.exit_code})"
     )
     return result.exit_code
+
+
+async def _run(
+    prepared: Prepared, run_id: str, log_format: LogFormat, stack: contextlib.AsyncExitStack
+) -> RunResult:
+    from .log import make_logger
+    from .progress import Progress, progress_wanted
+    from .runner import Engine, RunSpec, execute
+
+    plan, options, durable = prepared.plan, prepared.options, prepared.durable
+    base_url = options.base_url or plan.settings.base_url
+    if options.simulate and not options.dry_run:
+        base_url = await _start_simulator(stack)
+    if options.check_quota and not options.dry_run:
+        await _check_quota(prepared.lanes, base_url)
+    progress = None
+    if progress_wanted(log_format, sys.stderr):
+        lanes, parallel = prepared.lanes, plan.settings.max_parallel_tokens
+        progress = stack.enter_context(Progress(lanes, max_parallel=parallel))
+    stream = progress.log_stream() if progress else None
+    logger = make_logger(log_format, run_id, stream)
+    spec = RunSpec(plan, prepared.lanes, base_url, logger, run_id, options.dry_run, options.report)
+    if durable is not None:
+        lock_url = options.lock_url or plan.settings.lock_url
+        spec = await _with_state(spec, durable, lock_url, stack)
+    return await execute(spec, Engine(listeners=(progress,) if progress else ()))
 
 
 def _check_options(plan: Plan, options: RunOptions) -> None:
@@ -119,10 +142,10 @@ def _check_options(plan: Plan, options: RunOptions) -> None:
             f"{plan.source} expands to {len(plan.clears)} clears, more than --max-clears "
             f"{options.max_clears}; nothing was sent"
         )
-    if options.report:
-        folder = Path(options.report).resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UsageError(f"--report: cannot write into {folder}")
+    for option, path in (("--report", options.report), ("--metrics-file", options.metrics_file)):
+        folder = Path(path).resolve().parent if path else None
+        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise UsageError(f"{option}: cannot write into {folder}")
 
 
 def _lanes(plan: Plan, options: RunOptions, say: Say) -> tuple[Lane, ...]:
@@ -226,3 +249,38 @@ def _finish_journal(durable: Durable, run_id: str, exit_code: int, say: Say) -> 
     except JournalError as exc:
         # The clears are done; the journal only misses the run's end, which --resume tolerates.
         say(f"orchestrator: warning: {exc}")
+
+
+def _write_metrics(
+    path: str, plan: Plan, run_id: str, started_wall: float, result: RunResult, say: Say
+) -> None:
+    from .metrics import MetricsError, write_metrics
+
+    try:
+        write_metrics(
+            path,
+            plan=plan.source,
+            run_id=run_id,
+            started_at=started_wall,
+            finished_at=time.time(),
+            exit_code=result.exit_code,
+            totals=result.totals,
+            calls_per_token=result.calls_per_token,
+            duration_s=result.duration_ms / 1000,
+        )
+    except MetricsError as exc:
+        # The clears are done; a missing metrics file must not hide how they went.
+        say(f"orchestrator: warning: {exc}")
+
+
+async def _check_quota(lanes: tuple[Lane, ...], base_url: str) -> None:
+    """Refuse to start when a lane's worst case needs more calls than its token has left."""
+    from .client import AiohttpTransport, WolkvoxClient
+    from .quota import check_quota, render_quota
+
+    async with AiohttpTransport(limit=max(1, min(len(lanes), 32))) as transport:
+        lines = await check_quota(lanes, WolkvoxClient(transport, base_url))
+    table = render_quota(lines)
+    if not all(line.enough for line in lines):
+        raise UsageError(f"--check-quota: not enough calls left today; nothing was sent\n{table}")
+    print(table, file=sys.stderr, flush=True)
