@@ -370,3 +370,23 @@ def test_a_one_off_clear_names_the_option_that_is_wrong_and_sends_nothing(
     assert "orchestrator clear: --server: " in err
     assert "orchestrator clear: --result: 'nobody' is not a result filter" in err
     assert sim.simulator.stats()["total_calls"] == 0
+
+
+def test_the_metrics_file_is_written_after_a_run_for_the_textfile_collector(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = tmp_path / "orchestrator.prom"
+    args = ["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json"]
+    assert main([*args, "--metrics-file", str(metrics)]) == 0
+    samples = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "plan"))): s.value
+        for family in text_string_to_metric_families(metrics.read_text())
+        for s in family.samples
+    }
+    assert samples[("orchestrator_run_exit_code", ())] == 0
+    assert samples[("orchestrator_clears", (("outcome", "succeeded"),))] == 5
+    calls = {labels[0][1]: v for (name, labels), v in samples.items() if name == "orchestrator_token_calls"}
+    assert sorted(calls.values()) == [1, 4]
+    assert oct(metrics.stat().st_mode & 0o777) == "0o644"
