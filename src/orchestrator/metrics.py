@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .atomic import FILE_MODE, write_text_atomically
 from .errors import OrchestratorError
@@ -85,32 +86,12 @@ def render_metrics(
     )
 
 
-def write_metrics(
-    path: str | os.PathLike[str],
-    *,
-    plan: str,
-    run_id: str,
-    started_at: float,
-    finished_at: float,
-    exit_code: int,
-    totals: Mapping[str, int],
-    calls_per_token: Mapping[str, int],
-    duration_s: float,
-) -> None:
-    """Write :func:`render_metrics` to ``path`` atomically, mode 0644.
+def write_metrics(path: str | os.PathLike[str], **facts: Any) -> None:
+    """Write ``render_metrics(**facts)`` to ``path`` atomically, mode 0644.
 
     Raises :class:`MetricsError` when the file cannot be written.
     """
-    text = render_metrics(
-        plan=plan,
-        run_id=run_id,
-        started_at=started_at,
-        finished_at=finished_at,
-        exit_code=exit_code,
-        totals=totals,
-        calls_per_token=calls_per_token,
-        duration_s=duration_s,
-    )
+    text = render_metrics(**facts)
     try:
         write_text_atomically(path, text, mode=FILE_MODE)
     except OSError as exc:
