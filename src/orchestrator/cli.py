@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_state_dir(show)
     show.set_defaults(handler=_show)
 
+    schema = commands.add_parser("schema", help="print the plan's JSON Schema (for editors)")
+    schema.set_defaults(handler=_schema)
+
     simulate = commands.add_parser("simulate", help="serve the wolkvox API simulator")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=_port, default=8080)
@@ -274,6 +277,13 @@ def _confirm(lanes: tuple[Lane, ...]) -> None:
     sys.stderr.flush()
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise UsageError("not confirmed; nothing was sent")
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .schema import render_schema
+
+    sys.stdout.write(render_schema())
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
