@@ -150,8 +150,8 @@ async def test_after_a_timeout_the_token_cools_down_before_the_retry() -> None:
     clock = FakeClock()
     sender, events = ScriptedSender({1: [TIMEOUT, OK]}), []
     await make_scheduler([lane_of("A", [1])], sender, events, cooldown_s=60, clock=clock).run()
-    assert [e.delay_s for e in events if isinstance(e, ClearRetrying)] == [60.0]
-    assert clock.sleeps == [60.0]
+    assert clock.sleeps == [60.0, 1.0], "the cooldown, then the backoff"
+    assert [e.delay_s for e in events if isinstance(e, ClearRetrying)] == [1.0]
 
 
 async def test_after_a_timeout_the_next_clear_waits_for_the_cooldown_too() -> None:
@@ -485,3 +485,26 @@ async def test_a_lock_service_lost_mid_run_stops_the_lane_without_sending() -> N
     assert sender.calls == []
     assert outcomes(events) == {1: ("skipped", "lock_lost"), 2: ("skipped", "lock_lost")}
     assert finished(events)[1].error == "lost contact with Redis"
+
+
+async def test_the_cooldown_after_a_timeout_is_taken_while_holding_the_token_lock() -> None:
+    locks = ScriptedLocks()
+    held_while_resting: list[bool] = []
+
+    class WatchingClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            held_while_resting.append(bool(locks.held))
+            await super().sleep(seconds)
+
+    sender, events = ScriptedSender({1: [TIMEOUT]}), []
+    scheduler = Scheduler(
+        [lane_of("A", [1], retries=0)],
+        sender,
+        max_parallel=1,
+        cooldown_s=30,
+        listeners=[events.append],
+        clock=WatchingClock(),
+        locks=locks,
+    )
+    await scheduler.run()
+    assert held_while_resting == [True]

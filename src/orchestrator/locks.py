@@ -217,6 +217,41 @@ class FileLocks:
         return True
 
 
+class RunLock:
+    """An OS lock that says "a process is running this run" (``runs/<run_id>.lock``).
+
+    ``--resume`` takes it before continuing a run, so a run still going in another
+    process is never continued, and its clears never sent twice. The OS drops it
+    when the process dies, however it dies.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, state_dir: Path, run_id: str) -> RunLock | None:
+        """Hold the run's lock, or return ``None`` when another process holds it."""
+        folder = state_dir / "runs"
+        path = folder / f"{_checked_token_id(run_id)}.lock"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def release(self) -> None:
+        """Let the run be resumed by another process."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class RedisLocks:
     """Many hosts: a lease per token in Redis, renewed while held.
 
@@ -248,6 +283,7 @@ class RedisLocks:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import RedisError
+
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
         where = describe_lock_url(url)
@@ -304,6 +340,7 @@ class RedisLocks:
     async def _acquire(self, token_id: str, key: str, owner: str) -> tuple[float, bool]:
         """Take the lease; return until when it is surely ours, and whether we waited."""
         from redis.exceptions import RedisError
+
         delay = _FIRST_POLL_S
         unreachable_since: float | None = None
         waited = False
@@ -337,6 +374,7 @@ class RedisLocks:
     async def _keep(self, lease: Lease, key: str, owner: str, valid_until: float) -> None:
         """Renew the lease every ttl/3 until cancelled; flag it lost when that fails."""
         from redis.exceptions import RedisError
+
         delay = self._ttl_s / 3
         while True:
             await asyncio.sleep(delay)
@@ -361,6 +399,7 @@ class RedisLocks:
     async def _release(self, key: str, owner: str) -> None:
         """Delete the lease if it is still ours; a failure only leaves it to expire."""
         from redis.exceptions import RedisError
+
         with suppress(RedisError, OSError):
             await self._client.eval(_RELEASE_LUA, 1, key, owner)
 

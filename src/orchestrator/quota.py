@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .client import TokenInfo, TokenInfoError, WolkvoxClient
+from .locks import NoLocks, TokenLocks
 from .plan import Lane
 
 __all__ = ["QuotaLine", "check_quota", "render_quota", "worst_case"]
@@ -60,13 +61,15 @@ async def check_quota(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_parallel: int = DEFAULT_MAX_PARALLEL,
     usage_includes_check: bool = False,
+    locks: TokenLocks | None = None,
 ) -> list[QuotaLine]:
     """Ask each lane's token for its quota; one :class:`QuotaLine` per lane, in order.
 
     ``usage_includes_check`` says whether ``token_use_today`` already counts the
     ``token_info`` call that reported it; by default it is taken not to, and
     that call is added (the cautious reading: at worst one call too few is
-    reported as left). Lanes without clears are left out.
+    reported as left). Lanes without clears are left out. With ``locks``, each
+    call holds its token's lock, so it never meets another process's call.
 
     Raises :class:`TokenInfoError` naming every token whose quota could not be
     read (its names and ``token_id``, never its value), after the other calls
@@ -80,12 +83,13 @@ async def check_quota(
     checked = [lane for lane in lanes if lane.clears]
     _check_lanes(checked)
     gate = asyncio.Semaphore(max_parallel)
+    holds: TokenLocks = locks or NoLocks()
     spent_by_check = 0 if usage_includes_check else 1
 
     async def one(lane: Lane) -> QuotaLine | TokenInfoError:
         assert lane.secret is not None  # _check_lanes
         server = lane.clears[0].server
-        async with gate:
+        async with gate, holds.hold(lane.token_id):
             try:
                 info = await client.token_info(server, lane.secret, timeout_s)
             except TokenInfoError as exc:

@@ -240,8 +240,6 @@ class Scheduler:
                 outcome = Outcome.FAILED if tries.count else Outcome.SKIPPED
                 return self._finish(state, clear, outcome, tries)
             tries.answer = answer
-            if answer.outcome_unknown:
-                state.free_at = self._clock.monotonic() + self._cooldown_s
             if answer.verdict is Verdict.SUCCEEDED:
                 return self._finish(state, clear, Outcome.SUCCEEDED, tries)
             if answer.verdict is not Verdict.RETRY or tries.count > clear.retries:
@@ -276,6 +274,8 @@ class Scheduler:
                     return None
                 self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
+                if answer is not None and answer.outcome_unknown:
+                    await self._rest(state)
         except LockError as exc:
             tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
             state.blocked = Reason.LOCK_LOST
@@ -284,6 +284,16 @@ class Scheduler:
             # Someone else may now hold the token: stop the lane rather than risk two callers.
             state.blocked = Reason.LOCK_LOST
         return answer
+
+    async def _rest(self, state: _LaneState) -> None:
+        """Keep the token unused for the cooldown after a call whose outcome is unknown.
+
+        wolkvox may still be working on it. The rest is taken while the token's lock is
+        held, so other processes keep off the token too; a halt cuts it short (the lane
+        then sends nothing more).
+        """
+        state.free_at = self._clock.monotonic() + self._cooldown_s
+        await self._pause(self._cooldown_s)
 
     async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
         secret = state.lane.secret

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import OrchestratorError, UsageError
+from .locks import RunLock
 from .plan import Lane, Plan
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .journal import ClearRecord, Journal
     from .locks import TokenLocks
     from .log import LogFormat
     from .runner import Resume, RunResult, RunSpec
@@ -59,6 +60,8 @@ class Durable:
     digest: str
     run_id: str
     resume: Resume | None
+    #: Held while this process runs the run, so no other process resumes it meanwhile.
+    run_lock: RunLock | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,6 @@ async def _run(
     base_url = options.base_url or plan.settings.base_url
     if options.simulate and not options.dry_run:
         base_url = await _start_simulator(stack)
-    if options.check_quota and not options.dry_run:
-        await _check_quota(prepared.lanes, base_url)
     progress = None
     if progress_wanted(log_format, sys.stderr):
         lanes, parallel = prepared.lanes, plan.settings.max_parallel_tokens
@@ -125,8 +126,7 @@ async def _run(
     logger = make_logger(log_format, run_id, stream)
     spec = RunSpec(plan, prepared.lanes, base_url, logger, run_id, options.dry_run, options.report)
     if durable is not None:
-        lock_url = options.lock_url or plan.settings.lock_url
-        spec = await _with_state(spec, durable, lock_url, stack)
+        spec = await _with_state(spec, durable, options, stack)
     return await execute(spec, Engine(listeners=(progress,) if progress else ()))
 
 
@@ -175,7 +175,8 @@ def _open_state(plan: Plan, lanes: tuple[Lane, ...], options: RunOptions) -> Dur
     journal = Journal.open(state_dir)
     digest = plan_digest(lanes)
     if options.resume is None:
-        return Durable(journal, state_dir, digest, new_run_id(), None)
+        run_id = new_run_id()
+        return Durable(journal, state_dir, digest, run_id, None, RunLock.take(state_dir, run_id))
     try:
         return _resumable(plan, journal, state_dir, digest, options.resume)
     except OrchestratorError:
@@ -196,12 +197,21 @@ def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wante
             f"--resume: run {record.run_id} was made from a different plan "
             f"(digest {record.digest[:12]}, this plan {digest[:12]}); nothing was sent"
         )
+    run_lock = RunLock.take(state_dir, record.run_id)
+    if run_lock is None:
+        raise UsageError(f"--resume: run {record.run_id} is still running in another process")
     prior = journal.resume_run(record.run_id)
     resume = Resume(
         succeeded=frozenset(seq for seq, c in prior.items() if c.state == "succeeded"),
-        cooling_tokens=frozenset(c.token_id for c in prior.values() if c.state == "in_flight"),
+        # A call in flight at a crash, or cut by a second signal, may still be running at
+        # wolkvox: its token rests before it is used again.
+        cooling_tokens=frozenset(c.token_id for c in prior.values() if _maybe_running(c)),
     )
-    return Durable(journal, state_dir, digest, record.run_id, resume)
+    return Durable(journal, state_dir, digest, record.run_id, resume, run_lock)
+
+
+def _maybe_running(clear: ClearRecord) -> bool:
+    return clear.state == "in_flight" or (clear.state == "failed" and clear.error == "interrupted")
 
 
 async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
@@ -212,22 +222,35 @@ async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
 
 
 async def _with_state(
-    spec: RunSpec, durable: Durable, lock_url: str | None, stack: contextlib.AsyncExitStack
+    spec: RunSpec, durable: Durable, options: RunOptions, stack: contextlib.AsyncExitStack
 ) -> RunSpec:
-    """Take the token locks and start (or reopen) the run in the journal."""
+    """Take the token locks, check the quota, then start (or reopen) the run in the journal."""
     from .runner import utc_now
 
     stack.callback(durable.journal.close)
-    locks = await _locks(durable.state_dir, lock_url)
+    if durable.run_lock is not None:
+        stack.callback(durable.run_lock.release)
+    locks = await _locks(durable.state_dir, options.lock_url or spec.plan.settings.lock_url)
     stack.push_async_callback(locks.aclose)
+    if durable.resume is not None:
+        spec = dataclasses.replace(spec, resume=durable.resume)
+    if options.check_quota:
+        # Before the journal knows of the run: a refused run leaves nothing to resume.
+        await _check_quota(_still_to_do(spec), spec.base_url, locks)
     if durable.resume is None:
         durable.journal.begin_run(
             spec.run_id, spec.plan.source, durable.digest, spec.lanes, started_at=utc_now()
         )
-    spec = dataclasses.replace(spec, recorder=durable.journal.listener(spec.run_id), locks=locks)
-    if durable.resume is not None:
-        spec = dataclasses.replace(spec, resume=durable.resume)
-    return spec
+    return dataclasses.replace(spec, recorder=durable.journal.listener(spec.run_id), locks=locks)
+
+
+def _still_to_do(spec: RunSpec) -> tuple[Lane, ...]:
+    done = spec.resume.succeeded
+    lanes = (
+        dataclasses.replace(lane, clears=tuple(c for c in lane.clears if c.seq not in done))
+        for lane in spec.lanes
+    )
+    return tuple(lane for lane in lanes if lane.clears)
 
 
 async def _locks(state_dir: Path, lock_url: str | None) -> TokenLocks:
@@ -273,13 +296,16 @@ def _write_metrics(
         say(f"orchestrator: warning: {exc}")
 
 
-async def _check_quota(lanes: tuple[Lane, ...], base_url: str) -> None:
+async def _check_quota(lanes: tuple[Lane, ...], base_url: str, locks: TokenLocks) -> None:
     """Refuse to start when a lane's worst case needs more calls than its token has left."""
-    from .client import AiohttpTransport, WolkvoxClient
+    from .client import AiohttpTransport, TokenInfoError, WolkvoxClient
     from .quota import check_quota, render_quota
 
-    async with AiohttpTransport(limit=max(1, min(len(lanes), 32))) as transport:
-        lines = await check_quota(lanes, WolkvoxClient(transport, base_url))
+    try:
+        async with AiohttpTransport(limit=max(1, min(len(lanes), 32))) as transport:
+            lines = await check_quota(lanes, WolkvoxClient(transport, base_url), locks=locks)
+    except TokenInfoError as exc:
+        raise UsageError(f"--check-quota: {exc}; nothing was sent") from exc
     table = render_quota(lines)
     if not all(line.enough for line in lines):
         raise UsageError(f"--check-quota: not enough calls left today; nothing was sent\n{table}")
