@@ -127,3 +127,37 @@ def test_a_second_sigint_cuts_the_call_in_flight(tmp_path: Path) -> None:
         2: ("clear.skipped", "interrupted", None),
         3: ("clear.skipped", "interrupted", None),
     }
+
+
+def test_sigterm_at_the_confirmation_prompt_exits_143_and_sends_nothing(tmp_path: Path) -> None:
+    import pty
+
+    plan = tmp_path / "plan.yaml"
+    with running_simulator(latency_ms=1) as sim:
+        plan.write_text(PLAN.format(base_url=sim.base_url))
+        env = {
+            **os.environ,
+            "T_MAIN": "token-for-signals",
+            "ORCHESTRATOR_STATE_DIR": str(tmp_path / "s"),
+        }
+        controller, terminal = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "run", str(plan)],
+                stdin=terminal,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            assert proc.stderr is not None
+            prompt = ""
+            while "[y/N]" not in prompt:
+                prompt += proc.stderr.read(1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 143
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        assert sim.simulator.stats()["total_calls"] == 0
+    assert "This run deletes records from 1 campaign(s)" in prompt

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -19,10 +20,14 @@ from .session import LATEST
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code."""
+    # As PID 1 in a container, SIGTERM does nothing without a handler. Until a run takes
+    # the signal over, nothing has been sent, so stopping at once is right.
+    signal.signal(signal.SIGTERM, _terminate)
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -38,6 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted before anything was sent")
         return EXIT_SIGINT
+    except _Terminated:
+        _say("terminated before anything was sent")
+        return EXIT_SIGTERM
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived before a run took the signal over."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--latency-ms", type=_non_negative, default=50.0)
     simulate.add_argument(
         "--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503"
+    )
+    simulate.add_argument(
+        "--token-limit", type=_count, default=1_000_000, help="calls per token per day"
     )
     simulate.set_defaults(handler=_simulate)
     return parser
@@ -289,8 +308,10 @@ def _schema(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from .simulator import SimulatorConfig, serve
 
-    config = SimulatorConfig(latency_ms=args.latency_ms, fail_rate=args.fail_rate)
-    with contextlib.suppress(KeyboardInterrupt):
+    config = SimulatorConfig(
+        latency_ms=args.latency_ms, fail_rate=args.fail_rate, token_limit=args.token_limit
+    )
+    with contextlib.suppress(KeyboardInterrupt, _Terminated):
         asyncio.run(
             serve(
                 config,
