@@ -9,12 +9,31 @@ from __future__ import annotations
 
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .events import (
+def _import_structlog() -> None:
+    # structlog imports rich, when installed, only for pretty tracebacks, which the log
+    # never prints; rich costs ~0.1 s of start-up, and start-up counts. Keep it out of
+    # structlog's import; the progress display imports it later if it needs it.
+    blocked = "rich" not in sys.modules
+    if blocked:
+        sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401
+    finally:
+        if blocked and sys.modules.get("rich", 0) is None:
+            del sys.modules["rich"]
+
+
+_import_structlog()
+
+import structlog  # noqa: E402
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
+
+from .events import (  # noqa: E402
     ClearFinished,
     ClearRetrying,
     ClearStarted,
