@@ -448,7 +448,9 @@ def run_variant(
     if variant == "orchestrator":
         cmd = [*orchestrator_cmd(), "run", str(work.plan), "--yes", "--log-format", "json"]
         if tools.state_dir:
-            state_dir = workdir / f"{label}.state"
+            # One state directory per workload, kept across its runs, as a nightly job keeps
+            # its own: lock files exist after the first run and the journal holds history.
+            state_dir = workdir / f"{work.name}.state"
             cmd += ["--state-dir", str(state_dir)]
         if wrap is not None:  # a profiler: python -m orchestrator under it
             cmd = [*wrap, *cmd[1:]]
@@ -621,9 +623,7 @@ def print_rows(title: str, rows: list[Row]) -> None:
 def run_rows(orch: dict[str, float], bare: dict[str, float], critical_path_s: float) -> list[Row]:
     """The figures every run scenario reports, without targets."""
     rows = [
-        Row(
-            "critical path (C x latency)", "critical_path_s", "s", critical_path_s, critical_path_s
-        ),
+        Row("critical path (C x latency)", "critical_path_s", "s", critical_path_s, None),
         Row(
             "API busy window (first in, last out)",
             "busy_window_s",
@@ -699,11 +699,16 @@ def run_rows(orch: dict[str, float], bare: dict[str, float], critical_path_s: fl
     return [r for r in rows if r.orchestrator is not None or r.bare is not None]
 
 
-def _set_target(rows: list[Row], key: str, target: str, check: Callable[[Row], bool]) -> None:
+def _set_target(
+    rows: list[Row], key: str, target: str, check: Callable[[float, float], bool]
+) -> None:
+    """Judge a row: ``check(orchestrator, bare)``; bare is NaN where there is none."""
     for row in rows:
         if row.key == key:
             row.target = target
-            row.passed = None if row.orchestrator is None else check(row)
+            if row.orchestrator is not None and not math.isnan(row.orchestrator):
+                bare = math.nan if row.bare is None else row.bare
+                row.passed = check(row.orchestrator, bare)
             return
     raise KeyError(key)
 
@@ -744,6 +749,12 @@ SMOKE_SHAPES = {
 }
 
 
+#: A run during which other processes used more than this share of the CPUs is run again...
+DISTURBED_SHARE = 0.15
+#: ...at most this many times; the last attempt counts whatever the load (it is recorded).
+DISTURBED_RETRIES = 2
+
+
 def side_by_side(
     ctx: Context,
     work: Workload,
@@ -772,19 +783,28 @@ def side_by_side(
     for i in range(repeat):
         order = ("orchestrator", "bare") if i % 2 == 0 else ("bare", "orchestrator")
         for variant in order:
-            settle(ctx.settle_s)
-            figures = run_variant(
-                variant,
-                work,
-                sim,
-                ctx.workdir,
-                ctx.tools,
-                f"{work.name}-{i}-{variant}",
-                timeline=timeline,
-                timeout_s=timeout_s,
-            )
+            for attempt in range(1 + DISTURBED_RETRIES):
+                settle(ctx.settle_s)
+                figures = run_variant(
+                    variant,
+                    work,
+                    sim,
+                    ctx.workdir,
+                    ctx.tools,
+                    f"{work.name}-{i}-{variant}-{attempt}",
+                    timeline=timeline,
+                    timeout_s=timeout_s,
+                )
+                figures["discarded_before"] = attempt
+                print(f"  run {i + 1}/{repeat} {variant:<12} " + _brief(figures), flush=True)
+                share = figures.get("foreign_cpu_share")
+                if ctx.smoke or share is None or share <= DISTURBED_SHARE:
+                    break
+                if attempt < DISTURBED_RETRIES:
+                    print(
+                        f"    other processes took {share:.0%} of the CPUs: run again", flush=True
+                    )
             runs[variant].append(figures)
-            print(f"  run {i + 1}/{repeat} {variant:<12} " + _brief(figures), flush=True)
     return runs
 
 
@@ -815,25 +835,36 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
             ctx.workdir, name, shape.tokens, shape.clears, shape.parallel, sim.base_url
         )
         runs = side_by_side(ctx, work, sim, ctx.repeat)
+        fixed = fixed_cost(ctx, sim)
         if ctx.profile and name == "cpu":
             profile_run(ctx, work, sim)
     orch, bare = medians(runs["orchestrator"]), medians(runs["bare"])
     critical = shape.clears * shape.latency_ms / 1000
     rows = run_rows(orch, bare, critical)
+    # Split CPU into the fixed cost of a process (start-up, exit) and the cost per clear.
+    at = next(i for i, r in enumerate(rows) if r.key == "cpu_per_1k_clears_s") + 1
+    rows[at:at] = [
+        Row(
+            "CPU s of a whole 1-clear run (start-up, exit)",
+            "fixed_cpu_s",
+            "s",
+            fixed["orchestrator"],
+            fixed["bare"],
+        ),
+        Row(
+            "  CPU s per 1,000 clears beyond that",
+            "marginal_cpu_per_1k_clears_s",
+            "s",
+            (orch["cpu_s"] - fixed["orchestrator"]) / work.total * 1000,
+            (bare["cpu_s"] - fixed["bare"]) / work.total * 1000,
+        ),
+    ]
     if name == "latency":
-        _set_target(
-            rows, "busy_window_s", "<= 1.03 x bare", lambda r: r.orchestrator <= 1.03 * r.bare
-        )
-        _set_target(
-            rows, "gap_median_ms", "<= bare + 0.5 ms", lambda r: r.orchestrator <= r.bare + 0.5
-        )
+        _set_target(rows, "busy_window_s", "<= 1.03 x bare", lambda o, b: o <= 1.03 * b)
+        _set_target(rows, "gap_median_ms", "<= bare + 0.5 ms", lambda o, b: o <= b + 0.5)
     else:
-        _set_target(
-            rows, "cpu_per_1k_clears_s", "<= 1.25 x bare", lambda r: r.orchestrator <= 1.25 * r.bare
-        )
-        _set_target(
-            rows, "busy_window_s", "<= 1.15 x bare", lambda r: r.orchestrator <= 1.15 * r.bare
-        )
+        _set_target(rows, "cpu_per_1k_clears_s", "<= 1.25 x bare", lambda o, b: o <= 1.25 * b)
+        _set_target(rows, "busy_window_s", "<= 1.15 x bare", lambda o, b: o <= 1.15 * b)
     journal = (
         "on"
         if runs["orchestrator"][0].get("journal_bytes")
@@ -847,11 +878,26 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
     return {
         "shape": asdict(shape),
         "critical_path_s": critical,
+        "fixed_cpu_s": fixed,
         "journal": journal,
         "runs": runs,
         "medians": {"orchestrator": orch, "bare": bare},
         "rows": [_row_json(r) for r in rows],
     }
+
+
+def fixed_cost(ctx: Context, sim: SimulatorProcess) -> dict[str, float]:
+    """Median CPU of a 1-token x 1-clear run of each variant: what a process costs at all."""
+    work = make_workload(ctx.workdir, "fixed", 1, 1, 1, sim.base_url)
+    cpu: dict[str, list[float]] = {"orchestrator": [], "bare": []}
+    for i in range(ctx.repeat):
+        for variant in cpu:
+            settle(ctx.settle_s)
+            figures = run_variant(
+                variant, work, sim, ctx.workdir, ctx.tools, f"fixed-{i}-{variant}", timeline=False
+            )
+            cpu[variant].append(figures["cpu_s"])
+    return {variant: statistics.median(values) for variant, values in cpu.items()}
 
 
 def scenario_scale(ctx: Context) -> dict[str, Any]:
@@ -871,6 +917,7 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
         for i in range(
             1 if ctx.smoke else 0, ctx.repeat + 1
         ):  # 0 warms the page cache; not counted
+            settle(ctx.settle_s)
             child = run_child(
                 [*orchestrator_cmd(), "validate", str(work.plan)],
                 env=work.env,
@@ -916,13 +963,13 @@ def scenario_scale(ctx: Context) -> dict[str, Any]:
         ),
     ]
     rows[3].figure = "critical path (C x latency x waves)"
-    _set_target(rows, "validate_wall_s", "< 3 s", lambda r: r.orchestrator < 3)
-    _set_target(rows, "peak_rss_mb", "< 300 MB", lambda r: r.orchestrator < 300)
+    _set_target(rows, "validate_wall_s", "< 3 s", lambda o, b: o < 3)
+    _set_target(rows, "peak_rss_mb", "< 300 MB", lambda o, b: o < 300)
     _set_target(
         rows,
         "connections_per_token_max",
         "1 (one keep-alive per lane)",
-        lambda r: r.orchestrator == 1,
+        lambda o, b: o == 1,
     )
     print_rows(title, rows)
     return {
@@ -949,6 +996,7 @@ def scenario_startup(ctx: Context) -> dict[str, Any]:
         example_name = "the README's example plan (plans/example.yaml is absent)"
     validations: list[dict[str, float]] = []
     for i in range(1 if ctx.smoke else 0, ctx.repeat + 1):  # 0 warms the page cache; not counted
+        settle(ctx.settle_s)
         child = run_child(
             [*orchestrator_cmd(), "validate", str(example)],
             env=dict(os.environ),
@@ -974,7 +1022,7 @@ def scenario_startup(ctx: Context) -> dict[str, Any]:
     orch, bare = medians(runs["orchestrator"]), medians(runs["bare"])
     rows = [
         Row(
-            f"validate {'example.yaml' if EXAMPLE_PLAN.exists() else 'README example'}: start -> exit",
+            f"validate {'example.yaml' if EXAMPLE_PLAN.exists() else 'README plan'}: start -> exit",
             "validate_wall_s",
             "s",
             validate["wall_s"],
@@ -997,8 +1045,8 @@ def scenario_startup(ctx: Context) -> dict[str, Any]:
             bare.get("peak_rss_mb"),
         ),
     ]
-    _set_target(rows, "validate_wall_s", "<= 0.4 s", lambda r: r.orchestrator <= 0.4)
-    _set_target(rows, "first_request_s", "<= 0.4 s", lambda r: r.orchestrator <= 0.4)
+    _set_target(rows, "validate_wall_s", "<= 0.4 s", lambda o, b: o <= 0.4)
+    _set_target(rows, "first_request_s", "<= 0.4 s", lambda o, b: o <= 0.4)
     print_rows(f"startup (validate: {example_name})", rows)
     return {
         "example_plan": example_name,
@@ -1162,6 +1210,25 @@ def _module_of(frame: str) -> str:
 # --------------------------------------------------------------------------------- main
 
 
+def source_digest() -> str:
+    """A digest of orchestrator's source, to tie figures to the code they measured."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "orchestrator").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _git(*args: str) -> str:
+    """``git`` output, or "" where there is no git or no repository (an exported tree)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=ROOT, check=False, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def machine() -> dict[str, Any]:
     def version(module: str) -> str | None:
         from importlib import metadata
@@ -1170,27 +1237,10 @@ def machine() -> dict[str, Any]:
             return metadata.version(module)
         return None
 
-    rev = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    ).stdout.strip()
-    dirty = bool(
-        subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=False,
-        ).stdout.strip()
-    )
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "orchestrator").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    rev = _git("rev-parse", "--short", "HEAD") or "?"
+    dirty = bool(_git("status", "--porcelain", "--", "src"))
     return {
-        "src_sha256": digest.hexdigest()[:12],
+        "src_sha256": source_digest(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -1285,6 +1335,9 @@ def main(argv: list[str] | None = None) -> int:
                 **result,
             }
             target = RESULTS_DIR / f"{name}{'-smoke' if args.smoke else ''}.json"
+            if source_digest() != info["src_sha256"]:
+                document["warning"] = "src/orchestrator changed while this scenario ran"
+                print(f"warning: {document['warning']}", flush=True)
             target.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
             print(f"results: {target.relative_to(ROOT)}", flush=True)
     finally:
