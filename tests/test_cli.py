@@ -88,7 +88,7 @@ def test_every_clear_is_logged_started_and_then_exactly_once_as_an_outcome(
 ) -> None:
     main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json"])
     lines = log_lines(capsys.readouterr().out)
-    assert [line["event"] for line in lines][0] == "run.started"
+    assert lines[0]["event"] == "run.started"
     assert lines[0]["clears"] == 5 and lines[0]["tokens"] == 2 and lines[0]["dry_run"] is False
     terminal = [line["seq"] for line in lines if line["event"] == "clear.succeeded"]
     assert sorted(terminal) == [1, 2, 3, 4, 5]
@@ -130,8 +130,9 @@ def test_without_yes_and_without_a_terminal_the_run_is_refused_and_nothing_sent(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sys, "stdin", open(os.devnull))
-    assert main(["run", write_plan(tmp_path, sim.base_url)]) == 2
+    with open(os.devnull) as devnull:
+        monkeypatch.setattr(sys, "stdin", devnull)
+        assert main(["run", write_plan(tmp_path, sim.base_url)]) == 2
     assert "pass --yes" in capsys.readouterr().err
     assert sim.simulator.stats()["total_calls"] == 0
 
@@ -387,6 +388,10 @@ def test_the_metrics_file_is_written_after_a_run_for_the_textfile_collector(
     }
     assert samples[("orchestrator_run_exit_code", ())] == 0
     assert samples[("orchestrator_clears", (("outcome", "succeeded"),))] == 5
-    calls = {labels[0][1]: v for (name, labels), v in samples.items() if name == "orchestrator_token_calls"}
+    calls = {
+        labels[0][1]: v
+        for (name, labels), v in samples.items()
+        if name == "orchestrator_token_calls"
+    }
     assert sorted(calls.values()) == [1, 4]
     assert oct(metrics.stat().st_mode & 0o777) == "0o644"

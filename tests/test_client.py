@@ -39,7 +39,7 @@ from orchestrator.client import (
     parse_token_info,
     token_info_url,
 )
-from orchestrator.errors import CallTimeout, ConnectionFailed
+from orchestrator.errors import CallTimeout, ConnectionFailed, leaves_outcome_unknown
 from orchestrator.plan import DEFAULT_BASE_URL, Clear, Secret, TokenRef
 
 TOKEN = "tk-9f8e7d6c5b4a-SECRET"
@@ -552,6 +552,8 @@ async def test_library_errors_become_retry_answers(
         answer = await WolkvoxClient(transport, DEFAULT_BASE_URL).clear(make_clear(), SECRET)
     assert (answer.verdict, answer.outcome_unknown) == (Verdict.RETRY, outcome_unknown)
     assert answer.error is not None and answer.error.startswith(prefix)
+    # What a resumed run reads back from the journal to decide whether the token rests.
+    assert leaves_outcome_unknown(answer.error) is outcome_unknown
     assert_no_token(answer)
 
 

@@ -520,6 +520,33 @@ def test_a_sigkilled_run_resumes_without_resending_journaled_successes_and_rests
     assert set(after["calls_per_token"]) == set(ids(tokens).values())
 
 
+def test_a_resumed_run_rests_a_token_whose_last_call_timed_out_before_using_it(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+) -> None:
+    # The journal cannot tell whether the rest after that timeout was taken in full (a
+    # second signal or a crash cuts it), so the resumed run takes it again.
+    cooldown_s = 0.4
+    sim = simulators(latency_ms=300)
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        sim.base_url,
+        ['campaign_id: "3001", results: [busy], timeout_s: 0.05, retries: 0'],
+        cooldown_s=cooldown_s,
+    )
+    state = tmp_path / "state"
+    failed = cli.run("run", plan, "--yes", "--state-dir", state, "--log-format", "json")
+    assert failed.code == 1, failed.err
+    assert events(failed.lines, "clear.failed")[0]["error"] == "timeout"
+    sim.wait_idle()
+
+    resumed_at = time.monotonic()
+    again = cli.run("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
+    assert again.code == 1, again.err
+    timeline = sim.wait_idle()["timeline"]
+    assert len(timeline) == 2
+    assert timeline[1]["arrived"] - resumed_at >= cooldown_s, timeline
+
+
 # ------------------------------------------------------------ 2. resume refusals
 
 
@@ -641,13 +668,6 @@ def test_two_processes_sharing_a_state_dir_never_use_a_token_twice_at_once(
     two_runs_at_once(cli, simulators(latency_ms=50), tmp_path, (state, state))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: journal.py Journal.open runs PRAGMA journal_mode = WAL, which SQLite fails "
-    "at once with SQLITE_BUSY (no busy-timeout wait) while another connection holds a lock "
-    "on a journal not yet in WAL mode: two runs starting together on a new state dir, one "
-    "exits 2 'database is locked'",
-)
 def test_a_run_waits_for_another_process_creating_the_journal_instead_of_exiting_2(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
 ) -> None:
@@ -749,12 +769,6 @@ def test_a_token_cooling_after_a_timeout_in_one_process_is_not_used_by_another(
     assert stats["max_in_flight_per_token"] == 1, stats["timeline"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SIGINT cuts the post-timeout rest short (scheduler.py Scheduler._rest -> "
-    "_pause returns on halt) and the token lock is released while wolkvox still works on "
-    "the token, so a process waiting for the lock calls a busy token",
-)
 def test_an_interrupted_run_still_keeps_other_processes_off_a_token_that_timed_out(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
 ) -> None:

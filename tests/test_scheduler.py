@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fakes import (
     BAD_REQUEST,
@@ -41,13 +41,14 @@ def make_scheduler(
     max_parallel: int = 8,
     cooldown_s: float = 60.0,
     clock: FakeClock | None = None,
+    also: Callable[[Event], None] | None = None,
 ) -> Scheduler:
     return Scheduler(
         lanes,
         sender,
         max_parallel=max_parallel,
         cooldown_s=cooldown_s,
-        listeners=[events.append],
+        listeners=[events.append, *([also] if also else [])],
         clock=clock or FakeClock(),
         backoff=lambda attempt, retry_after: max(float(attempt), retry_after or 0.0),
     )
@@ -203,12 +204,17 @@ async def test_on_failure_abort_starts_nothing_new_but_lets_calls_in_flight_fini
     sender, events = ScriptedSender({1: [BAD_REQUEST]}), []
     sender.gate(1, 3)
     lanes = [lane_of("A", [1, 2], on_failure=OnFailure.ABORT), lane_of("B", [3, 4])]
-    task = asyncio.create_task(make_scheduler(lanes, sender, events).run())
+    first_failed = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, ClearFinished) and event.clear.seq == 1:
+            first_failed.set()
+
+    scheduler = make_scheduler(lanes, sender, events, also=on_event)
+    task = asyncio.create_task(scheduler.run())
     await sender.started[3].wait()
     sender.gates[1].set()
-    await sender.started[1].wait()
-    while 1 not in finished(events):
-        await asyncio.sleep(0)
+    await first_failed.wait()
     sender.gates[3].set()
     await task
     assert sorted(sender.calls) == [1, 3]
@@ -262,15 +268,17 @@ async def test_an_interrupt_during_backoff_fails_the_clear_without_another_attem
     sender, events = ScriptedSender({1: [UNAVAILABLE, OK]}), []
 
     class StallingClock(FakeClock):
+        sleeping = asyncio.Event()
+
         async def sleep(self, seconds: float) -> None:
             self.sleeps.append(seconds)
+            self.sleeping.set()
             await asyncio.Event().wait()
 
     clock = StallingClock()
     scheduler = make_scheduler([lane_of("A", [1])], sender, events, clock=clock)
     task = asyncio.create_task(scheduler.run())
-    while not clock.sleeps:
-        await asyncio.sleep(0)
+    await clock.sleeping.wait()
     scheduler.interrupt()
     await task
     assert sender.calls == [1]
@@ -508,3 +516,57 @@ async def test_the_cooldown_after_a_timeout_is_taken_while_holding_the_token_loc
     )
     await scheduler.run()
     assert held_while_resting == [True]
+
+
+class _GatedClock(FakeClock):
+    """A clock whose sleeps last until the test opens the gate (or they are cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.cut: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.sleeping.set()
+        try:
+            await self.wake.wait()
+        except asyncio.CancelledError:
+            self.cut.append(seconds)
+            raise
+
+
+async def test_an_interrupt_does_not_shorten_the_rest_after_a_timeout() -> None:
+    sender, events = ScriptedSender({1: [TIMEOUT]}), []
+    clock = _GatedClock()
+    lane = lane_of("A", [1, 2], retries=0)
+    scheduler = make_scheduler([lane], sender, events, cooldown_s=30, clock=clock)
+    task = asyncio.create_task(scheduler.run())
+    await clock.sleeping.wait()
+    assert scheduler.resting == 1
+    scheduler.interrupt()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done(), "the token's rest outlasts the first interrupt"
+    clock.wake.set()
+    await task
+    assert (clock.sleeps, clock.cut, scheduler.resting) == ([30.0], [], 0)
+    assert outcomes(events) == {
+        1: ("failed", "retries_exhausted"),
+        2: ("skipped", "blocked_by_failure"),
+    }
+
+
+async def test_a_second_interrupt_cuts_the_rest_after_a_timeout() -> None:
+    sender, events = ScriptedSender({1: [TIMEOUT]}), []
+    clock = _GatedClock()
+    scheduler = make_scheduler([lane_of("A", [1, 2])], sender, events, cooldown_s=30, clock=clock)
+    task = asyncio.create_task(scheduler.run())
+    await clock.sleeping.wait()
+    scheduler.interrupt()
+    scheduler.interrupt()
+    await task
+    assert (clock.sleeps, clock.cut, sender.calls) == ([30.0], [30.0], [1])
+    assert outcomes(events) == {1: ("failed", "interrupted"), 2: ("skipped", "interrupted")}
+    assert finished(events)[1].answer == TIMEOUT, "the record keeps the unknown outcome"

@@ -58,6 +58,17 @@ class TransportError(OrchestratorError):
         self.outcome_unknown = outcome_unknown
 
 
+#: How the errors of calls whose outcome is unknown begin, as the journal keeps them:
+#: a timeout, a connection lost or an answer cut after the request may have left,
+#: and a call cut by a second interrupt.
+UNKNOWN_OUTCOME_PREFIXES = ("timeout", "connection lost", "bad answer", "interrupted")
+
+
+def leaves_outcome_unknown(error: str | None) -> bool:
+    """True when a recorded call error means wolkvox may still be working on the token."""
+    return error is not None and error.split(":", 1)[0] in UNKNOWN_OUTCOME_PREFIXES
+
+
 class CallTimeout(TransportError):
     """The call got no complete answer within its ``timeout_s``."""
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -299,6 +300,27 @@ def _clear_rows(run_id: str, lanes: Sequence[Lane], now: str) -> list[tuple[obje
     return rows
 
 
+def _enter_wal_mode(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out another process that is creating the same journal.
+
+    SQLite answers this pragma with SQLITE_BUSY at once, without the busy timeout,
+    while another connection holds a lock on a journal not yet in WAL mode.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            )
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Journal:
     """The journal database of one state directory; one connection, used from one thread.
 
@@ -334,7 +356,7 @@ class Journal:
         try:
             # isolation_level=None: autocommit; transactions are explicit BEGIN/COMMIT.
             conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enter_wal_mode(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             _create_schema(conn, path)

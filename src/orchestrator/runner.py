@@ -163,13 +163,14 @@ def _signals_to(
 
     def on_signal(signum: int) -> None:
         received.append(signum)
-        in_flight = scheduler.in_flight
+        in_flight, resting = scheduler.in_flight, scheduler.resting
         scheduler.interrupt()
         # Said at once, so an operator knows the signal arrived and what a second one does.
         logger.warning(
             "run.interrupted",
             signal=signal.Signals(signum).name,
             calls_in_flight=in_flight,
+            tokens_resting=resting,
             cut=len(received) > 1,
         )
 

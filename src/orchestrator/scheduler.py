@@ -135,6 +135,7 @@ class Scheduler:
         self._halt = asyncio.Event()
         self._halt_reason: Reason | None = None
         self._in_flight: set[asyncio.Task[Answer]] = set()
+        self._resting: set[asyncio.Future[None]] = set()
         self._interrupts = 0
         self._recording_error: Exception | None = None
         self._calls_sent = 0
@@ -150,13 +151,20 @@ class Scheduler:
         """How many calls are waiting for their answer right now."""
         return len(self._in_flight)
 
+    @property
+    def resting(self) -> int:
+        """How many tokens are kept unused after a call whose outcome is unknown."""
+        return len(self._resting)
+
     def interrupt(self) -> None:
-        """Stop starting clears; on the second call, also cut the calls in flight."""
+        """Stop starting clears; on the second call, also cut the calls in flight and rests."""
         self._interrupts += 1
         self._stop(Reason.INTERRUPTED)
         if self._interrupts > 1:
             for call in tuple(self._in_flight):
                 call.cancel()
+            for rest in tuple(self._resting):
+                rest.cancel()
 
     async def run(self) -> Totals:
         """Run every lane to its end and return how the clears ended."""
@@ -289,11 +297,20 @@ class Scheduler:
         """Keep the token unused for the cooldown after a call whose outcome is unknown.
 
         wolkvox may still be working on it. The rest is taken while the token's lock is
-        held, so other processes keep off the token too; a halt cuts it short (the lane
-        then sends nothing more).
+        held, so other processes keep off the token too. A halt does not shorten it, since
+        the lock would pass to another process while the server still works on the token;
+        only a second interrupt cuts it, as it cuts the calls in flight.
         """
         state.free_at = self._clock.monotonic() + self._cooldown_s
-        await self._pause(self._cooldown_s)
+        rest = asyncio.ensure_future(self._clock.sleep(self._cooldown_s))
+        self._resting.add(rest)
+        try:
+            await rest
+        except asyncio.CancelledError:
+            if not rest.cancelled() or _being_cancelled():
+                raise
+        finally:
+            self._resting.discard(rest)
 
     async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
         secret = state.lane.secret

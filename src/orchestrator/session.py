@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import OrchestratorError, UsageError
+from .errors import OrchestratorError, UsageError, leaves_outcome_unknown
 from .locks import RunLock
 from .plan import Lane, Plan
 
@@ -190,8 +190,8 @@ def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wante
     run_id = None if wanted == LATEST else wanted
     record = journal.find_resumable(digest, run_id)
     if record is None:
-        which = f"run {run_id}" if run_id else f"an unfinished or failed run of {plan.source}"
-        raise UsageError(f"--resume: found no {which} in {journal.path}")
+        which = f"run {run_id}" if run_id else f"unfinished or failed run of {plan.source}"
+        raise UsageError(f"--resume: found no {which} to resume in {journal.path}")
     if record.digest != digest:
         raise UsageError(
             f"--resume: run {record.run_id} was made from a different plan "
@@ -211,7 +211,11 @@ def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wante
 
 
 def _maybe_running(clear: ClearRecord) -> bool:
-    return clear.state == "in_flight" or (clear.state == "failed" and clear.error == "interrupted")
+    # A failed clear whose last call got no answer may have been cut in its rest (a second
+    # signal, a crash): the journal cannot tell, so its token rests again before use.
+    return clear.state == "in_flight" or (
+        clear.state == "failed" and leaves_outcome_unknown(clear.error)
+    )
 
 
 async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
