@@ -22,9 +22,18 @@ def describe_counts(clears: Sequence[Clear]) -> str:
 
 
 def render_schedule(plan: Plan, lanes: Sequence[Lane]) -> str:
-    """Every clear, lane by lane, in the order each lane will send them."""
+    """The unfiltered clears set apart, then every clear lane by lane in sending order."""
     clears = [c for lane in lanes for c in lane.clears]
+    unfiltered = [c for c in clears if c.result is None]
     lines = [f"{plan.source}: {describe_counts(clears)}, in {len(lanes)} lane(s)"]
+    if unfiltered:
+        lines.append(f"{len(unfiltered)} unfiltered clear(s) delete EVERY record of a campaign:")
+        lines.extend(f"  {_clear_line(clear)}" for clear in unfiltered)
+    lines.append(
+        f"{len(clears) - len(unfiltered)} filtered clear(s) delete only records with the "
+        "given result."
+    )
+    lines.append("Every clear, lane by lane, in sending order:")
     for number, lane in enumerate(lanes, 1):
         names = ", ".join(lane.token_names)
         label = names if lane.secret is None else f"{names} (token_id {lane.token_id})"
