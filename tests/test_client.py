@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
@@ -802,3 +802,11 @@ async def test_token_info_error_masks_an_echoed_token() -> None:
 def test_transport_satisfies_the_transport_type() -> None:
     sender: Callable[[HttpRequest], Awaitable[HttpResponse]] = AiohttpTransport(1)
     assert callable(sender)
+
+
+@pytest.mark.parametrize(
+    "value", ["3001", "no-answer", "0014", "a_b.c~d", "", "1 2&x=y", "a/b", "evil.com#", "é", "%41"]
+)
+def test_url_values_are_encoded_exactly_as_quote_would(value: str) -> None:
+    url = build_url(DEFAULT_BASE_URL, make_clear(campaign_id=value, result=value))
+    assert url.endswith(f"&campaign_id={quote(value, safe='')}&result={quote(value, safe='')}")

@@ -903,6 +903,9 @@ class BrokenJournal:
             )
         self.recorded.append(event)
 
+    async def settle(self) -> None:
+        """Each event is durable as soon as it is recorded."""
+
 
 @pytest.mark.parametrize(
     ("healthy", "exit_code", "calls", "succeeded"),

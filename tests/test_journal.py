@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -494,3 +495,79 @@ def test_use_after_close_raises_journal_error(tmp_path: Path, lanes: list[Lane])
     journal.close()
     with pytest.raises(JournalError, match="cannot be written"):
         listen(started(lanes[0], 0))
+
+
+# ------------------------------------------------------------------ group commit
+
+
+def committed_states(journal: Journal) -> dict[int, str]:
+    """What another process would read now: only committed data."""
+    other = sqlite3.connect(journal.path)
+    try:
+        return dict(other.execute("SELECT seq, state FROM clears ORDER BY seq").fetchall())
+    finally:
+        other.close()
+
+
+async def test_one_turn_of_the_loop_is_committed_together_and_settle_waits_for_it(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    commits: list[str] = []
+    journal._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    record(started(lanes[1], 0))
+    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
+    await asyncio.gather(record.settle(), record.settle())
+    assert committed_states(journal) == {1: "in_flight", 2: "in_flight", 3: "pending"}
+    assert commits == ["COMMIT"]
+    await record.settle()  # nothing open: returns at once, commits nothing
+    assert commits == ["COMMIT"]
+
+
+async def test_an_outcome_is_committed_on_the_next_turn_without_anyone_waiting(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    await record.settle()
+    record(finished(lanes[0], 0, Outcome.SUCCEEDED))
+    await asyncio.sleep(0)
+    assert committed_states(journal)[1] == "succeeded"
+
+
+async def test_a_failed_write_rolls_the_turn_back_and_fails_every_waiter(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+
+    async def start_and_settle() -> None:
+        record(started(lanes[0], 0))
+        await record.settle()
+
+    async def start_a_clear_the_run_does_not_have() -> None:
+        record(started(lane("token-c", clear(9)), 0))
+
+    # Two lanes in one turn of the loop: the second lane's write fails the whole batch.
+    first, second = await asyncio.gather(
+        start_and_settle(), start_a_clear_the_run_does_not_have(), return_exceptions=True
+    )
+    assert isinstance(first, JournalError) and "no clear 9 in run r1" in str(first)
+    assert second is first
+    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
+    with pytest.raises(JournalError, match="no clear 9 in run r1"):
+        record(started(lanes[1], 0))
+    with pytest.raises(JournalError, match="no clear 9 in run r1"):
+        await record.settle()
+
+
+async def test_finish_run_commits_the_open_batch_first(journal: Journal, lanes: list[Lane]) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(started(lanes[1], 0))
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
+    journal.finish_run("r1", exit_code=1, finished_at=T0)
+    assert committed_states(journal)[2] == "succeeded"

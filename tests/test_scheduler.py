@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+import pytest
 from fakes import (
     BAD_REQUEST,
     BUSY,
@@ -19,6 +20,7 @@ from fakes import (
     lane_of,
 )
 
+from orchestrator.client import Answer
 from orchestrator.events import (
     ClearFinished,
     ClearRetrying,
@@ -29,7 +31,7 @@ from orchestrator.events import (
     TokenWaiting,
 )
 from orchestrator.locks import Lease, LockError
-from orchestrator.plan import Lane, OnFailure
+from orchestrator.plan import Clear, Lane, OnFailure, Secret
 from orchestrator.scheduler import Scheduler
 
 
@@ -408,32 +410,80 @@ async def test_a_lost_lock_stops_the_lane_after_the_call_in_flight() -> None:
     }
 
 
-async def test_a_clear_whose_start_cannot_be_recorded_is_not_sent_and_the_run_halts() -> None:
-    sender, events = ScriptedSender(), []
+class FailingRecorder:
+    """A recorder whose write (or, with ``at_settle``, whose commit) of clear 2's start fails."""
 
-    def journal(event: Event) -> None:
-        if isinstance(event, ClearStarted) and event.clear.seq == 2:
+    def __init__(self, *, at_settle: bool) -> None:
+        self.at_settle = at_settle
+        self.pending: list[Event] = []
+        self.durable: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        failing = isinstance(event, ClearStarted) and event.clear.seq == 2
+        if failing and not self.at_settle:
             raise OSError("disk full")
+        self.pending.append(event)
 
+    async def settle(self) -> None:
+        await asyncio.sleep(0)  # a commit at the next turn of the loop, as the journal's
+        batch, self.pending = self.pending, []
+        if any(isinstance(e, ClearStarted) and e.clear.seq == 2 for e in batch):
+            raise OSError("disk full")
+        self.durable.extend(batch)
+
+
+@pytest.mark.parametrize("at_settle", [False, True], ids=["write fails", "commit fails"])
+async def test_a_clear_whose_start_cannot_be_recorded_is_not_sent_and_the_run_halts(
+    at_settle: bool,
+) -> None:
+    sender, events = ScriptedSender(), []
+    recorder = FailingRecorder(at_settle=at_settle)
     scheduler = Scheduler(
         [lane_of("A", [1, 2, 3]), lane_of("B", [4])],
         sender,
         max_parallel=1,
         cooldown_s=0,
-        listeners=[journal, events.append],
+        listeners=[events.append],
+        recorder=recorder,
         clock=FakeClock(),
     )
     await scheduler.run()
     assert sender.calls == [1]
     assert scheduler.calls_sent == 1
     assert isinstance(scheduler.recording_error, OSError)
+    # Nobody hears of a start that was not recorded: it is never sent.
     assert [e.clear.seq for e in events if isinstance(e, ClearStarted)] == [1]
+    assert [type(e) for e in recorder.durable] == [ClearStarted]
     assert outcomes(events) == {
         1: ("succeeded", None),
         2: ("skipped", "recording_failed"),
         3: ("skipped", "recording_failed"),
         4: ("skipped", "recording_failed"),
     }
+
+
+async def test_a_request_leaves_only_once_its_start_is_durable() -> None:
+    sender, events = ScriptedSender(), []
+    durable_when_sent: list[bool] = []
+    recorder = FailingRecorder(at_settle=True)
+
+    async def send(clear: Clear, secret: Secret) -> Answer:
+        durable_when_sent.append(
+            any(isinstance(e, ClearStarted) and e.clear is clear for e in recorder.durable)
+        )
+        return await sender(clear, secret)
+
+    scheduler = Scheduler(
+        [lane_of("A", [1]), lane_of("B", [3])],
+        send,
+        max_parallel=2,
+        cooldown_s=0,
+        listeners=[events.append],
+        recorder=recorder,
+        clock=FakeClock(),
+    )
+    await scheduler.run()
+    assert durable_when_sent == [True, True]
 
 
 class WaitingLocks(ScriptedLocks):

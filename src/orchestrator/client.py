@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from types import TracebackType
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -102,19 +102,27 @@ def server_base(template: str, server: str) -> str:
     can never move the host, and with it the token, outside the template's
     domain; real codes (digits, letters) are unchanged, leading zeros included.
     """
-    return template.replace("{server}", quote(server, safe="")).rstrip("/")
+    return template.replace("{server}", _quoted(server)).rstrip("/")
+
+
+# Characters that percent-encoding leaves as they are: checking for them first skips
+# quote() for every value a valid plan can hold (a plan of 100,000 clears builds as many URLs).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quoted(value: str) -> str:
+    """``value`` percent-encoded as a URL component (nothing is safe, not even ``/``)."""
+    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
 
 
 def build_url(template: str, clear: Clear) -> str:
     """The ``clear_campaign`` URL of ``clear``: query in the order api, type, id, result."""
-    params = [
-        ("api", "clear_campaign"),
-        ("type_campaign", clear.type_campaign),
-        ("campaign_id", clear.campaign_id),
-    ]
+    query = (
+        f"api=clear_campaign&type_campaign={_quoted(clear.type_campaign)}"
+        f"&campaign_id={_quoted(clear.campaign_id)}"
+    )
     if clear.result is not None:
-        params.append(("result", clear.result))
-    query = urlencode(params, quote_via=quote, safe="")
+        query += f"&result={_quoted(clear.result)}"
     return f"{server_base(template, clear.server)}{CAMPAIGN_PATH}?{query}"
 
 
@@ -146,9 +154,10 @@ def _text(value: object, limit: int = MAX_TEXT_CHARS) -> str | None:
     """``value`` as one printable line of at most ``limit`` chars; ``None`` stays ``None``."""
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
-    # Server text ends up on terminals and in logs: no control sequences, no line breaks.
-    text = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1])
+    text = (value if isinstance(value, str) else str(value))[: limit + 1]
+    if not text.isprintable():
+        # Server text ends up on terminals and in logs: no control sequences, no line breaks.
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -295,6 +304,9 @@ class AiohttpTransport:
         self._limit = limit
         self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
+        # Parsed once: a run sends each URL at least once and builds few distinct timeouts.
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def __aenter__(self) -> AiohttpTransport:
         if self._session is not None:
@@ -322,14 +334,22 @@ class AiohttpTransport:
         if session is None:
             raise RuntimeError("AiohttpTransport used outside 'async with'")
         token = request.token.reveal()
+        url = self._urls.get(request.url)
+        if url is None:
+            # encoded=True: send the URL exactly as build_url encoded it.
+            url = self._urls[request.url] = URL(request.url, encoded=True)
+        timeout = self._timeouts.get(request.timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[request.timeout_s] = aiohttp.ClientTimeout(
+                total=request.timeout_s
+            )
         try:
             async with session.request(
                 request.method,
-                # encoded=True: send the URL exactly as build_url encoded it.
-                URL(request.url, encoded=True),
+                url,
                 headers={TOKEN_HEADER: token},
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=request.timeout_s),
+                timeout=timeout,
             ) as resp:
                 body = await self._read_capped(resp)
                 headers = {name.lower(): value for name, value in resp.headers.items()}
@@ -351,6 +371,10 @@ class AiohttpTransport:
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """The body, cut at ``max_body_bytes``; a cut closes the connection."""
         cap = self._max_body_bytes
+        length = resp.content_length
+        if length is not None and length <= cap:
+            # The parser reads exactly Content-Length bytes: no cap to enforce.
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
@@ -450,6 +474,8 @@ class WolkvoxClient:
     def __init__(self, transport: Transport, base_url: str) -> None:
         self._transport = transport
         self._base_url = base_url
+        # A clear's URL never changes, and its retries and resumes ask for it again.
+        self._urls: dict[Clear, str] = {}
 
     async def clear(self, clear: Clear, token: Secret) -> Answer:
         """Send one ``clear_campaign`` call and return its judged :class:`Answer`.
@@ -457,9 +483,12 @@ class WolkvoxClient:
         A call that got no HTTP answer is a RETRY whose ``outcome_unknown`` says
         whether it may have reached wolkvox. Cancellation propagates.
         """
+        url = self._urls.get(clear)
+        if url is None:
+            url = self._urls[clear] = build_url(self._base_url, clear)
         request = HttpRequest(
             method="DELETE",
-            url=build_url(self._base_url, clear),
+            url=url,
             token=token,
             timeout_s=clear.timeout_s,
         )

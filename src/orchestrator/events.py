@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from .client import Answer
 from .plan import Clear
@@ -99,6 +100,21 @@ Event = TokenWaiting | ClearStarted | ClearRetrying | ClearFinished
 
 #: Receives every event, synchronously, in the order things happened.
 Listener = Callable[[Event], None]
+
+
+class Recorder(Protocol):
+    """A listener that makes what it hears durable (the journal); it hears each event first.
+
+    It may batch its writes: :meth:`settle` returns once everything heard so far
+    is durable, and raises when it cannot be made so. The scheduler awaits it
+    between a clear's :class:`ClearStarted` and its request.
+    """
+
+    def __call__(self, event: Event) -> None:
+        """Take ``event`` in; raise when it cannot be recorded."""
+
+    async def settle(self) -> None:
+        """Return once every event taken in is durable."""
 
 
 def clear_fields(clear: Clear, token_id: str) -> dict[str, object]:

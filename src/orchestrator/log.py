@@ -7,8 +7,11 @@ Every line carries ``event``, ``timestamp`` (ISO 8601, UTC), ``level`` and
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 
@@ -135,3 +138,80 @@ class EventLog:
         outcome = outcome_fields(event)
         del outcome["outcome"]
         getattr(self._logger, level)(name, **fields, **outcome)
+
+
+class JsonEventLog:
+    """A scheduler listener that writes each event as one JSON line, without structlog.
+
+    The lines are exactly those :class:`EventLog` writes through a JSON
+    :func:`make_logger` (same keys, order and rendering), at a fraction of the cost:
+    the fields that name a clear are rendered once per clear, and the stream is
+    flushed once per turn of the event loop rather than once per line. The run's
+    other lines go through structlog to the same stream, so the order holds.
+    A write or flush that fails makes the next call raise, which halts the run.
+    """
+
+    def __init__(self, stream: TextIO, run_id: str) -> None:
+        """Write to ``stream``; every line carries ``run_id``."""
+        self._stream = stream
+        self._run_id = json.dumps(run_id)
+        self._names: dict[tuple[int, str], str] = {}
+        self._flush_due = False
+        self._error: Exception | None = None
+
+    def __call__(self, event: Event) -> None:
+        """Write ``event``'s line."""
+        if self._error is not None:
+            raise self._error
+        if isinstance(event, TokenWaiting):
+            line = self._line(
+                event, "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
+            )
+        elif isinstance(event, ClearStarted):
+            line = self._line(event, "clear.started", "info", {"attempt": event.attempt})
+        elif isinstance(event, ClearRetrying):
+            answer = event.answer
+            details = {
+                "attempt": event.attempt,
+                "delay_s": round(event.delay_s, 3),
+                "error": answer.error,
+                "http_status": answer.http_status,
+                "code": answer.code,
+            }
+            line = self._line(event, "clear.retrying", "warning", details)
+        else:
+            name, level = _FINISHED_EVENT[event.outcome]
+            outcome = outcome_fields(event)
+            del outcome["outcome"]
+            line = self._line(event, name, level, outcome)
+        self._stream.write(line)
+        self._flush_soon()
+
+    def _line(self, event: Event, name: str, level: str, details: Mapping[str, object]) -> str:
+        key = (event.clear.seq, event.token_id)
+        names = self._names.get(key)
+        if names is None:
+            names = self._names[key] = json.dumps(clear_fields(event.clear, event.token_id))[1:-1]
+        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return (
+            f'{{"event": "{name}", "timestamp": "{stamp}", "level": "{level}", '
+            f'"run_id": {self._run_id}, {names}, {json.dumps(details)[1:]}\n'
+        )
+
+    def _flush_soon(self) -> None:
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_due = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        try:
+            self._stream.flush()
+        except Exception as exc:  # e.g. a closed pipe: the next event halts the run
+            self._error = exc

@@ -18,7 +18,7 @@ from typing import Any
 
 from .client import AiohttpTransport, Transport, WolkvoxClient
 from .errors import OrchestratorError
-from .events import ClearFinished, Listener, Outcome, Reason
+from .events import ClearFinished, Listener, Outcome, Reason, Recorder
 from .locks import TokenLocks
 from .log import EventLog
 from .plan import Lane, Plan
@@ -51,10 +51,12 @@ class RunSpec:
     run_id: str
     dry_run: bool = False
     report_path: str | None = None
-    #: Listener that records each event durably before the run goes on (the journal).
-    recorder: Listener | None = None
+    #: Records each event durably before the run goes on (the journal).
+    recorder: Recorder | None = None
     locks: TokenLocks | None = None
     resume: Resume = field(default_factory=Resume)
+    #: Logs each clear event; by default an :class:`EventLog` on ``logger``.
+    event_log: Listener | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +93,8 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     parts = engine or Engine()
     started_at, started = utc_now(), time.monotonic()
     collector = ReportCollector()
-    # The recorder goes first: a clear is journaled before it is logged or sent.
-    first = (spec.recorder,) if spec.recorder is not None else ()
-    listeners: tuple[Listener, ...] = (*first, EventLog(spec.logger), collector, *parts.listeners)
+    event_log = spec.event_log or EventLog(spec.logger)
+    listeners: tuple[Listener, ...] = (event_log, collector, *parts.listeners)
     spec.logger.info(
         "run.started",
         plan=spec.plan.source,
@@ -104,7 +105,7 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     outcome = _Ending()
     try:
         if spec.dry_run:
-            _pretend(spec.lanes, listeners)
+            _pretend(spec.lanes, listeners)  # a dry run records nothing: it sent nothing
         else:
             await _schedule(spec, parts, listeners, outcome)
     finally:
@@ -135,6 +136,7 @@ async def _schedule(
             max_parallel=spec.plan.settings.max_parallel_tokens,
             cooldown_s=spec.plan.settings.cooldown_s,
             listeners=listeners,
+            recorder=spec.recorder,
             clock=parts.clock,
             backoff=parts.backoff,
             locks=spec.locks,
@@ -149,6 +151,11 @@ async def _schedule(
             ending.signum = received[0] if received else None
             ending.recording_error = scheduler.recording_error
             ending.calls_sent = scheduler.calls_sent
+        if spec.recorder is not None and ending.recording_error is None:
+            try:
+                await spec.recorder.settle()  # the last outcomes
+            except Exception as exc:
+                ending.recording_error = exc
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from .events import (
     Listener,
     Outcome,
     Reason,
+    Recorder,
     TokenWaiting,
 )
 from .locks import LockError, NoLocks, TokenLocks
@@ -114,6 +115,7 @@ class Scheduler:
         max_parallel: int,
         cooldown_s: float,
         listeners: Iterable[Listener] = (),
+        recorder: Recorder | None = None,
         clock: Clock | None = None,
         backoff: Backoff = default_backoff,
         locks: TokenLocks | None = None,
@@ -125,6 +127,7 @@ class Scheduler:
         self._max_parallel = max(1, max_parallel)
         self._cooldown_s = cooldown_s
         self._listeners = tuple(listeners)
+        self._recorder = recorder
         self._clock = clock or SystemClock()
         self._backoff = backoff
         self._locks: TokenLocks = locks or NoLocks()
@@ -134,7 +137,9 @@ class Scheduler:
         self._cooling_tokens = cooling_tokens
         self._halt = asyncio.Event()
         self._halt_reason: Reason | None = None
-        self._in_flight: set[asyncio.Task[Answer]] = set()
+        # The lane tasks now waiting for an answer; a second interrupt cuts their calls.
+        self._in_flight: set[asyncio.Task[object]] = set()
+        self._cut: set[asyncio.Task[object]] = set()
         self._resting: set[asyncio.Future[None]] = set()
         self._interrupts = 0
         self._recording_error: Exception | None = None
@@ -161,8 +166,9 @@ class Scheduler:
         self._interrupts += 1
         self._stop(Reason.INTERRUPTED)
         if self._interrupts > 1:
-            for call in tuple(self._in_flight):
-                call.cancel()
+            for lane_task in self._in_flight - self._cut:
+                self._cut.add(lane_task)
+                lane_task.cancel()
             for rest in tuple(self._resting):
                 rest.cancel()
 
@@ -274,7 +280,9 @@ class Scheduler:
                 if lease.waited_s > 0:
                     self._emit(TokenWaiting(clear, token_id, lease.waited_s))
                 tries.count += 1
-                self._emit(ClearStarted(clear, token_id, tries.count))
+                started = ClearStarted(clear, token_id, tries.count)
+                if await self._record_start(started):
+                    self._emit(started, recorded=True)
                 if self._recording_error is not None:
                     # The in-flight mark was not recorded: this attempt must not leave.
                     tries.count -= 1
@@ -315,18 +323,22 @@ class Scheduler:
     async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
         secret = state.lane.secret
         assert secret is not None, "a lane without a token cannot send"
-        call = asyncio.ensure_future(self._send(clear, secret))
-        self._in_flight.add(call)
+        # The call runs in the lane's own task (no Task per call): a second interrupt
+        # cancels that task while it waits here, and the cancellation is taken back below.
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
         try:
-            return await call
+            return await self._send(clear, secret)
         except asyncio.CancelledError:
-            if not call.cancelled() or _being_cancelled():
-                raise
-            # Only the call was cut (second interrupt): the lane itself goes on.
+            if task not in self._cut or task.cancelling() > 1:
+                raise  # the run itself is being cancelled
+            task.uncancel()
             tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
             return None
         finally:
-            self._in_flight.discard(call)
+            self._in_flight.discard(task)
+            self._cut.discard(task)
 
     async def _wait_to_retry(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
@@ -378,21 +390,38 @@ class Scheduler:
         """How many calls left this process."""
         return self._calls_sent
 
-    def _emit(self, event: Event) -> None:
+    async def _record_start(self, started: ClearStarted) -> bool:
+        """Record the attempt durably before its request leaves; False when it cannot be."""
+        if self._recorder is None:
+            return True
+        try:
+            self._recorder(started)
+            await self._recorder.settle()
+        except Exception as exc:
+            self._recording_failed(exc)
+            return False
+        return True
+
+    def _emit(self, event: Event, *, recorded: bool = False) -> None:
         if isinstance(event, ClearFinished):
             self._totals[event.outcome] += 1
+        if self._recorder is not None and not recorded:
+            try:
+                self._recorder(event)
+            except Exception as exc:
+                self._recording_failed(exc)
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception as exc:
-                # A clear whose state cannot be recorded must not be followed by another
-                # request: halt, and let the runner report the error once the lanes are done.
-                if self._recording_error is None:
-                    self._recording_error = exc
-                self._stop(Reason.RECORDING_FAILED)
-                if isinstance(event, ClearStarted):
-                    # That attempt will not be sent, so nobody else may hear of it.
-                    return
+                self._recording_failed(exc)
+
+    def _recording_failed(self, exc: Exception) -> None:
+        # A clear whose state cannot be recorded must not be followed by another request:
+        # halt, and let the runner report the error once the lanes are done.
+        if self._recording_error is None:
+            self._recording_error = exc
+        self._stop(Reason.RECORDING_FAILED)
 
 
 def _failure_reason(answer: Answer) -> Reason:
