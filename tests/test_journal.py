@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -571,3 +572,16 @@ async def test_finish_run_commits_the_open_batch_first(journal: Journal, lanes: 
     record(finished(lanes[1], 0, Outcome.SUCCEEDED))
     journal.finish_run("r1", exit_code=1, finished_at=T0)
     assert committed_states(journal)[2] == "succeeded"
+
+
+async def test_a_change_stamps_updated_at_as_sqlite_would(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    (created,) = journal._conn.execute("SELECT updated_at FROM clears WHERE seq = 1").fetchone()
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    await record.settle()
+    (changed,) = journal._conn.execute("SELECT updated_at FROM clears WHERE seq = 1").fetchone()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", changed)
+    assert changed >= created

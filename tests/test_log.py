@@ -12,6 +12,7 @@ import pytest
 import structlog
 from fakes import OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 
+from orchestrator.client import Answer, Verdict
 from orchestrator.events import (
     ClearFinished,
     ClearRetrying,
@@ -175,6 +176,15 @@ EVERY_KIND = (
     ClearFinished(CLEAR, LANE.token_id, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, 4, TIMEOUT, 9),
     ClearFinished(
         CLEAR, LANE.token_id, Outcome.SKIPPED, Reason.BLOCKED_BY_FAILURE, 0, None, 0, blocked_by=3
+    ),
+    ClearFinished(
+        CLEAR,
+        LANE.token_id,
+        Outcome.FAILED,
+        Reason.REJECTED,
+        1,
+        Answer(Verdict.FAILED, http_status=400, code=400, msg='Campa\u00f1a "3001" \\ \u2028'),
+        10**12,
     ),
 )
 

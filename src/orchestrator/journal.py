@@ -35,12 +35,20 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .errors import OrchestratorError
-from .events import ClearFinished, ClearRetrying, ClearStarted, Event, outcome_fields
+from .events import (
+    ClearFinished,
+    ClearRetrying,
+    ClearStarted,
+    Event,
+    TokenWaiting,
+    outcome_fields,
+)
 from .plan import Clear, Lane
 
 #: The file inside the state directory.
@@ -108,20 +116,20 @@ _INSERT_CLEAR = (
 # A new attempt clears the reason of an earlier session's ending: it no longer applies.
 _MARK_STARTED = (
     "UPDATE clears SET state = 'in_flight', attempts = attempts + 1, reason = NULL,"
-    f" updated_at = {_NOW} WHERE run_id = ? AND seq = ?"
+    " updated_at = ? WHERE run_id = ? AND seq = ?"
 )
 _MARK_RETRYING = (
     "UPDATE clears SET state = ?, http_status = ?, code = ?, msg = ?, error = ?,"
-    f" updated_at = {_NOW} WHERE run_id = ? AND seq = ?"
+    " updated_at = ? WHERE run_id = ? AND seq = ?"
 )
 _MARK_FINISHED = (
     "UPDATE clears SET state = ?, reason = ?, http_status = ?, code = ?, msg = ?, error = ?,"
-    f" updated_at = {_NOW} WHERE run_id = ? AND seq = ?"
+    " updated_at = ? WHERE run_id = ? AND seq = ?"
 )
 # A succeeded row keeps its state and answer; any other row (a resume under a new
 # run id) records the skip. The guard is in SQL so it costs no extra round trip.
 _MARK_ALREADY_SUCCEEDED = (
-    f"UPDATE clears SET state = 'skipped', reason = '{_ALREADY_SUCCEEDED}', updated_at = {_NOW}"
+    f"UPDATE clears SET state = 'skipped', reason = '{_ALREADY_SUCCEEDED}', updated_at = ?"
     " WHERE run_id = ? AND seq = ? AND state != 'succeeded'"
 )
 _FINISH_RUN = "UPDATE runs SET finished_at = ?, exit_code = ? WHERE run_id = ?"
@@ -347,6 +355,7 @@ class JournalRecorder:
         self._run_id = run_id
         self._open = False
         self._batched = False
+        self._now = ""
         self._waiters: list[asyncio.Future[None]] = []
         self._error: JournalError | None = None
 
@@ -354,13 +363,12 @@ class JournalRecorder:
         """Write ``event``'s change into the open batch."""
         if self._error is not None:
             raise self._error
-        change = _change(event, self._run_id)
-        if change is None:
-            return
-        statement, params, one_row = change
+        if isinstance(event, TokenWaiting):
+            return  # changes no clear
         try:
             if not self._open:
                 self._begin()
+            statement, params, one_row = _change(event, self._run_id, self._now)
             cursor = self._conn.execute(statement, params)
         except sqlite3.Error as exc:
             raise self._fail(_error(self._path, "written", exc)) from exc
@@ -393,6 +401,8 @@ class JournalRecorder:
     def _begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         self._open = True
+        # One updated_at for the batch: its changes become durable together.
+        self._now = _utc_stamp()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop, so nobody can wait: commit each change
@@ -427,15 +437,21 @@ class JournalRecorder:
         return self._error
 
 
-def _change(event: Event, run_id: str) -> tuple[str, tuple[object, ...], bool] | None:
+def _utc_stamp() -> str:
+    """Now, as SQLite's ``strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`` writes it."""
+    now = datetime.now(UTC)
+    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}Z"
+
+
+def _change(event: Event, run_id: str, now: str) -> tuple[str, tuple[object, ...], bool]:
     """The statement that records ``event``, its parameters, and whether it must hit one row."""
     seq = event.clear.seq
     if isinstance(event, ClearStarted):
-        return _MARK_STARTED, (run_id, seq), True
+        return _MARK_STARTED, (now, run_id, seq), True
     if isinstance(event, ClearFinished):
         if event.reason == _ALREADY_SUCCEEDED:
             # No row check: a succeeded row is rightly left as it is.
-            return _MARK_ALREADY_SUCCEEDED, (run_id, seq), False
+            return _MARK_ALREADY_SUCCEEDED, (now, run_id, seq), False
         fields = outcome_fields(event)
         params = (
             fields["outcome"],
@@ -444,6 +460,7 @@ def _change(event: Event, run_id: str) -> tuple[str, tuple[object, ...], bool] |
             fields["code"],
             fields["msg"],
             fields["error"],
+            now,
             run_id,
             seq,
         )
@@ -452,10 +469,10 @@ def _change(event: Event, run_id: str) -> tuple[str, tuple[object, ...], bool] |
         answer = event.answer
         state = "in_flight" if answer.outcome_unknown else "pending"
         retrying: tuple[object, ...] = (
-            state, answer.http_status, answer.code, answer.msg, answer.error, run_id, seq
+            state, answer.http_status, answer.code, answer.msg, answer.error, now, run_id, seq
         )  # fmt: skip
         return _MARK_RETRYING, retrying, True
-    return None  # TokenWaiting changes no clear
+    raise TypeError(f"{type(event).__name__} changes no clear")
 
 
 class Journal:

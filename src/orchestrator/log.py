@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
-from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 
@@ -158,6 +159,8 @@ class JsonEventLog:
         self._names: dict[tuple[int, str], str] = {}
         self._flush_due = False
         self._error: Exception | None = None
+        self._second = -1
+        self._second_text = ""
 
     def __call__(self, event: Event) -> None:
         """Write ``event``'s line."""
@@ -192,11 +195,21 @@ class JsonEventLog:
         names = self._names.get(key)
         if names is None:
             names = self._names[key] = json.dumps(clear_fields(event.clear, event.token_id))[1:-1]
-        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        rest = ", ".join(f'"{field}": {_json_value(value)}' for field, value in details.items())
         return (
-            f'{{"event": "{name}", "timestamp": "{stamp}", "level": "{level}", '
-            f'"run_id": {self._run_id}, {names}, {json.dumps(details)[1:]}\n'
+            f'{{"event": "{name}", "timestamp": "{self._stamp()}", "level": "{level}", '
+            f'"run_id": {self._run_id}, {names}, {rest}}}\n'
         )
+
+    def _stamp(self) -> str:
+        """Now in ISO 8601 UTC, as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        micro = min(round((now - second) * 1_000_000), 999_999)
+        return f"{self._second_text}.{micro:06d}Z" if micro else f"{self._second_text}Z"
 
     def _flush_soon(self) -> None:
         if self._flush_due:
@@ -215,3 +228,14 @@ class JsonEventLog:
             self._stream.flush()
         except Exception as exc:  # e.g. a closed pipe: the next event halts the run
             self._error = exc
+
+
+def _json_value(value: object) -> str:
+    """``value`` as ``json.dumps`` renders it; the common types without its overhead."""
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is str:
+        return encode_basestring_ascii(value)
+    return json.dumps(value)
