@@ -510,24 +510,26 @@ def committed_states(journal: Journal) -> dict[int, str]:
         other.close()
 
 
-async def test_one_turn_of_the_loop_is_committed_together_and_settle_waits_for_it(
+async def test_a_start_is_committed_with_every_change_written_before_it(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
     commits: list[str] = []
     journal._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
     record = journal.listener("r1")
-    record(started(lanes[0], 0))
     record(started(lanes[1], 0))
-    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
-    await asyncio.gather(record.settle(), record.settle())
-    assert committed_states(journal) == {1: "in_flight", 2: "in_flight", 3: "pending"}
-    assert commits == ["COMMIT"]
-    await record.settle()  # nothing open: returns at once, commits nothing
-    assert commits == ["COMMIT"]
+    await record.settle()
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED))  # another lane's outcome, not settled
+    record(started(lanes[0], 0))
+    assert committed_states(journal) == {1: "pending", 2: "in_flight", 3: "pending"}
+    await record.settle()
+    assert committed_states(journal) == {1: "in_flight", 2: "succeeded", 3: "pending"}
+    assert commits == ["COMMIT", "COMMIT"]
+    await record.settle()  # nothing open: commits nothing
+    assert commits == ["COMMIT", "COMMIT"]
 
 
-async def test_an_outcome_is_committed_on_the_next_turn_without_anyone_waiting(
+async def test_an_outcome_nobody_settles_is_committed_on_the_next_turn(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
@@ -535,32 +537,25 @@ async def test_an_outcome_is_committed_on_the_next_turn_without_anyone_waiting(
     record(started(lanes[0], 0))
     await record.settle()
     record(finished(lanes[0], 0, Outcome.SUCCEEDED))
+    assert committed_states(journal)[1] == "in_flight"
     await asyncio.sleep(0)
     assert committed_states(journal)[1] == "succeeded"
 
 
-async def test_a_failed_write_rolls_the_turn_back_and_fails_every_waiter(
+async def test_a_failed_write_rolls_back_the_open_changes_and_every_later_call_raises(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
     record = journal.listener("r1")
-
-    async def start_and_settle() -> None:
-        record(started(lanes[0], 0))
-        await record.settle()
-
-    async def start_a_clear_the_run_does_not_have() -> None:
-        record(started(lane("token-c", clear(9)), 0))
-
-    # Two lanes in one turn of the loop: the second lane's write fails the whole batch.
-    first, second = await asyncio.gather(
-        start_and_settle(), start_a_clear_the_run_does_not_have(), return_exceptions=True
-    )
-    assert isinstance(first, JournalError) and "no clear 9 in run r1" in str(first)
-    assert second is first
-    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
+    record(started(lanes[1], 0))
+    await record.settle()
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
     with pytest.raises(JournalError, match="no clear 9 in run r1"):
-        record(started(lanes[1], 0))
+        record(started(lane("token-c", clear(9)), 0))
+    # The outcome written in the same transaction is gone with it: the clear stays in flight.
+    assert committed_states(journal) == {1: "pending", 2: "in_flight", 3: "pending"}
+    with pytest.raises(JournalError, match="no clear 9 in run r1"):
+        record(started(lanes[0], 0))
     with pytest.raises(JournalError, match="no clear 9 in run r1"):
         await record.settle()
 

@@ -304,8 +304,7 @@ class AiohttpTransport:
         self._limit = limit
         self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
-        # Parsed once: a run sends each URL at least once and builds few distinct timeouts.
-        self._urls: dict[str, URL] = {}
+        # A run has few distinct timeouts: build each once.
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def __aenter__(self) -> AiohttpTransport:
@@ -334,10 +333,8 @@ class AiohttpTransport:
         if session is None:
             raise RuntimeError("AiohttpTransport used outside 'async with'")
         token = request.token.reveal()
-        url = self._urls.get(request.url)
-        if url is None:
-            # encoded=True: send the URL exactly as build_url encoded it.
-            url = self._urls[request.url] = URL(request.url, encoded=True)
+        # encoded=True: send the URL exactly as build_url encoded it.
+        url = URL(request.url, encoded=True)
         timeout = self._timeouts.get(request.timeout_s)
         if timeout is None:
             timeout = self._timeouts[request.timeout_s] = aiohttp.ClientTimeout(
@@ -474,8 +471,6 @@ class WolkvoxClient:
     def __init__(self, transport: Transport, base_url: str) -> None:
         self._transport = transport
         self._base_url = base_url
-        # A clear's URL never changes, and its retries and resumes ask for it again.
-        self._urls: dict[Clear, str] = {}
 
     async def clear(self, clear: Clear, token: Secret) -> Answer:
         """Send one ``clear_campaign`` call and return its judged :class:`Answer`.
@@ -483,12 +478,9 @@ class WolkvoxClient:
         A call that got no HTTP answer is a RETRY whose ``outcome_unknown`` says
         whether it may have reached wolkvox. Cancellation propagates.
         """
-        url = self._urls.get(clear)
-        if url is None:
-            url = self._urls[clear] = build_url(self._base_url, clear)
         request = HttpRequest(
             method="DELETE",
-            url=url,
+            url=build_url(self._base_url, clear),
             token=token,
             timeout_s=clear.timeout_s,
         )

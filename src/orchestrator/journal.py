@@ -6,9 +6,9 @@ A run is journaled in ``<state dir>/journal.sqlite3``: one ``runs`` row and one
 ``succeeded``, ``failed`` or ``skipped``. A resumed run reopens the same run row,
 so it keeps counting attempts where the crashed one stopped.
 
-Commits are grouped: the changes of one turn of the event loop (hundreds of lanes
-in lockstep) share one commit, and a request waits for the commit of its
-``in_flight`` mark (:meth:`JournalRecorder.settle`) before it leaves.
+Commits are grouped: a clear's ``in_flight`` mark is committed right before its
+request leaves, together with every outcome written since the last commit, so a
+run costs about one commit per clear (:class:`JournalRecorder`).
 
 Durability: WAL with ``synchronous=NORMAL``. Every commit is written to the WAL
 file before it returns, so it lives in the OS page cache and survives a SIGKILL
@@ -337,15 +337,17 @@ def _enter_wal_mode(conn: sqlite3.Connection) -> None:
 
 
 class JournalRecorder:
-    """Journals one run's events with a group commit per turn of the event loop.
+    """Journals one run's events, committing each clear's start with what came before it.
 
-    Each event's change is written at once, in an open transaction; the commit
-    is taken once per turn of the event loop for every event of that turn, so
-    hundreds of lanes in lockstep cost a few commits instead of two per clear.
-    :meth:`settle` waits for that commit: the scheduler awaits it between a
-    clear's ``in_flight`` mark and its request, so the mark is durable before
-    the request leaves. A failed write or commit rolls the batch back and makes
-    this and every later call raise :class:`JournalError`.
+    Each event's change is written at once into an open transaction. :meth:`settle`
+    commits it: the scheduler calls it between a clear's ``in_flight`` mark and its
+    request, so the mark is durable before the request leaves, and the outcomes
+    written since the last commit (other lanes', this lane's previous clear) go
+    in the same commit. Changes nobody settles (a lane's last outcome) are
+    committed on the next turn of the event loop. That is about one commit per
+    clear instead of two, and no request waits for a turn of the loop. A failed
+    write or commit rolls the open changes back and makes this and every later
+    call raise :class:`JournalError`.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, run_id: str) -> None:
@@ -354,13 +356,12 @@ class JournalRecorder:
         self._path = path
         self._run_id = run_id
         self._open = False
-        self._batched = False
+        self._in_loop = False
         self._now = ""
-        self._waiters: list[asyncio.Future[None]] = []
         self._error: JournalError | None = None
 
     def __call__(self, event: Event) -> None:
-        """Write ``event``'s change into the open batch."""
+        """Write ``event``'s change into the open transaction."""
         if self._error is not None:
             raise self._error
         if isinstance(event, TokenWaiting):
@@ -378,38 +379,31 @@ class JournalRecorder:
                     f"journal {self._path} has no clear {event.clear.seq} in run {self._run_id}"
                 )
             )
-        if not self._batched:
-            self.flush()
+        if not self._in_loop:
+            self.flush()  # outside an event loop nobody would commit it later
 
     async def settle(self) -> None:
-        """Return once every change written so far is committed; raise if it cannot be."""
-        if self._error is not None:
-            raise self._error
-        if not self._open:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        await waiter
+        """Commit every change written so far; raise :class:`JournalError` if it cannot be."""
+        self.flush()
 
     def flush(self) -> None:
-        """Commit the open batch now, if any; raise :class:`JournalError` if it cannot be."""
+        """Commit the open changes now, if any; raise :class:`JournalError` if they cannot be."""
         if self._open:
             self._commit()
-            if self._error is not None:
-                raise self._error
+        if self._error is not None:
+            raise self._error
 
     def _begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         self._open = True
-        # One updated_at for the batch: its changes become durable together.
+        # One updated_at for the changes of one commit: they become durable together.
         self._now = _utc_stamp()
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop, so nobody can wait: commit each change
-            self._batched = False
+            asyncio.get_running_loop().call_soon(self._commit)
+        except RuntimeError:
+            self._in_loop = False
         else:
-            self._batched = True
-            loop.call_soon(self._commit)
+            self._in_loop = True
 
     def _commit(self) -> None:
         if not self._open:
@@ -420,20 +414,12 @@ class JournalRecorder:
             self._fail(_error(self._path, "written", exc))
             return
         self._open = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _fail(self, error: JournalError) -> JournalError:
         if self._error is None:
             self._error = error
         _rollback(self._conn)
         self._open = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(self._error)
         return self._error
 
 

@@ -187,6 +187,8 @@ class JsonEventLog:
             outcome = outcome_fields(event)
             del outcome["outcome"]
             line = self._line(event, name, level, outcome)
+            # The clear's last line: its rendered names are not needed again (memory).
+            self._names.pop((event.clear.seq, event.token_id), None)
         self._stream.write(line)
         self._flush_soon()
 
