@@ -287,6 +287,23 @@ def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path
     assert all(json.loads(line)["event"] for line in done.stdout.splitlines())
 
 
+def test_validate_and_a_dry_run_never_load_the_http_stack(tmp_path: Path) -> None:
+    # aiohttp is most of a run's start-up: only a command that sends may pay for it.
+    example = Path(__file__).parent.parent / "plans" / "example.yaml"
+    script = (
+        "import sys\n"
+        "from orchestrator.cli import main\n"
+        f"main(['validate', {str(example)!r}])\n"
+        f"main(['run', {str(example)!r}, '--dry-run', '--log-format', 'json'])\n"
+        "print('loaded' if 'aiohttp' in sys.modules else 'not loaded', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "not loaded"
+
+
 def test_a_one_off_clear_deletes_only_the_named_results(
     sim: ThreadedSimulator, tokens: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -25,7 +25,6 @@ from yarl import URL
 from orchestrator.client import (
     MAX_BODY_BYTES,
     TOKEN_HEADER,
-    AiohttpTransport,
     Answer,
     HttpRequest,
     HttpResponse,
@@ -41,6 +40,7 @@ from orchestrator.client import (
 )
 from orchestrator.errors import CallTimeout, ConnectionFailed, leaves_outcome_unknown
 from orchestrator.plan import DEFAULT_BASE_URL, Clear, Secret, TokenRef
+from orchestrator.transport import AiohttpTransport
 
 TOKEN = "tk-9f8e7d6c5b4a-SECRET"
 SECRET = Secret(TOKEN)

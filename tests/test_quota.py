@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import AiohttpTransport, TokenInfoError, WolkvoxClient
+from orchestrator.client import TokenInfoError, WolkvoxClient
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Lane, Secret, token_fingerprint
 from orchestrator.quota import QuotaLine, check_quota, render_quota, worst_case
 from orchestrator.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
 from orchestrator.tokens import build_lanes, read_tokens
+from orchestrator.transport import AiohttpTransport
 from orchestrator.validate import parse_plan
 
 TOKEN = "tok-main-SECRET-0123456789"

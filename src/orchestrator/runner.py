@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .client import AiohttpTransport, Transport, WolkvoxClient
+from .client import Transport, WolkvoxClient
 from .errors import OrchestratorError
 from .events import ClearFinished, Listener, Outcome, Reason, Recorder
 from .locks import TokenLocks
@@ -128,6 +128,8 @@ async def _schedule(
     async with contextlib.AsyncExitStack() as stack:
         transport = parts.transport
         if transport is None:
+            from .transport import AiohttpTransport  # aiohttp: loaded only to send
+
             transport = await stack.enter_async_context(AiohttpTransport(limit=max(1, running)))
         client = WolkvoxClient(transport, spec.base_url)
         scheduler = Scheduler(

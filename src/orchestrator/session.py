@@ -305,8 +305,9 @@ def _write_metrics(
 
 async def _check_quota(lanes: tuple[Lane, ...], base_url: str, locks: TokenLocks) -> None:
     """Refuse to start when a lane's worst case needs more calls than its token has left."""
-    from .client import AiohttpTransport, TokenInfoError, WolkvoxClient
+    from .client import TokenInfoError, WolkvoxClient
     from .quota import check_quota, render_quota
+    from .transport import AiohttpTransport
 
     try:
         async with AiohttpTransport(limit=max(1, min(len(lanes), 32))) as transport:

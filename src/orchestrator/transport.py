@@ -1,0 +1,131 @@
+"""The real transport: wolkvox calls over one keep-alive aiohttp session.
+
+The only module of a run that imports aiohttp, so that everything before the
+first request (plan, tokens, journal) can start while aiohttp is still loading
+(see ``cli``). Library errors are translated here, where they enter.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import aiohttp
+from yarl import URL
+
+from .client import (
+    MAX_BODY_BYTES,
+    MAX_ERROR_CHARS,
+    TOKEN_HEADER,
+    HttpRequest,
+    HttpResponse,
+    one_line,
+    redact,
+)
+from .errors import CallTimeout, ConnectionFailed
+
+
+def _error_message(prefix: str, exc: BaseException, token: str) -> str:
+    """A short one-line message for a library error, never containing the token."""
+    detail = str(exc).strip()
+    text = f"{prefix}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    # Redact before cutting, so that a cut cannot leave half a token behind.
+    return one_line(redact(text, token), MAX_ERROR_CHARS) or prefix
+
+
+class AiohttpTransport:
+    """The real :data:`Transport`: one keep-alive aiohttp session for the whole run.
+
+    Use as ``async with AiohttpTransport(limit) as transport``. ``limit`` is the
+    connector's total connection limit and must cover every lane that can be
+    calling at once; there is no per-host limit, since many lanes may share a
+    server. Redirects are never followed and bodies are read up to
+    ``max_body_bytes``. Library errors become :class:`CallTimeout` or
+    :class:`ConnectionFailed`.
+    """
+
+    def __init__(self, limit: int, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        self._limit = limit
+        self._max_body_bytes = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
+        # A run has few distinct timeouts: build each once.
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def __aenter__(self) -> AiohttpTransport:
+        if self._session is not None:
+            raise RuntimeError("AiohttpTransport is already open")
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0)
+        # No cookie jar: every call stands alone, authenticated by its header only.
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Send ``request``; raise :class:`TransportError` when no HTTP answer came."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("AiohttpTransport used outside 'async with'")
+        token = request.token.reveal()
+        # encoded=True: send the URL exactly as build_url encoded it.
+        url = URL(request.url, encoded=True)
+        timeout = self._timeouts.get(request.timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[request.timeout_s] = aiohttp.ClientTimeout(
+                total=request.timeout_s
+            )
+        try:
+            async with session.request(
+                request.method,
+                url,
+                headers={TOKEN_HEADER: token},
+                allow_redirects=False,
+                timeout=timeout,
+            ) as resp:
+                body = await self._read_capped(resp)
+                headers = {name.lower(): value for name, value in resp.headers.items()}
+                return HttpResponse(resp.status, body, headers)
+        except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError family
+            raise CallTimeout() from exc
+        except aiohttp.ClientConnectorError as exc:  # nothing was sent: DNS, refused, TLS
+            message = _error_message("connection failed", exc, token)
+            raise ConnectionFailed(message, outcome_unknown=False) from exc
+        except aiohttp.ClientResponseError as exc:
+            # Its request_info holds the request headers, token included: do not
+            # chain it, so no traceback or repr of the cause can show the token.
+            message = _error_message("bad answer", exc, token)
+            raise ConnectionFailed(message, outcome_unknown=True) from None
+        except (aiohttp.ClientError, OSError) as exc:  # the request may have been sent
+            message = _error_message("connection lost", exc, token)
+            raise ConnectionFailed(message, outcome_unknown=True) from exc
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, cut at ``max_body_bytes``; a cut closes the connection."""
+        cap = self._max_body_bytes
+        length = resp.content_length
+        if length is not None and length <= cap:
+            # The parser reads exactly Content-Length bytes: no cap to enforce.
+            return await resp.read()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            chunks.append(chunk[: cap - size])
+            size += len(chunks[-1])
+            if size >= cap:
+                # Unread data is left on the socket: it cannot be reused.
+                resp.close()
+                break
+        return b"".join(chunks)
