@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -50,6 +49,7 @@ from .events import (
     outcome_fields,
 )
 from .plan import Clear, Lane
+from .stamps import iso_utc
 
 #: The file inside the state directory.
 JOURNAL_FILE = "journal.sqlite3"
@@ -105,7 +105,7 @@ _SCHEMA: tuple[str, ...] = (
     """,
 )
 
-# SQLite stamps updated_at itself: cheaper than formatting a datetime in Python per event.
+# begin_run stamps its rows in SQL; a recorder stamps its changes with stamps.iso_utc.
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 _INSERT_RUN = "INSERT INTO runs (run_id, plan, digest, started_at, dry_run) VALUES (?, ?, ?, ?, ?)"
@@ -397,7 +397,7 @@ class JournalRecorder:
         self._conn.execute("BEGIN IMMEDIATE")
         self._open = True
         # One updated_at for the changes of one commit: they become durable together.
-        self._now = _utc_stamp()
+        self._now = iso_utc(time.time(), 3)  # as SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')
         try:
             asyncio.get_running_loop().call_soon(self._commit)
         except RuntimeError:
@@ -421,12 +421,6 @@ class JournalRecorder:
         _rollback(self._conn)
         self._open = False
         return self._error
-
-
-def _utc_stamp() -> str:
-    """Now, as SQLite's ``strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`` writes it."""
-    now = datetime.now(UTC)
-    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}Z"
 
 
 def _change(event: Event, run_id: str, now: str) -> tuple[str, tuple[object, ...], bool]:

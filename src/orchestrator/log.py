@@ -47,6 +47,7 @@ from .events import (  # noqa: E402
     clear_fields,
     outcome_fields,
 )
+from .stamps import iso_utc  # noqa: E402
 
 LogFormat = Literal["json", "console"]
 
@@ -159,8 +160,6 @@ class JsonEventLog:
         self._names: dict[tuple[int, str], str] = {}
         self._flush_due = False
         self._error: Exception | None = None
-        self._second = -1
-        self._second_text = ""
 
     def __call__(self, event: Event) -> None:
         """Write ``event``'s line."""
@@ -199,19 +198,9 @@ class JsonEventLog:
             names = self._names[key] = json.dumps(clear_fields(event.clear, event.token_id))[1:-1]
         rest = ", ".join(f'"{field}": {_json_value(value)}' for field, value in details.items())
         return (
-            f'{{"event": "{name}", "timestamp": "{self._stamp()}", "level": "{level}", '
+            f'{{"event": "{name}", "timestamp": "{iso_utc(time.time(), 6)}", "level": "{level}", '
             f'"run_id": {self._run_id}, {names}, {rest}}}\n'
         )
-
-    def _stamp(self) -> str:
-        """Now in ISO 8601 UTC, as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        micro = min(round((now - second) * 1_000_000), 999_999)
-        return f"{self._second_text}.{micro:06d}Z" if micro else f"{self._second_text}Z"
 
     def _flush_soon(self) -> None:
         if self._flush_due:
