@@ -750,10 +750,13 @@ def contending_runs(cli: Cli, plan: Path, state: Path, token_id: str) -> list[Ch
     return runs
 
 
-def test_a_token_cooling_after_a_timeout_in_one_process_is_not_used_by_another(
+def contending_on_a_slow_token(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
-) -> None:
-    # wolkvox takes 0.3 s; a call gives up after 20 ms and must leave the token to rest 0.35 s.
+) -> tuple[SimProcess, list[Child]]:
+    """Two runs of a one-clear plan on T_A whose call times out and leaves wolkvox busy.
+
+    wolkvox takes 0.3 s; a call gives up after 20 ms and must leave the token to rest 0.35 s.
+    """
     sim = simulators(latency_ms=300)
     plan = write_plan(
         tmp_path / "plan.yaml",
@@ -761,7 +764,13 @@ def test_a_token_cooling_after_a_timeout_in_one_process_is_not_used_by_another(
         ['campaign_id: "3001", results: [busy], timeout_s: 0.02, retries: 0'],
         cooldown_s=0.35,
     )
-    runs = contending_runs(cli, plan, tmp_path / "state", ids(tokens)["T_A"])
+    return sim, contending_runs(cli, plan, tmp_path / "state", ids(tokens)["T_A"])
+
+
+def test_a_token_cooling_after_a_timeout_in_one_process_is_not_used_by_another(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
+) -> None:
+    sim, runs = contending_on_a_slow_token(simulators, cli, tmp_path, tokens)
     codes = [run.finish() for run in runs]
     stats = sim.wait_idle()
     assert codes == [1, 1], [run.err for run in runs]  # both calls time out: failed
@@ -772,14 +781,7 @@ def test_a_token_cooling_after_a_timeout_in_one_process_is_not_used_by_another(
 def test_an_interrupted_run_still_keeps_other_processes_off_a_token_that_timed_out(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
 ) -> None:
-    sim = simulators(latency_ms=300)
-    plan = write_plan(
-        tmp_path / "plan.yaml",
-        sim.base_url,
-        ['campaign_id: "3001", results: [busy], timeout_s: 0.02, retries: 0'],
-        cooldown_s=0.35,
-    )
-    runs = contending_runs(cli, plan, tmp_path / "state", ids(tokens)["T_A"])
+    sim, runs = contending_on_a_slow_token(simulators, cli, tmp_path, tokens)
     # The run that got the token first: its call will time out and leave wolkvox busy.
     deadline = time.monotonic() + WAIT_S
     while not (

@@ -28,11 +28,12 @@ from orchestrator.events import (
     Event,
     Outcome,
     Reason,
+    Recorder,
     TokenWaiting,
 )
 from orchestrator.locks import Lease, LockError
 from orchestrator.plan import Clear, Lane, OnFailure, Secret
-from orchestrator.scheduler import Scheduler
+from orchestrator.scheduler import Scheduler, Sender
 
 
 def make_scheduler(
@@ -432,21 +433,28 @@ class FailingRecorder:
         self.durable.extend(batch)
 
 
+def recorded_scheduler(
+    lanes: list[Lane], send: Sender, events: list[Event], recorder: Recorder, *, max_parallel: int
+) -> Scheduler:
+    return Scheduler(
+        lanes,
+        send,
+        max_parallel=max_parallel,
+        cooldown_s=0,
+        listeners=[events.append],
+        recorder=recorder,
+        clock=FakeClock(),
+    )
+
+
 @pytest.mark.parametrize("at_settle", [False, True], ids=["write fails", "commit fails"])
 async def test_a_clear_whose_start_cannot_be_recorded_is_not_sent_and_the_run_halts(
     at_settle: bool,
 ) -> None:
     sender, events = ScriptedSender(), []
     recorder = FailingRecorder(at_settle=at_settle)
-    scheduler = Scheduler(
-        [lane_of("A", [1, 2, 3]), lane_of("B", [4])],
-        sender,
-        max_parallel=1,
-        cooldown_s=0,
-        listeners=[events.append],
-        recorder=recorder,
-        clock=FakeClock(),
-    )
+    lanes = [lane_of("A", [1, 2, 3]), lane_of("B", [4])]
+    scheduler = recorded_scheduler(lanes, sender, events, recorder, max_parallel=1)
     await scheduler.run()
     assert sender.calls == [1]
     assert scheduler.calls_sent == 1
@@ -473,16 +481,8 @@ async def test_a_request_leaves_only_once_its_start_is_durable() -> None:
         )
         return await sender(clear, secret)
 
-    scheduler = Scheduler(
-        [lane_of("A", [1]), lane_of("B", [3])],
-        send,
-        max_parallel=2,
-        cooldown_s=0,
-        listeners=[events.append],
-        recorder=recorder,
-        clock=FakeClock(),
-    )
-    await scheduler.run()
+    lanes = [lane_of("A", [1]), lane_of("B", [3])]
+    await recorded_scheduler(lanes, send, events, recorder, max_parallel=2).run()
     assert durable_when_sent == [True, True]
 
 
