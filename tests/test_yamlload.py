@@ -282,6 +282,30 @@ def test_composing_stops_at_the_node_budget(monkeypatch: pytest.MonkeyPatch) -> 
     assert whole_file_problems(excinfo) == ["p.yaml: the plan has more than 100 YAML nodes"]
 
 
+def test_a_list_longer_than_any_plan_needs_is_refused_at_its_line(
+    either_loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(yamlload, "MAX_ITEMS", 5)
+    compose("campaigns:\n" + "  - a\n" * 5, "p.yaml")  # as long as allowed: fine
+    with pytest.raises(PlanError) as excinfo:
+        compose("version: 1\ncampaigns:\n" + "  - a\n" * 6, "p.yaml")
+    assert whole_file_problems(excinfo) == [
+        "p.yaml:3: a list of more than 5 entries; a plan has at most 100000 clears: split it up"
+    ]
+
+
+def test_a_mapping_with_more_keys_than_any_plan_needs_is_refused(
+    either_loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(yamlload, "MAX_ITEMS", 5)
+    compose("".join(f"k{n}: v\n" for n in range(5)), "p.yaml")
+    with pytest.raises(PlanError) as excinfo:
+        compose("top:\n" + "".join(f"  k{n}: v\n" for n in range(6)), "p.yaml")
+    assert whole_file_problems(excinfo) == [
+        "p.yaml:2: a mapping of more than 5 entries; a plan has at most 100000 clears: split it up"
+    ]
+
+
 def test_problems_stop_being_collected_past_the_limit() -> None:
     reader = Reader("p.yaml")
     items = reader.items(root_of("[" + ", ".join(["[x]"] * 2000) + "]\n"), "", "l", "a list")

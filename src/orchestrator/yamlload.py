@@ -38,9 +38,11 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import PlanError, Problem
+from .plan import MAX_CLEARS
 
 __all__ = [
     "MAX_BYTES",
+    "MAX_ITEMS",
     "MAX_NODES",
     "MAX_PROBLEMS",
     "MappingNode",
@@ -63,6 +65,11 @@ MAX_BYTES: Final = 64 * 1024 * 1024
 #: each time they are read. A 100,000-clear plan with every field written out
 #: on every campaign stays below it.
 MAX_NODES: Final = 3_000_000
+
+#: The most entries of one list, or keys of one mapping. No plan needs more: it
+#: has at most 100,000 clears and every campaign gives at least one. Stopping
+#: here refuses a huge flat list long before :data:`MAX_NODES`.
+MAX_ITEMS: Final = MAX_CLEARS
 
 #: Past this many problems, reading stops: more would not help anyone.
 MAX_PROBLEMS: Final = 1000
@@ -87,6 +94,14 @@ class _TooManyNodes(Exception):
     """Raised from inside the composer to stop it."""
 
 
+class _TooManyItems(Exception):
+    """Raised from inside the composer when one list or mapping grows too long."""
+
+    def __init__(self, collection: Node) -> None:
+        super().__init__()
+        self.collection = collection
+
+
 class _Untyped:
     """Loader hooks: no implicit typing, and a count of the nodes composed."""
 
@@ -103,10 +118,19 @@ class _Untyped:
         return _SEQ if kind is SequenceNode else _MAP
 
     def descend_resolver(self, current_node: Node | None, current_index: object) -> None:
-        # The composer calls this once before each node it creates.
+        # The composer calls this once before each node it creates, with its parent and
+        # its index there: a position in a list, None for a key, the key for a value.
         self.composed += 1
         if self.composed > MAX_NODES:
             raise _TooManyNodes
+        if current_index is None and isinstance(current_node, MappingNode):
+            entries = len(current_node.value)
+        elif isinstance(current_index, int):
+            entries = current_index
+        else:
+            return
+        if entries >= MAX_ITEMS and current_node is not None:
+            raise _TooManyItems(current_node)
 
     def ascend_resolver(self) -> None:
         """Nothing to undo: :meth:`descend_resolver` keeps no path."""
@@ -166,6 +190,13 @@ def compose(text: str | bytes, source: str) -> Node | None:
         raise _whole_file(source, "the plan is not valid Unicode text", line) from None
     except _TooManyNodes:
         raise _whole_file(source, f"the plan has more than {MAX_NODES} YAML nodes") from None
+    except _TooManyItems as exc:
+        shape = "list" if isinstance(exc.collection, SequenceNode) else "mapping"
+        message = (
+            f"a {shape} of more than {MAX_ITEMS} entries; a plan has at most "
+            f"{MAX_CLEARS} clears: split it up"
+        )
+        raise _whole_file(source, message, line_of(exc.collection)) from None
     except RecursionError:
         # Only the pure-Python composer recurses; libyaml stops at depth 1000.
         raise _whole_file(source, "the plan is nested too deeply") from None
