@@ -125,8 +125,12 @@ class _Untyped:
             raise _TooManyNodes
         if current_index is None and isinstance(current_node, MappingNode):
             entries = len(current_node.value)
-        elif isinstance(current_index, int):
+            if entries:
+                _forget_end(*current_node.value[-1])
+        elif isinstance(current_index, int) and current_node is not None:
             entries = current_index
+            if entries:
+                _forget_end(current_node.value[-1])
         else:
             return
         if entries >= MAX_ITEMS and current_node is not None:
@@ -134,6 +138,13 @@ class _Untyped:
 
     def ascend_resolver(self) -> None:
         """Nothing to undo: :meth:`descend_resolver` keeps no path."""
+
+
+def _forget_end(*nodes: Node) -> None:
+    # Only a node's first line is ever reported: dropping the end mark of each
+    # finished node saves a fifth of a large plan's memory.
+    for node in nodes:
+        node.end_mark = None
 
 
 class _PyLoader(_Untyped, yaml.SafeLoader):
