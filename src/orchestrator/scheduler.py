@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from .backoff import backoff_delay
 from .client import Answer, Verdict
@@ -33,6 +33,8 @@ from .events import (
 )
 from .locks import LockError, NoLocks, TokenLocks
 from .plan import Clear, Lane, OnFailure, Secret
+
+_T = TypeVar("_T")
 
 #: Sends one attempt of a clear with a token and judges the answer.
 Sender = Callable[[Clear, Secret], Awaitable[Answer]]
@@ -137,10 +139,10 @@ class Scheduler:
         self._cooling_tokens = cooling_tokens
         self._halt = asyncio.Event()
         self._halt_reason: Reason | None = None
-        # The lane tasks now waiting for an answer; a second interrupt cuts their calls.
-        self._in_flight: set[asyncio.Task[object]] = set()
-        self._cut: set[asyncio.Task[object]] = set()
-        self._resting: set[asyncio.Future[None]] = set()
+        # Lane tasks waiting for an answer, or resting a token: a second interrupt cuts both.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._resting: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
         self._interrupts = 0
         self._recording_error: Exception | None = None
         self._calls_sent = 0
@@ -166,11 +168,9 @@ class Scheduler:
         self._interrupts += 1
         self._stop(Reason.INTERRUPTED)
         if self._interrupts > 1:
-            for lane_task in self._in_flight - self._cut:
+            for lane_task in (self._in_flight | self._resting) - self._cut:
                 self._cut.add(lane_task)
                 lane_task.cancel()
-            for rest in tuple(self._resting):
-                rest.cancel()
 
     async def run(self) -> Totals:
         """Run every lane to its end and return how the clears ended."""
@@ -310,34 +310,34 @@ class Scheduler:
         only a second interrupt cuts it, as it cuts the calls in flight.
         """
         state.free_at = self._clock.monotonic() + self._cooldown_s
-        rest = asyncio.ensure_future(self._clock.sleep(self._cooldown_s))
-        self._resting.add(rest)
-        try:
-            await rest
-        except asyncio.CancelledError:
-            if not rest.cancelled() or _being_cancelled():
-                raise
-        finally:
-            self._resting.discard(rest)
+        await self._cuttable(self._clock.sleep(self._cooldown_s), self._resting)
 
     async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
         secret = state.lane.secret
         assert secret is not None, "a lane without a token cannot send"
-        # The call runs in the lane's own task (no Task per call): a second interrupt
-        # cancels that task while it waits here, and the cancellation is taken back below.
+        answer = await self._cuttable(self._send(clear, secret), self._in_flight)
+        if answer is None:  # the lane itself goes on, to skip what is left
+            tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
+        return answer
+
+    async def _cuttable(self, step: Awaitable[_T], waiting: set[asyncio.Task[Any]]) -> _T | None:
+        """Await ``step`` in the lane's own task; ``None`` when a second interrupt cut it.
+
+        No Task per step: :meth:`interrupt` cancels the lane's task while it waits
+        here, and the cancellation is taken back, so the lane goes on.
+        """
         task = asyncio.current_task()
         assert task is not None
-        self._in_flight.add(task)
+        waiting.add(task)
         try:
-            return await self._send(clear, secret)
+            return await step
         except asyncio.CancelledError:
             if task not in self._cut or task.cancelling() > 1:
                 raise  # the run itself is being cancelled
             task.uncancel()
-            tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
             return None
         finally:
-            self._in_flight.discard(task)
+            waiting.discard(task)
             self._cut.discard(task)
 
     async def _wait_to_retry(
@@ -428,8 +428,3 @@ def _failure_reason(answer: Answer) -> Reason:
     if answer.verdict is Verdict.RETRY:
         return Reason.RETRIES_EXHAUSTED
     return _LANE_ENDING.get(answer.verdict, Reason.REJECTED)
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
