@@ -108,6 +108,28 @@ def _standard_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
     return ordered
 
 
+def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
+    """An event's name, level and the fields that follow the clear's own, in line order."""
+    if isinstance(event, TokenWaiting):
+        return "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
+    if isinstance(event, ClearStarted):
+        return "clear.started", "info", {"attempt": event.attempt}
+    if isinstance(event, ClearRetrying):
+        answer = event.answer
+        details: dict[str, object] = {
+            "attempt": event.attempt,
+            "delay_s": round(event.delay_s, 3),
+            "error": answer.error,
+            "http_status": answer.http_status,
+            "code": answer.code,
+        }
+        return "clear.retrying", "warning", details
+    name, level = _FINISHED_EVENT[event.outcome]
+    outcome = outcome_fields(event)
+    del outcome["outcome"]
+    return name, level, outcome
+
+
 class EventLog:
     """A scheduler listener that writes each event as one log line."""
 
@@ -116,30 +138,8 @@ class EventLog:
 
     def __call__(self, event: Event) -> None:
         """Log ``event``."""
-        fields = clear_fields(event.clear, event.token_id)
-        if isinstance(event, TokenWaiting):
-            self._logger.info("token.waiting", **fields, waited_s=round(event.waited_s, 3))
-        elif isinstance(event, ClearStarted):
-            self._logger.info("clear.started", **fields, attempt=event.attempt)
-        elif isinstance(event, ClearRetrying):
-            answer = event.answer
-            self._logger.warning(
-                "clear.retrying",
-                **fields,
-                attempt=event.attempt,
-                delay_s=round(event.delay_s, 3),
-                error=answer.error,
-                http_status=answer.http_status,
-                code=answer.code,
-            )
-        else:
-            self._finished(event, fields)
-
-    def _finished(self, event: ClearFinished, fields: dict[str, object]) -> None:
-        name, level = _FINISHED_EVENT[event.outcome]
-        outcome = outcome_fields(event)
-        del outcome["outcome"]
-        getattr(self._logger, level)(name, **fields, **outcome)
+        name, level, details = _describe(event)
+        getattr(self._logger, level)(name, **clear_fields(event.clear, event.token_id), **details)
 
 
 class JsonEventLog:
@@ -165,30 +165,10 @@ class JsonEventLog:
         """Write ``event``'s line."""
         if self._error is not None:
             raise self._error
-        if isinstance(event, TokenWaiting):
-            line = self._line(
-                event, "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
-            )
-        elif isinstance(event, ClearStarted):
-            line = self._line(event, "clear.started", "info", {"attempt": event.attempt})
-        elif isinstance(event, ClearRetrying):
-            answer = event.answer
-            details = {
-                "attempt": event.attempt,
-                "delay_s": round(event.delay_s, 3),
-                "error": answer.error,
-                "http_status": answer.http_status,
-                "code": answer.code,
-            }
-            line = self._line(event, "clear.retrying", "warning", details)
-        else:
-            name, level = _FINISHED_EVENT[event.outcome]
-            outcome = outcome_fields(event)
-            del outcome["outcome"]
-            line = self._line(event, name, level, outcome)
+        self._stream.write(self._line(event, *_describe(event)))
+        if isinstance(event, ClearFinished):
             # The clear's last line: its rendered names are not needed again (memory).
             self._names.pop((event.clear.seq, event.token_id), None)
-        self._stream.write(line)
         self._flush_soon()
 
     def _line(self, event: Event, name: str, level: str, details: Mapping[str, object]) -> str:
