@@ -123,17 +123,14 @@ class _Untyped:
         self.composed += 1
         if self.composed > MAX_NODES:
             raise _TooManyNodes
-        if current_index is None and isinstance(current_node, MappingNode):
-            entries = len(current_node.value)
-            if entries:
-                _forget_end(*current_node.value[-1])
-        elif isinstance(current_index, int) and current_node is not None:
-            entries = current_index
-            if entries:
-                _forget_end(current_node.value[-1])
+        if isinstance(current_node, MappingNode) and current_index is None:
+            finished = current_node.value[-1] if current_node.value else ()
+        elif isinstance(current_node, SequenceNode) and isinstance(current_index, int):
+            finished = current_node.value[-1:]
         else:
-            return
-        if entries >= MAX_ITEMS and current_node is not None:
+            return  # a mapping's value, or the document's root
+        _forget_end(*finished)
+        if len(current_node.value) >= MAX_ITEMS:
             raise _TooManyItems(current_node)
 
     def ascend_resolver(self) -> None:
