@@ -21,6 +21,7 @@ exit of a child, timeout), 2 on bad usage.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import hashlib
 import itertools
@@ -98,6 +99,18 @@ class HarnessError(Exception):
 
 
 # ----------------------------------------------------------------------------- children
+
+
+def compile_sources() -> None:
+    """Write orchestrator's bytecode, as ``pip install`` does for a regular install.
+
+    An editable install writes it on first import, unless ``PYTHONDONTWRITEBYTECODE``
+    is set (as on the development VM): then every run compiled each module again,
+    about 40 ms of start-up that no installed copy pays.
+    """
+    if not compileall.compile_dir(ROOT / "src" / "orchestrator", quiet=1):
+        raise HarnessError("could not compile src/orchestrator")
+    print("bytecode: src/orchestrator compiled, as an installed copy has it")
 
 
 def orchestrator_cmd() -> list[str]:
@@ -1306,6 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
                 else "no --state-dir in this build"
             )
         )
+        compile_sources()
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         for name in names:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -81,6 +82,30 @@ def test_a_run_clears_exactly_the_planned_records(
     }
     assert records("14", "predictive", "3001") == dict.fromkeys(RESULT_FILTERS, 100)
     assert sim.simulator.stats()["max_in_flight_per_token"] == 1
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collector_after(
+    sim: ThreadedSimulator,
+    tokens: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from orchestrator import runner
+
+    seen: list[tuple[int, bool]] = []
+    real_execute = runner.execute
+
+    async def watching(spec: runner.RunSpec, engine: runner.Engine | None = None) -> object:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count() > 0))
+        return await real_execute(spec, engine)
+
+    monkeypatch.setattr(runner, "execute", watching)
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    assert main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json"]) == 0
+    # What was loaded before the run is frozen out of collections while it sends.
+    assert seen == [(20_000, True)]
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_every_clear_is_logged_started_and_then_exactly_once_as_an_outcome(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -485,8 +486,8 @@ def test_listener_for_an_unknown_run_raises_journal_error(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
-    with pytest.raises(JournalError, match="no clear 1 in run other"):
-        journal.listener("other")(started(lanes[0], 0))
+    with pytest.raises(JournalError, match="has no run other"):
+        journal.listener("other")
 
 
 def test_use_after_close_raises_journal_error(tmp_path: Path, lanes: list[Lane]) -> None:
@@ -510,7 +511,16 @@ def committed_states(journal: Journal) -> dict[int, str]:
         other.close()
 
 
-async def test_a_start_is_committed_with_every_change_written_before_it(
+def tails(journal: Journal) -> list[Path]:
+    return sorted((journal.path.parent / "runs").glob("*.tail"))
+
+
+def tail_lines(journal: Journal) -> list[str]:
+    (tail,) = tails(journal)
+    return tail.read_text().splitlines()
+
+
+async def test_a_start_is_in_the_tail_once_settled_and_in_sqlite_at_the_end_of_the_turn(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
@@ -519,45 +529,164 @@ async def test_a_start_is_committed_with_every_change_written_before_it(
     record = journal.listener("r1")
     record(started(lanes[1], 0))
     await record.settle()
-    record(finished(lanes[1], 0, Outcome.SUCCEEDED))  # another lane's outcome, not settled
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED))  # not settled: the turn's end takes it
     record(started(lanes[0], 0))
-    assert committed_states(journal) == {1: "pending", 2: "in_flight", 3: "pending"}
+    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == ["started"]
     await record.settle()
-    assert committed_states(journal) == {1: "in_flight", 2: "succeeded", 3: "pending"}
-    assert commits == ["COMMIT", "COMMIT"]
-    await record.settle()  # nothing open: commits nothing
-    assert commits == ["COMMIT", "COMMIT"]
-
-
-async def test_an_outcome_nobody_settles_is_committed_on_the_next_turn(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1")
-    record(started(lanes[0], 0))
-    await record.settle()
-    record(finished(lanes[0], 0, Outcome.SUCCEEDED))
-    assert committed_states(journal)[1] == "in_flight"
+    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == [
+        "started",
+        "finished",
+        "started",
+    ]
+    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
     await asyncio.sleep(0)
-    assert committed_states(journal)[1] == "succeeded"
+    assert committed_states(journal) == {1: "in_flight", 2: "succeeded", 3: "pending"}
+    assert commits == ["COMMIT"]  # the whole turn in one transaction
+    await record.settle()
+    await asyncio.sleep(0)
+    assert commits == ["COMMIT"]  # nothing new: nothing written
 
 
-async def test_a_failed_write_rolls_back_the_open_changes_and_every_later_call_raises(
+async def test_a_failed_commit_keeps_the_tail_and_every_later_call_raises(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
     record = journal.listener("r1")
     record(started(lanes[1], 0))
-    await record.settle()
     record(finished(lanes[1], 0, Outcome.SUCCEEDED))
-    with pytest.raises(JournalError, match="no clear 9 in run r1"):
-        record(started(lane("token-c", clear(9)), 0))
-    # The outcome written in the same transaction is gone with it: the clear stays in flight.
-    assert committed_states(journal) == {1: "pending", 2: "in_flight", 3: "pending"}
+    record(started(lane("token-c", clear(9)), 0))  # a clear the run does not have
+    await record.settle()
+    await asyncio.sleep(0)
+    # The turn's transaction is rolled back whole: the other lane's outcome with it.
+    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
     with pytest.raises(JournalError, match="no clear 9 in run r1"):
         record(started(lanes[0], 0))
     with pytest.raises(JournalError, match="no clear 9 in run r1"):
         await record.settle()
+    journal.close()
+    (kept,) = tails(journal)
+    # The next open writes what the tail holds, skipping what matches no row.
+    with Journal.open(journal.path.parent) as reopened:
+        assert committed_states(reopened) == {1: "pending", 2: "succeeded", 3: "pending"}
+    assert not kept.exists()
+
+
+async def test_a_closed_recorder_removes_its_tail_once_everything_is_in_sqlite(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    await record.settle()
+    assert len(tails(journal)) == 1
+    record(finished(lanes[0], 0, Outcome.SUCCEEDED))
+    journal.close()
+    assert tails(journal) == []
+    assert committed_states(journal) == {1: "succeeded", 2: "pending", 3: "pending"}
+
+
+def sigkilled_script(state_dir: Path, body: str) -> str:
+    return textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from pathlib import Path
+        from orchestrator.events import ClearStarted
+        from orchestrator.journal import Journal
+        from orchestrator.plan import Clear, Lane, TokenRef
+        clear = Clear(1, "0014", "predictive", "3001", None, TokenRef("env", "T"))
+        journal = Journal.open(Path({str(state_dir)!r}))
+        journal.begin_run("r1", "p.yaml", "d", [Lane("tok", (), None, (clear,))], started_at="t")
+        record = journal.listener("r1")
+        """
+    ) + textwrap.dedent(body)
+
+
+def test_a_start_settled_inside_the_event_loop_survives_a_sigkill_before_its_turn_ends(
+    tmp_path: Path,
+) -> None:
+    script = sigkilled_script(
+        tmp_path,
+        """
+        async def main():
+            record(ClearStarted(clear, "tok", 1))
+            await record.settle()
+            os.kill(os.getpid(), signal.SIGKILL)  # before SQLite has it
+        asyncio.run(main())
+        """,
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    assert len(list((tmp_path / "runs").glob("*.tail"))) == 1
+    with Journal.open(tmp_path) as journal:
+        record = journal.resume_run("r1")[1]
+    assert (record.state, record.attempts) == ("in_flight", 1)
+    assert list((tmp_path / "runs").glob("*.tail")) == []
+
+
+async def test_replaying_a_tail_already_in_sqlite_changes_nothing(
+    tmp_path: Path, lanes: list[Lane]
+) -> None:
+    journal = Journal.open(tmp_path)
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    record(retrying(lanes[0], 0, BUSY))
+    record(started(lanes[0], 0, attempt=2))
+    await record.settle()
+    await asyncio.sleep(0)
+    (tail,) = tails(journal)
+    saved = tail.read_bytes()
+    journal.close()
+    tail.write_bytes(saved)  # as if the process died after the commit, before the removal
+    with Journal.open(tmp_path) as reopened:
+        assert (state_of(reopened, "r1", 1).state, state_of(reopened, "r1", 1).attempts) == (
+            "in_flight",
+            2,
+        )
+    assert not tail.exists()
+
+
+async def test_another_journal_leaves_a_live_recorders_tail_alone(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    await record.settle()
+    with Journal.open(journal.path.parent) as other:
+        assert state_of(other, "r1", 1).state == "pending"
+    assert len(tails(journal)) == 1
+    await asyncio.sleep(0)
+    assert state_of(journal, "r1", 1).attempts == 1  # applied once, by its own recorder
+
+
+def test_a_last_line_cut_short_by_a_crash_is_ignored(tmp_path: Path, lanes: list[Lane]) -> None:
+    with Journal.open(tmp_path) as journal:
+        begin(journal, lanes)
+    tail = tmp_path / "runs" / "r1.0000.tail"
+    tail.parent.mkdir()
+    tail.write_text(
+        '{"v":1,"run_id":"r1"}\n'
+        '["started",[1,"2026-11-28T02:00:01.000Z",2]]\n'
+        '["finished",["succeeded",null,200,200,"ok",null,"2026-11-28T02:00:02'
+    )
+    with Journal.open(tmp_path) as journal:
+        assert (state_of(journal, "r1", 2).state, state_of(journal, "r1", 2).attempts) == (
+            "in_flight",
+            1,
+        )
+    assert not tail.exists()
+
+
+def test_an_unreadable_tail_is_refused_naming_it(tmp_path: Path, lanes: list[Lane]) -> None:
+    with Journal.open(tmp_path) as journal:
+        begin(journal, lanes)
+    tail = tmp_path / "runs" / "r1.0000.tail"
+    tail.parent.mkdir()
+    tail.write_text('{"v":1,"run_id":"r1"}\n["truncate",[1]]\n')
+    with pytest.raises(JournalError, match=f"journal tail {re.escape(str(tail))} cannot be"):
+        Journal.open(tmp_path)
+    assert tail.exists()
 
 
 async def test_finish_run_commits_the_open_batch_first(journal: Journal, lanes: list[Lane]) -> None:

@@ -77,7 +77,7 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """What came back: status, headers (lower-cased names) and the raw body."""
+    """What came back: status, headers (looked up by lower-case name) and the raw body."""
 
     status: int
     body: bytes

@@ -6,18 +6,23 @@ A run is journaled in ``<state dir>/journal.sqlite3``: one ``runs`` row and one
 ``succeeded``, ``failed`` or ``skipped``. A resumed run reopens the same run row,
 so it keeps counting attempts where the crashed one stopped.
 
-Commits are grouped: a clear's ``in_flight`` mark is committed right before its
-request leaves, together with every outcome written since the last commit, so a
-run costs about one commit per clear (:class:`JournalRecorder`).
+Each change is made durable before the run goes on by appending one line to the
+run's *tail* (``<state dir>/runs/<run_id>.<nonce>.tail``): a clear's ``in_flight``
+mark is in the tail before its request leaves. The changes of one turn of the event
+loop then reach SQLite in one transaction, and the tail is removed once all of it
+is there. A tail left by a process that died is replayed by the next
+:meth:`Journal.open`; its lines set values rather than add to them, so replaying
+what SQLite already has changes nothing (:class:`JournalRecorder`). A SQLite
+commit per clear cost two to four times as much CPU as the append
+(docs/performance.md).
 
-Durability: WAL with ``synchronous=NORMAL``. Every commit is written to the WAL
-file before it returns, so it lives in the OS page cache and survives a SIGKILL
-or crash of this process, and an orderly reboot; only an OS crash or power loss
-can lose the last commits before a checkpoint. FULL adds an fsync per commit:
-measured on the development VM it nearly doubled the gap between an answer and the next
-request on a token (3.8 to 6.8 ms, docs/performance.md) for that case alone, and
-losing a commit to power loss costs at most a clear sent again on resume or a
-token's cooldown skipped, never a clear silently left out.
+Durability: an append, like a commit in WAL mode with ``synchronous=NORMAL``, is
+in the OS page cache when it returns, so it survives a SIGKILL or crash of this
+process and an orderly reboot; only an OS crash or power loss can lose the last
+changes. An fsync per change was measured on the development VM to nearly double
+the gap between an answer and the next request on a token (3.8 to 6.8 ms,
+docs/performance.md), and losing a change to power loss costs at most a clear sent
+again on resume or a token's cooldown skipped, never a clear silently left out.
 
 Every ``sqlite3`` or OS failure surfaces as :class:`JournalError`, naming the
 database path and the cause.
@@ -27,12 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +122,9 @@ _INSERT_CLEAR = (
     " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A new attempt clears the reason of an earlier session's ending: it no longer applies.
+# The recorder counts attempts itself, so replaying a change twice counts it once.
 _MARK_STARTED = (
-    "UPDATE clears SET state = 'in_flight', attempts = attempts + 1, reason = NULL,"
+    "UPDATE clears SET state = 'in_flight', attempts = ?, reason = NULL,"
     " updated_at = ? WHERE run_id = ? AND seq = ?"
 )
 _MARK_RETRYING = (
@@ -149,6 +158,8 @@ _SELECT_CLEARS = (
     "SELECT seq, token_id, server, type_campaign, campaign_id, result, state, attempts,"
     " http_status, code, msg, error, reason FROM clears WHERE run_id = ? ORDER BY seq"
 )
+# What earlier sessions of a resumed run attempted: a recorder counts on from there.
+_SELECT_ATTEMPTED = "SELECT seq, attempts FROM clears WHERE run_id = ? AND attempts > 0"
 # Every attempt is one call against the token's daily quota, whichever session made it.
 _SELECT_CALLS = (
     "SELECT token_id, SUM(attempts) FROM clears WHERE run_id = ?"
@@ -337,103 +348,230 @@ def _enter_wal_mode(conn: sqlite3.Connection) -> None:
 
 
 class JournalRecorder:
-    """Journals one run's events, committing each clear's start with what came before it.
+    """Journals one run's events: each change is made durable at once in the run's tail
+    file, and written to SQLite together with the other changes of the same loop turn.
 
-    Each event's change is written at once into an open transaction. :meth:`settle`
-    commits it: the scheduler calls it between a clear's ``in_flight`` mark and its
-    request, so the mark is durable before the request leaves, and the outcomes
-    written since the last commit (other lanes', this lane's previous clear) go
-    in the same commit. Changes nobody settles (a lane's last outcome) are
-    committed on the next turn of the event loop. That is about one commit per
-    clear instead of two, and no request waits for a turn of the loop. A failed
-    write or commit rolls the open changes back and makes this and every later
-    call raise :class:`JournalError`.
+    A SQLite commit per clear rewrites whole pages into the WAL; appending lines to a
+    file is a single ``write``. So :meth:`__call__` only takes the change, and
+    :meth:`settle`, which the scheduler awaits between a clear's ``in_flight`` mark
+    and its request, appends what was taken to ``<state dir>/runs/<run_id>.<nonce>.tail``:
+    the mark is durable before the request leaves. At the end of each turn of the
+    event loop the turn's changes are appended (if nobody settled them) and then
+    reach SQLite in one transaction. Each line holds the values it sets, never an
+    increment, so replaying a tail that SQLite already has in part or whole gives
+    the same rows: when this process dies, the next :meth:`Journal.open` replays and
+    removes the tail. :meth:`close` removes it once everything is committed.
+
+    A failed append or commit makes this and every later call raise
+    :class:`JournalError`; the tail is then kept for the next open to replay.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, run_id: str) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        run_id: str,
+        tail: _Tail,
+        prior_attempts: dict[int, int],
+    ) -> None:
         """Use :meth:`Journal.listener` instead."""
         self._conn = conn
         self._path = path
         self._run_id = run_id
-        self._open = False
-        self._in_loop = False
+        self._tail = tail
+        #: Attempts journaled by earlier sessions of a resumed run, by seq.
+        self._prior_attempts = prior_attempts
+        self._batch: list[tuple[str, list[Any]]] = []
+        #: Lines of the batch not yet appended to the tail.
+        self._unwritten: list[str] = []
+        self._apply_soon = False
         self._now = ""
         self._error: JournalError | None = None
 
     def __call__(self, event: Event) -> None:
-        """Write ``event``'s change into the open transaction."""
+        """Take ``event``'s change: the tail gets it by :meth:`settle`, SQLite by the turn's end."""
         if self._error is not None:
             raise self._error
         if isinstance(event, TokenWaiting):
             return  # changes no clear
+        if not self._now:
+            # One updated_at for the changes of one turn: they reach SQLite together.
+            self._now = iso_utc(time.time(), 3)  # as SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')
+        record = _record(event, self._prior_attempts, self._now)
+        self._batch.append(record)
+        self._unwritten.append(_line(record))
+        if self._apply_soon:
+            return
         try:
-            if not self._open:
-                self._begin()
-            statement, params, one_row = _change(event, self._run_id, self._now)
-            cursor = self._conn.execute(statement, params)
-        except sqlite3.Error as exc:
-            raise self._fail(_error(self._path, "written", exc)) from exc
-        if one_row and cursor.rowcount != 1:
-            raise self._fail(
-                JournalError(
-                    f"journal {self._path} has no clear {event.clear.seq} in run {self._run_id}"
-                )
-            )
-        if not self._in_loop:
-            self.flush()  # outside an event loop nobody would commit it later
+            asyncio.get_running_loop().call_soon(self._apply)
+        except RuntimeError:
+            self.flush()  # outside an event loop nobody would apply it later
+        else:
+            self._apply_soon = True
 
     async def settle(self) -> None:
-        """Commit every change written so far; raise :class:`JournalError` if it cannot be."""
-        self.flush()
+        """Make every change taken so far durable (one append to the tail).
 
-    def flush(self) -> None:
-        """Commit the open changes now, if any; raise :class:`JournalError` if they cannot be."""
-        if self._open:
-            self._commit()
+        The scheduler awaits this between a clear's ``in_flight`` mark and its
+        request. Raises :class:`JournalError` if a change could not be recorded.
+        """
+        self._write_tail()
         if self._error is not None:
             raise self._error
 
-    def _begin(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._open = True
-        # One updated_at for the changes of one commit: they become durable together.
-        self._now = iso_utc(time.time(), 3)  # as SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')
-        try:
-            asyncio.get_running_loop().call_soon(self._commit)
-        except RuntimeError:
-            self._in_loop = False
-        else:
-            self._in_loop = True
+    def flush(self) -> None:
+        """Write the changes not yet in SQLite now; raise :class:`JournalError` if that fails."""
+        self._apply()
+        if self._error is not None:
+            raise self._error
 
-    def _commit(self) -> None:
-        if not self._open:
+    def close(self) -> None:
+        """Flush, then remove the tail; a tail not wholly in SQLite is kept for replay."""
+        try:
+            self.flush()
+        finally:
+            self._tail.close(remove=self._error is None)
+
+    def _write_tail(self) -> None:
+        if not self._unwritten or self._error is not None:
+            return
+        lines, self._unwritten = self._unwritten, []
+        try:
+            self._tail.write("".join(lines))
+        except OSError as exc:
+            error = _error(self._path, "written", exc)
+            error.__cause__ = exc  # as `raise ... from exc` would: it is raised later
+            self._fail(error)
+
+    def _apply(self) -> None:
+        # Tail first: SQLite never holds a change the tail lacks, or a replay of the
+        # tail would set the row back to an older state.
+        self._apply_soon, self._now = False, ""
+        self._write_tail()
+        batch, self._batch = self._batch, []
+        if not batch or self._error is not None:
             return
         try:
-            self._conn.execute("COMMIT")
+            _apply_records(self._conn, self._path, self._run_id, batch, strict=True)
+        except JournalError as exc:
+            self._fail(exc)
         except sqlite3.Error as exc:
-            self._fail(_error(self._path, "written", exc))
-            return
-        self._open = False
+            error = _error(self._path, "written", exc)
+            error.__cause__ = exc
+            self._fail(error)
 
     def _fail(self, error: JournalError) -> JournalError:
         if self._error is None:
             self._error = error
-        _rollback(self._conn)
-        self._open = False
         return self._error
 
 
-def _change(event: Event, run_id: str, now: str) -> tuple[str, tuple[object, ...], bool]:
-    """The statement that records ``event``, its parameters, and whether it must hit one row."""
+def _parse_tail(lines: list[bytes]) -> tuple[str, list[tuple[str, list[Any]]]]:
+    header = json.loads(lines[0])
+    if not isinstance(header, dict) or header.get("v") != _TAIL_VERSION:
+        raise ValueError("unknown format")
+    records = [json.loads(line) for line in lines[1:]]
+    if not all(isinstance(r, list) and len(r) == 2 and r[0] in _STATEMENTS for r in records):
+        raise ValueError("unknown change")
+    return str(header["run_id"]), [(kind, values) for kind, values in records]
+
+
+# -- tail files: what a recorder has made durable but maybe not yet written to SQLite
+
+#: Where tails live, beside the run locks.
+_TAIL_DIR = "runs"
+_TAIL_SUFFIX = ".tail"
+_TAIL_VERSION = 1
+
+# One statement per kind of change; every one sets values, none adds to them.
+_STATEMENTS = {
+    "started": _MARK_STARTED,
+    "retrying": _MARK_RETRYING,
+    "finished": _MARK_FINISHED,
+    "already_succeeded": _MARK_ALREADY_SUCCEEDED,
+}
+#: Changes that must hit exactly one row (a succeeded row rightly ignores the last).
+_ONE_ROW = frozenset(("started", "retrying", "finished"))
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+class _Tail:
+    """An append-only file of one recorder's changes, locked while it lives.
+
+    The ``flock`` tells :func:`_replay_tails` that its recorder is alive (the OS drops
+    it when the process dies, however it dies), so a live run's tail is never replayed.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def create(cls, state_dir: Path, run_id: str) -> _Tail:
+        """Create and lock a new tail for ``run_id``; raise ``OSError`` when it cannot be."""
+        folder = state_dir / _TAIL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{run_id}.{secrets.token_hex(4)}{_TAIL_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
+        tail = cls(path, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tail._write(_encode({"v": _TAIL_VERSION, "run_id": run_id}) + "\n")
+        except BaseException:
+            tail.close(remove=True)
+            raise
+        return tail
+
+    def write(self, lines: str) -> None:
+        """Append whole lines; raise ``OSError`` when they cannot be written."""
+        self._write(lines)
+
+    def close(self, *, remove: bool) -> None:
+        """Close (and with ``remove``, delete) the tail. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        os.close(fd)
+
+    def _write(self, line: str) -> None:
+        if self._fd is None:
+            raise OSError(errno.EBADF, "the tail file is closed", str(self.path))
+        data = line.encode()
+        while data:  # a regular file takes it whole unless the disk fills up
+            data = data[os.write(self._fd, data) :]
+
+
+def _line(record: tuple[str, list[Any]]) -> str:
+    """``record`` as one line of JSON, ``["kind",[values...]]``, written by hand (per clear)."""
+    kind, values = record
+    return f'["{kind}",[{",".join(map(_json_value, values))}]]\n'
+
+
+def _json_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _json_string(value)
+    return str(int(value))  # type: ignore[call-overload]  # only ints besides: the row's
+
+
+def _record(event: Event, prior_attempts: Mapping[int, int], now: str) -> tuple[str, list[Any]]:
+    """The change ``event`` makes to its clear's row: a kind and the values it sets."""
     seq = event.clear.seq
     if isinstance(event, ClearStarted):
-        return _MARK_STARTED, (now, run_id, seq), True
+        attempts = prior_attempts.get(seq, 0) + event.attempt
+        return "started", [attempts, now, seq]
     if isinstance(event, ClearFinished):
         if event.reason == _ALREADY_SUCCEEDED:
-            # No row check: a succeeded row is rightly left as it is.
-            return _MARK_ALREADY_SUCCEEDED, (now, run_id, seq), False
+            return "already_succeeded", [now, seq]
         fields = outcome_fields(event)
-        params = (
+        return "finished", [
             fields["outcome"],
             fields["reason"],
             fields["http_status"],
@@ -441,18 +579,80 @@ def _change(event: Event, run_id: str, now: str) -> tuple[str, tuple[object, ...
             fields["msg"],
             fields["error"],
             now,
-            run_id,
             seq,
-        )
-        return _MARK_FINISHED, params, True
+        ]
     if isinstance(event, ClearRetrying):
         answer = event.answer
         state = "in_flight" if answer.outcome_unknown else "pending"
-        retrying: tuple[object, ...] = (
-            state, answer.http_status, answer.code, answer.msg, answer.error, now, run_id, seq
-        )  # fmt: skip
-        return _MARK_RETRYING, retrying, True
+        values = [state, answer.http_status, answer.code, answer.msg, answer.error, now, seq]
+        return "retrying", values
     raise TypeError(f"{type(event).__name__} changes no clear")
+
+
+def _apply_records(
+    conn: sqlite3.Connection,
+    path: Path,
+    run_id: str,
+    records: Sequence[tuple[str, Sequence[Any]]],
+    *,
+    strict: bool,
+) -> None:
+    """Write ``records`` to ``run_id``'s rows in one transaction.
+
+    With ``strict``, a change that finds no row rolls everything back and raises
+    :class:`JournalError`; a replay skips it instead.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for kind, values in records:
+            *sets, seq = values
+            cursor = conn.execute(_STATEMENTS[kind], (*sets, run_id, seq))
+            if strict and kind in _ONE_ROW and cursor.rowcount != 1:
+                raise JournalError(f"journal {path} has no clear {seq} in run {run_id}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _replay_tails(conn: sqlite3.Connection, path: Path) -> None:
+    """Write to SQLite the tails that dead recorders left, then remove them.
+
+    A tail whose recorder is alive (its lock is held) is left alone. A last line
+    cut short by a crash is ignored: its write never returned, so nothing was sent
+    on the strength of it.
+    """
+    folder = path.parent / _TAIL_DIR
+    try:
+        tails = sorted(folder.glob(f"*{_TAIL_SUFFIX}"))
+    except OSError:
+        return
+    for tail_path in tails:
+        try:
+            fd = os.open(tail_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # replayed meanwhile by another process
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its recorder is alive
+            _replay(conn, path, tail_path, fd)
+        finally:
+            os.close(fd)
+
+
+def _replay(conn: sqlite3.Connection, path: Path, tail_path: Path, fd: int) -> None:
+    try:
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            lines = handle.read().split(b"\n")[:-1]  # after the last newline: cut short
+        if lines:
+            run_id, records = _parse_tail(lines)
+            _apply_records(conn, path, run_id, records, strict=False)
+    except (OSError, ValueError) as exc:
+        raise JournalError(f"journal tail {tail_path} cannot be replayed: {exc}") from exc
+    with contextlib.suppress(FileNotFoundError):
+        tail_path.unlink()
 
 
 class Journal:
@@ -495,6 +695,7 @@ class Journal:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             _create_schema(conn, path)
+            _replay_tails(conn, path)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -507,7 +708,7 @@ class Journal:
         """Close the connection; later calls raise :class:`JournalError`. Idempotent."""
         if self._recorder is not None:
             with contextlib.suppress(JournalError):  # the recorder already raised it
-                self._recorder.flush()
+                self._recorder.close()
         try:
             self._conn.close()
         except sqlite3.Error as exc:
@@ -571,9 +772,18 @@ class Journal:
         ``ClearRetrying`` stores the answer and leaves it ``in_flight`` when the
         outcome is unknown (wolkvox may still be working), else ``pending``;
         ``ClearFinished`` stores its final state, reason and last answer, except
-        that ``already_succeeded`` never overwrites a succeeded row.
+        that ``already_succeeded`` never overwrites a succeeded row. Raises
+        :class:`JournalError` when the journal has no such run or its tail file
+        cannot be created.
         """
-        recorder = JournalRecorder(self._conn, self._path, run_id)
+        if self.run(run_id) is None:
+            raise JournalError(f"journal {self._path} has no run {run_id}")
+        try:
+            prior = dict(self._conn.execute(_SELECT_ATTEMPTED, (run_id,)).fetchall())
+            tail = _Tail.create(self._path.parent, run_id)
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(self._path, "written", exc) from exc
+        recorder = JournalRecorder(self._conn, self._path, run_id, tail, prior)
         self._recorder = recorder
         return recorder
 

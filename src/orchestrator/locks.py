@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -151,15 +150,21 @@ class FileLocks:
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
             # Prove now that lock files can be created, rather than fail mid-run.
-            with tempfile.TemporaryFile(dir=self._dir):
-                pass
+            probe = self._dir / f".probe-{os.getpid()}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            probe.unlink()
         except OSError as exc:
             raise LockError(f"cannot use lock directory {self._dir}: {_os_reason(exc)}") from exc
+        self._prefix = os.path.join(self._dir, "")
         self._slots: dict[str, _Slot] = {}
 
     def path(self, token_id: str) -> Path:
         """The lock file of ``token_id``."""
-        return self._dir / f"{_checked_token_id(token_id)}.lock"
+        return Path(self._path(token_id))
+
+    def _path(self, token_id: str) -> str:
+        # A string, not a Path: every lane opens one, before its first request.
+        return f"{self._prefix}{_checked_token_id(token_id)}.lock"
 
     @asynccontextmanager
     async def hold(self, token_id: str) -> AsyncIterator[Lease]:
@@ -186,7 +191,7 @@ class FileLocks:
             os.close(slot.fd)
 
     def _open(self, token_id: str) -> _Slot:
-        path = self.path(token_id)
+        path = self._path(token_id)
         try:
             # Read-only is enough for flock and lets another user's run share a file it
             # did not create. CLOEXEC: a child inheriting the descriptor would share our lock.

@@ -96,8 +96,8 @@ class AiohttpTransport:
                 timeout=timeout,
             ) as resp:
                 body = await self._read_capped(resp)
-                headers = {name.lower(): value for name, value in resp.headers.items()}
-                return HttpResponse(resp.status, body, headers)
+                # A case-insensitive mapping already: no copy per answer.
+                return HttpResponse(resp.status, body, resp.headers)
         except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError family
             raise CallTimeout() from exc
         except aiohttp.ClientConnectorError as exc:  # nothing was sent: DNS, refused, TLS

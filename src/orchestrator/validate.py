@@ -8,7 +8,6 @@ one pass: a bad campaign does not hide the problems of the next one.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -150,6 +149,8 @@ def _shown(text: str) -> str:
 
 def _hint(text: str, allowed: Collection[str]) -> str:
     """A "did you mean" for a near miss, else the list of what is allowed."""
+    import difflib  # only for a plan with a mistake: start-up time counts
+
     # difflib is quadratic: a huge value is no typo of a short name anyway.
     close = difflib.get_close_matches(text, allowed, n=1) if len(text) <= 64 else []
     return f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(allowed)}"
