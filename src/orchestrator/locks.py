@@ -166,22 +166,33 @@ class FileLocks:
         # A string, not a Path: every lane opens one, before its first request.
         return f"{self._prefix}{_checked_token_id(token_id)}.lock"
 
-    @asynccontextmanager
-    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
+    def hold(self, token_id: str) -> AbstractAsyncContextManager[Lease]:
         """Wait for ``token_id``'s lock, yield the lease, release it on any exit."""
+        return _FileHold(self, token_id)
+
+    async def _acquire(self, token_id: str) -> tuple[_Slot, Lease]:
         slot = self._slots.get(token_id) or self._open(token_id)
         started = time.monotonic()
         contended = slot.users > 0
         slot.users += 1
         try:
-            async with slot.guard:
+            await slot.guard.acquire()
+            try:
                 contended = await self._flock(slot.fd, token_id) or contended
-                lease = Lease(token_id, time.monotonic() - started if contended else 0.0)
-                try:
-                    yield lease
-                finally:
-                    fcntl.flock(slot.fd, fcntl.LOCK_UN)
+            except BaseException:
+                slot.guard.release()
+                raise
+        except BaseException:
+            slot.users -= 1
+            raise
+        return slot, Lease(token_id, time.monotonic() - started if contended else 0.0)
+
+    @staticmethod
+    def _release(slot: _Slot) -> None:
+        try:
+            fcntl.flock(slot.fd, fcntl.LOCK_UN)
         finally:
+            slot.guard.release()
             slot.users -= 1
 
     async def aclose(self) -> None:
@@ -220,6 +231,26 @@ class FileLocks:
         except OSError as exc:
             raise LockError(f"cannot lock {self.path(token_id)}: {_os_reason(exc)}") from exc
         return True
+
+
+class _FileHold:
+    """One ``async with FileLocks.hold(...)``: a plain class, as every call takes one."""
+
+    __slots__ = ("_locks", "_slot", "_token_id")
+
+    def __init__(self, locks: FileLocks, token_id: str) -> None:
+        self._locks = locks
+        self._token_id = token_id
+        self._slot: _Slot | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._slot, lease = await self._locks._acquire(self._token_id)
+        return lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            FileLocks._release(slot)
 
 
 class RunLock:

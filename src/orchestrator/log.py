@@ -175,11 +175,10 @@ class JsonEventLog:
         key = (event.clear.seq, event.token_id)
         names = self._names.get(key)
         if names is None:
-            names = self._names[key] = json.dumps(clear_fields(event.clear, event.token_id))[1:-1]
-        rest = ", ".join(f'"{field}": {_json_value(value)}' for field, value in details.items())
+            names = self._names[key] = _fields(clear_fields(event.clear, event.token_id))
         return (
             f'{{"event": "{name}", "timestamp": "{iso_utc(time.time(), 6)}", "level": "{level}", '
-            f'"run_id": {self._run_id}, {names}, {rest}}}\n'
+            f'"run_id": {self._run_id}, {names}, {_fields(details)}}}\n'
         )
 
     def _flush_soon(self) -> None:
@@ -199,6 +198,11 @@ class JsonEventLog:
             self._stream.flush()
         except Exception as exc:  # e.g. a closed pipe: the next event halts the run
             self._error = exc
+
+
+def _fields(fields: Mapping[str, object]) -> str:
+    """``"key": value`` pairs as ``json.dumps`` renders them inside an object."""
+    return ", ".join([f'"{key}": {_json_value(value)}' for key, value in fields.items()])
 
 
 def _json_value(value: object) -> str:
