@@ -180,7 +180,6 @@ def _check_options(plan: Plan, options: RunOptions) -> None:
 
 
 def _lanes(plan: Plan, options: RunOptions, say: Say) -> tuple[Lane, ...]:
-    from .schedule_view import render_schedule
     from .tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
 
     if options.simulate:
@@ -193,6 +192,8 @@ def _lanes(plan: Plan, options: RunOptions, say: Say) -> tuple[Lane, ...]:
     else:
         lanes = build_lanes(plan.clears, read_tokens(plan))
     if options.dry_run:
+        from .schedule_view import render_schedule
+
         say(render_schedule(plan, lanes))
     return lanes
 
