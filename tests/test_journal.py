@@ -239,19 +239,12 @@ def test_in_flight_is_committed_before_the_listener_returns(
 
 
 def test_in_flight_survives_a_sigkill_of_the_process(tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        f"""
-        import os, signal
-        from pathlib import Path
-        from orchestrator.events import ClearStarted
-        from orchestrator.journal import Journal
-        from orchestrator.plan import Clear, Lane, TokenRef
-        clear = Clear(1, "0014", "predictive", "3001", None, TokenRef("env", "T"))
-        journal = Journal.open(Path({str(tmp_path)!r}))
-        journal.begin_run("r1", "p.yaml", "d", [Lane("tok", (), None, (clear,))], started_at="t")
-        journal.listener("r1")(ClearStarted(clear, "tok", 1))
-        os.kill(os.getpid(), signal.SIGKILL)
+    script = sigkilled_script(
+        tmp_path,
         """
+        record(ClearStarted(clear, "tok", 1))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()
