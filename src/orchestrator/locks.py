@@ -178,7 +178,9 @@ class FileLocks:
         try:
             await slot.guard.acquire()
             try:
-                contended = await self._flock(slot.fd, token_id) or contended
+                if not self._try_flock(slot.fd, token_id):  # held by another process
+                    await self._wait_for_flock(slot.fd, token_id)
+                    contended = True
             except BaseException:
                 slot.guard.release()
                 raise
@@ -212,15 +214,13 @@ class FileLocks:
         slot = self._slots[token_id] = _Slot(fd)
         return slot
 
-    async def _flock(self, fd: int, token_id: str) -> bool:
-        """Take the exclusive lock on ``fd``; return True when it had to wait."""
-        if self._try_flock(fd, token_id):
-            return False
+    async def _wait_for_flock(self, fd: int, token_id: str) -> None:
+        """Poll until the exclusive lock on ``fd``, held elsewhere, is ours."""
         delay = _FIRST_POLL_S
         while True:
             await asyncio.sleep(delay)
             if self._try_flock(fd, token_id):
-                return True
+                return
             delay = min(delay * 2, _MAX_POLL_S)
 
     def _try_flock(self, fd: int, token_id: str) -> bool:

@@ -205,7 +205,9 @@ class Scheduler:
                 self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
                 continue
             if state.blocked is None and self._halt_reason is None:
-                await self._wait_for_token(state)
+                wait = state.free_at - self._clock.monotonic()
+                if wait > 0:  # the token rests after a call whose outcome is unknown
+                    await self._pause(wait)
             skip = state.blocked or self._halt_reason
             if skip is not None:
                 self._skip(state, clear, skip)
@@ -226,9 +228,6 @@ class Scheduler:
             state.blocked, state.blocked_by = Reason.BLOCKED_BY_FAILURE, clear.seq
         elif clear.on_failure is OnFailure.ABORT:
             self._stop(Reason.ABORTED)
-
-    async def _wait_for_token(self, state: _LaneState) -> None:
-        await self._pause(state.free_at - self._clock.monotonic())
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep unless the run halts first; return True when it halted."""
