@@ -466,16 +466,6 @@ class JournalRecorder:
         return self._error
 
 
-def _parse_tail(lines: list[bytes]) -> tuple[str, list[tuple[str, list[Any]]]]:
-    header = json.loads(lines[0])
-    if not isinstance(header, dict) or header.get("v") != _TAIL_VERSION:
-        raise ValueError("unknown format")
-    records = [json.loads(line) for line in lines[1:]]
-    if not all(isinstance(r, list) and len(r) == 2 and r[0] in _STATEMENTS for r in records):
-        raise ValueError("unknown change")
-    return str(header["run_id"]), [(kind, values) for kind, values in records]
-
-
 # -- tail files: what a recorder has made durable but maybe not yet written to SQLite
 
 #: Where tails live, beside the run locks.
@@ -519,15 +509,11 @@ class _Tail:
         tail = cls(path, fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tail._write(_encode({"v": _TAIL_VERSION, "run_id": run_id}) + "\n")
+            tail.write(_encode({"v": _TAIL_VERSION, "run_id": run_id}) + "\n")
         except BaseException:
             tail.close(remove=True)
             raise
         return tail
-
-    def write(self, lines: str) -> None:
-        """Append whole lines; raise ``OSError`` when they cannot be written."""
-        self._write(lines)
 
     def close(self, *, remove: bool) -> None:
         """Close (and with ``remove``, delete) the tail. Idempotent."""
@@ -539,10 +525,11 @@ class _Tail:
                 self.path.unlink()
         os.close(fd)
 
-    def _write(self, line: str) -> None:
+    def write(self, lines: str) -> None:
+        """Append whole lines; raise ``OSError`` when they cannot be written."""
         if self._fd is None:
             raise OSError(errno.EBADF, "the tail file is closed", str(self.path))
-        data = line.encode()
+        data = lines.encode()
         while data:  # a regular file takes it whole unless the disk fills up
             data = data[os.write(self._fd, data) :]
 
@@ -558,7 +545,7 @@ def _json_value(value: object) -> str:
         return "null"
     if isinstance(value, str):
         return _json_string(value)
-    return str(int(value))  # type: ignore[call-overload]  # only ints besides: the row's
+    return str(value)  # an int: a status, a code, a count or a seq
 
 
 def _record(event: Event, prior_attempts: Mapping[int, int], now: str) -> tuple[str, list[Any]]:
@@ -653,6 +640,16 @@ def _replay(conn: sqlite3.Connection, path: Path, tail_path: Path, fd: int) -> N
         raise JournalError(f"journal tail {tail_path} cannot be replayed: {exc}") from exc
     with contextlib.suppress(FileNotFoundError):
         tail_path.unlink()
+
+
+def _parse_tail(lines: list[bytes]) -> tuple[str, list[tuple[str, list[Any]]]]:
+    header = json.loads(lines[0])
+    if not isinstance(header, dict) or header.get("v") != _TAIL_VERSION:
+        raise ValueError("unknown format")
+    records = [json.loads(line) for line in lines[1:]]
+    if not all(isinstance(r, list) and len(r) == 2 and r[0] in _STATEMENTS for r in records):
+        raise ValueError("unknown change")
+    return str(header["run_id"]), [(kind, values) for kind, values in records]
 
 
 class Journal:
