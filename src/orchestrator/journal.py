@@ -40,7 +40,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,7 @@ from .events import (
     TokenWaiting,
     outcome_fields,
 )
+from .jsontext import json_value
 from .plan import Clear, Lane
 from .stamps import iso_utc
 
@@ -439,9 +440,7 @@ class JournalRecorder:
         try:
             self._tail.write("".join(lines))
         except OSError as exc:
-            error = _error(self._path, "written", exc)
-            error.__cause__ = exc  # as `raise ... from exc` would: it is raised later
-            self._fail(error)
+            self._fail(exc)
 
     def _apply(self) -> None:
         # Tail first: SQLite never holds a change the tail lacks, or a replay of the
@@ -453,17 +452,18 @@ class JournalRecorder:
             return
         try:
             _apply_records(self._conn, self._path, self._run_id, batch, strict=True)
-        except JournalError as exc:
+        except (JournalError, sqlite3.Error) as exc:
             self._fail(exc)
-        except sqlite3.Error as exc:
-            error = _error(self._path, "written", exc)
-            error.__cause__ = exc
-            self._fail(error)
 
-    def _fail(self, error: JournalError) -> JournalError:
-        if self._error is None:
-            self._error = error
-        return self._error
+    def _fail(self, exc: Exception) -> None:
+        """Keep the first failure; every later call raises it."""
+        if self._error is not None:
+            return
+        if isinstance(exc, JournalError):
+            self._error = exc
+        else:
+            self._error = _error(self._path, "written", exc)
+            self._error.__cause__ = exc  # as `raise ... from exc` would: it is raised later
 
 
 # -- tail files: what a recorder has made durable but maybe not yet written to SQLite
@@ -482,9 +482,6 @@ _STATEMENTS = {
 }
 #: Changes that must hit exactly one row (a succeeded row rightly ignores the last).
 _ONE_ROW = frozenset(("started", "retrying", "finished"))
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 class _Tail:
@@ -509,7 +506,7 @@ class _Tail:
         tail = cls(path, fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tail.write(_encode({"v": _TAIL_VERSION, "run_id": run_id}) + "\n")
+            tail.write(json.dumps({"v": _TAIL_VERSION, "run_id": run_id}) + "\n")
         except BaseException:
             tail.close(remove=True)
             raise
@@ -537,15 +534,7 @@ class _Tail:
 def _line(record: tuple[str, list[Any]]) -> str:
     """``record`` as one line of JSON, ``["kind",[values...]]``, written by hand (per clear)."""
     kind, values = record
-    return f'["{kind}",[{",".join(map(_json_value, values))}]]\n'
-
-
-def _json_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return _json_string(value)
-    return str(value)  # an int: a status, a code, a count or a seq
+    return f'["{kind}",[{",".join(map(json_value, values))}]]\n'
 
 
 def _record(event: Event, prior_attempts: Mapping[int, int], now: str) -> tuple[str, list[Any]]:
@@ -852,7 +841,7 @@ class Journal:
         return row
 
     def _flush_recorder(self) -> None:
-        # Its open batch holds the transaction: commit it before another one starts.
+        # The recorder's changes came first: they reach SQLite before another write.
         if self._recorder is not None:
             self._recorder.flush()
 

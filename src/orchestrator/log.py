@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
-from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 
@@ -47,6 +46,7 @@ from .events import (  # noqa: E402
     clear_fields,
     outcome_fields,
 )
+from .jsontext import json_value  # noqa: E402
 from .stamps import iso_utc  # noqa: E402
 
 LogFormat = Literal["json", "console"]
@@ -202,15 +202,4 @@ class JsonEventLog:
 
 def _fields(fields: Mapping[str, object]) -> str:
     """``"key": value`` pairs as ``json.dumps`` renders them inside an object."""
-    return ", ".join([f'"{key}": {_json_value(value)}' for key, value in fields.items()])
-
-
-def _json_value(value: object) -> str:
-    """``value`` as ``json.dumps`` renders it; the common types without its overhead."""
-    if value is None:
-        return "null"
-    if type(value) is int:
-        return int.__repr__(value)
-    if type(value) is str:
-        return encode_basestring_ascii(value)
-    return json.dumps(value)
+    return ", ".join([f'"{key}": {json_value(value)}' for key, value in fields.items()])

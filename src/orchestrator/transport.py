@@ -1,8 +1,8 @@
 """The real transport: wolkvox calls over one keep-alive aiohttp session.
 
-The only module of a run that imports aiohttp, so that everything before the
-first request (plan, tokens, journal) can start while aiohttp is still loading
-(see ``cli``). Library errors are translated here, where they enter.
+The only module that imports aiohttp, and only commands that send load it:
+``validate`` and dry runs never pay for its import. Library errors are
+translated here, where they enter.
 """
 
 from __future__ import annotations
