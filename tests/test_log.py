@@ -229,6 +229,47 @@ async def test_direct_lines_are_flushed_once_per_turn_of_the_event_loop() -> Non
     assert out.flushes == 2
 
 
+class RecordingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_direct_lines_of_one_turn_reach_the_stream_in_one_write() -> None:
+    out = RecordingStream()
+    log = JsonEventLog(out, "run-1")
+    for event in EVERY_KIND:
+        log(event)
+    assert out.writes == []
+    await asyncio.sleep(0)
+    assert len(out.writes) == 1
+    assert len(out.writes[0].splitlines()) == len(EVERY_KIND)
+
+
+async def test_a_line_through_the_ordered_stream_follows_the_pending_direct_lines() -> None:
+    out = RecordingStream()
+    log = JsonEventLog(out, "run-1")
+    logger = make_logger("json", "run-1", log.ordered_stream())
+    log(EVERY_KIND[1])
+    logger.warning("run.interrupted", signal="SIGINT")
+    log(EVERY_KIND[3])
+    await asyncio.sleep(0)
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events == ["clear.started", "run.interrupted", "clear.succeeded"]
+
+
+async def test_flush_writes_the_pending_direct_lines_before_the_turn_ends() -> None:
+    out = RecordingStream()
+    log = JsonEventLog(out, "run-1")
+    log(EVERY_KIND[1])
+    log.flush()
+    assert [json.loads(text)["event"] for text in out.writes] == ["clear.started"]
+
+
 def test_direct_lines_are_flushed_at_once_outside_an_event_loop() -> None:
     out = CountingStream()
     JsonEventLog(out, "run-1")(EVERY_KIND[1])

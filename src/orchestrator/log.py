@@ -8,11 +8,12 @@ Every line carries ``event``, ``timestamp`` (ISO 8601, UTC), ``level`` and
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 
 def _import_structlog() -> None:
@@ -147,9 +148,11 @@ class JsonEventLog:
 
     The lines are exactly those :class:`EventLog` writes through a JSON
     :func:`make_logger` (same keys, order and rendering), at a fraction of the cost:
-    the fields that name a clear are rendered once per clear, and the stream is
-    flushed once per turn of the event loop rather than once per line. The run's
-    other lines go through structlog to the same stream, so the order holds.
+    the fields that name a clear are rendered once per clear, and the lines of one
+    turn of the event loop reach the stream in one write and one flush, at the end
+    of the turn, rather than one each (with ``PYTHONUNBUFFERED``, as containers often
+    set, every write is a system call). The run's other lines go through
+    :meth:`ordered_stream`, which writes the pending lines first, so the order holds.
     A write or flush that fails makes the next call raise, which halts the run.
     """
 
@@ -158,18 +161,44 @@ class JsonEventLog:
         self._stream = stream
         self._run_id = json.dumps(run_id)
         self._names: dict[tuple[int, str], str] = {}
-        self._flush_due = False
+        self._pending: list[str] = []
         self._error: Exception | None = None
 
     def __call__(self, event: Event) -> None:
-        """Write ``event``'s line."""
+        """Write ``event``'s line (by the end of this turn of the event loop)."""
         if self._error is not None:
             raise self._error
-        self._stream.write(self._line(event, *_describe(event)))
+        self._pending.append(self._line(event, *_describe(event)))
         if isinstance(event, ClearFinished):
             # The clear's last line: its rendered names are not needed again (memory).
             self._names.pop((event.clear.seq, event.token_id), None)
-        self._flush_soon()
+        if len(self._pending) == 1:
+            self._flush_soon()
+
+    def ordered_stream(self) -> TextIO:
+        """A stream for the run's other lines that keeps them in order with this log's."""
+        # Loggers only write and flush it.
+        return cast(TextIO, _AfterPending(self))
+
+    def flush(self) -> None:
+        """Write the pending lines now and flush the stream; keep a failure for the next call."""
+        try:
+            self._write_pending()
+            self._stream.flush()
+        except Exception as exc:  # e.g. a closed pipe: the next event halts the run
+            self._error = exc
+
+    def _write_pending(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines:
+            self._stream.write("".join(lines))
+
+    def _write_in_order(self, text: str) -> int:
+        self._write_pending()
+        return self._stream.write(text)
+
+    def _flush_stream(self) -> None:
+        self._stream.flush()
 
     def _line(self, event: Event, name: str, level: str, details: Mapping[str, object]) -> str:
         key = (event.clear.seq, event.token_id)
@@ -182,22 +211,26 @@ class JsonEventLog:
         )
 
     def _flush_soon(self) -> None:
-        if self._flush_due:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._flush()
+            self.flush()
             return
-        self._flush_due = True
-        loop.call_soon(self._flush)
+        loop.call_soon(self.flush)
 
-    def _flush(self) -> None:
-        self._flush_due = False
-        try:
-            self._stream.flush()
-        except Exception as exc:  # e.g. a closed pipe: the next event halts the run
-            self._error = exc
+
+class _AfterPending(io.TextIOBase):
+    """Writes to a :class:`JsonEventLog`'s stream after the log's pending lines."""
+
+    def __init__(self, log: JsonEventLog) -> None:
+        super().__init__()
+        self._log = log
+
+    def write(self, text: str) -> int:
+        return self._log._write_in_order(text)
+
+    def flush(self) -> None:
+        self._log._flush_stream()
 
 
 def _fields(fields: Mapping[str, object]) -> str:

@@ -87,6 +87,8 @@ class Totals:
 @dataclass(slots=True)
 class _LaneState:
     lane: Lane
+    #: The task running the lane: a second interrupt cancels it while it waits.
+    task: asyncio.Task[Any]
     #: The token may be used again from this monotonic time (after a timeout).
     free_at: float = 0.0
     blocked: Reason | None = None
@@ -193,8 +195,10 @@ class Scheduler:
 
     async def _worker(self, lanes: Iterator[Lane]) -> None:
         # Workers share one iterator, so lanes start in plan order as slots free up.
+        task = asyncio.current_task()
+        assert task is not None
         for lane in lanes:
-            state = _LaneState(lane)
+            state = _LaneState(lane, task)
             if lane.token_id in self._cooling_tokens:
                 state.free_at = self._clock.monotonic() + self._cooldown_s
             await self._run_lane(state)
@@ -309,24 +313,27 @@ class Scheduler:
         only a second interrupt cuts it, as it cuts the calls in flight.
         """
         state.free_at = self._clock.monotonic() + self._cooldown_s
-        await self._cuttable(self._clock.sleep(self._cooldown_s), self._resting)
+        await self._cuttable(state, self._clock.sleep(self._cooldown_s), self._resting)
 
     async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
         secret = state.lane.secret
         assert secret is not None, "a lane without a token cannot send"
-        answer = await self._cuttable(self._send(clear, secret), self._in_flight)
+        answer = await self._cuttable(state, self._send(clear, secret), self._in_flight)
         if answer is None:  # the lane itself goes on, to skip what is left
             tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
         return answer
 
-    async def _cuttable(self, step: Awaitable[_T], waiting: set[asyncio.Task[Any]]) -> _T | None:
+    async def _cuttable(
+        self, state: _LaneState, step: Awaitable[_T], waiting: set[asyncio.Task[Any]]
+    ) -> _T | None:
         """Await ``step`` in the lane's own task; ``None`` when a second interrupt cut it.
 
         No Task per step: :meth:`interrupt` cancels the lane's task while it waits
-        here, and the cancellation is taken back, so the lane goes on.
+        here, and the cancellation is taken back, so the lane goes on. The task is the
+        lane's, kept since it started: on Python 3.11 ``asyncio.current_task()`` costs
+        a system call (``getpid``) each time.
         """
-        task = asyncio.current_task()
-        assert task is not None
+        task = state.task
         waiting.add(task)
         try:
             return await step

@@ -124,11 +124,23 @@ async def _run(
         lanes, parallel = prepared.lanes, plan.settings.max_parallel_tokens
         progress = stack.enter_context(Progress(lanes, max_parallel=parallel))
     stream = progress.log_stream() if progress else None
-    logger = make_logger(log_format, run_id, stream)
-    spec = RunSpec(plan, prepared.lanes, base_url, logger, run_id, options.dry_run, options.report)
+    event_log = None
     if log_format == "json":
         # The clear events, a few per clear, skip structlog's pipeline: same lines, less CPU.
-        spec = dataclasses.replace(spec, event_log=JsonEventLog(stream or sys.stdout, run_id))
+        event_log = JsonEventLog(stream or sys.stdout, run_id)
+        stack.callback(event_log.flush)
+        stream = event_log.ordered_stream()
+    logger = make_logger(log_format, run_id, stream)
+    spec = RunSpec(
+        plan,
+        prepared.lanes,
+        base_url,
+        logger,
+        run_id,
+        options.dry_run,
+        options.report,
+        event_log=event_log,
+    )
     if durable is not None:
         spec = await _with_state(spec, durable, options, stack)
     with _fewer_collections():
