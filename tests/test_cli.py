@@ -329,6 +329,28 @@ def test_validate_and_a_dry_run_never_load_the_http_stack(tmp_path: Path) -> Non
     assert done.stderr.splitlines()[-1] == "not loaded"
 
 
+def test_a_run_with_the_json_log_loads_neither_structlog_nor_the_progress_display(
+    tmp_path: Path,
+) -> None:
+    # JSON lines are written directly; structlog and rich cost start-up a JSON run skips.
+    example = Path(__file__).parent.parent / "plans" / "example.yaml"
+    script = (
+        "import sys\n"
+        "from orchestrator.cli import main\n"
+        f"code = main(['run', {str(example)!r}, '--simulate', '--yes', '--log-format', 'json',"
+        f" '--state-dir', {str(tmp_path / 'state')!r}])\n"
+        "loaded = [m for m in ('structlog', 'orchestrator.progress', 'rich') if m in sys.modules]\n"
+        "print(code, loaded, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "0 []"
+    events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
+    assert events[0] == "run.started" and events[-1] == "run.finished"
+
+
 def test_a_one_off_clear_deletes_only_the_named_results(
     sim: ThreadedSimulator, tokens: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -250,16 +250,37 @@ async def test_direct_lines_of_one_turn_reach_the_stream_in_one_write() -> None:
     assert len(out.writes[0].splitlines()) == len(EVERY_KIND)
 
 
-async def test_a_line_through_the_ordered_stream_follows_the_pending_direct_lines() -> None:
+async def test_run_lines_keep_their_place_among_the_direct_clear_lines() -> None:
     out = RecordingStream()
     log = JsonEventLog(out, "run-1")
-    logger = make_logger("json", "run-1", log.ordered_stream())
     log(EVERY_KIND[1])
-    logger.warning("run.interrupted", signal="SIGINT")
+    log.warning("run.interrupted", signal="SIGINT")
     log(EVERY_KIND[3])
     await asyncio.sleep(0)
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events == ["clear.started", "run.interrupted", "clear.succeeded"]
+    assert len(out.writes) == 1
+
+
+def test_direct_run_lines_are_structlogs_lines_byte_for_byte_but_the_timestamp() -> None:
+    via_structlog, direct = io.StringIO(), io.StringIO()
+    slow, fast = make_logger("json", 'run "1"', via_structlog), JsonEventLog(direct, 'run "1"')
+    for logger in (slow, fast):
+        logger.info("run.started", plan="n\u00f6ghtly.yaml", clears=3, tokens=2, dry_run=False)
+        logger.warning("run.interrupted", signal="SIGTERM", calls_in_flight=1, cut=True)
+        logger.error(
+            "run.finished",
+            succeeded=1,
+            calls_per_token={"ops": 2, 'a "b"': 1},
+            error="the run halted: journal full",
+        )
+        logger.info("run.empty")
+
+    def unstamped(text: str) -> list[str]:
+        return [STAMP.sub("T", line) for line in text.splitlines()]
+
+    assert unstamped(direct.getvalue()) == unstamped(via_structlog.getvalue())
+    assert len(direct.getvalue().splitlines()) == 4
 
 
 async def test_flush_writes_the_pending_direct_lines_before_the_turn_ends() -> None:

@@ -8,36 +8,16 @@ Every line carries ``event``, ``timestamp`` (ISO 8601, UTC), ``level`` and
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
-
-
-def _import_structlog() -> None:
-    # structlog imports rich, when installed, only for pretty tracebacks, which the log
-    # never prints; rich costs ~0.1 s of start-up, and start-up counts. Keep it out of
-    # structlog's import; the progress display imports it later if it needs it.
-    blocked = "rich" not in sys.modules
-    if blocked:
-        sys.modules["rich"] = None  # type: ignore[assignment]
-    try:
-        import structlog  # noqa: F401
-    finally:
-        if blocked and sys.modules.get("rich", 0) is None:
-            del sys.modules["rich"]
-
-
-_import_structlog()
-
-import structlog  # noqa: E402
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .events import (  # noqa: E402
+from .events import (
     ClearFinished,
     ClearRetrying,
     ClearStarted,
@@ -47,8 +27,8 @@ from .events import (  # noqa: E402
     clear_fields,
     outcome_fields,
 )
-from .jsontext import json_value  # noqa: E402
-from .stamps import iso_utc  # noqa: E402
+from .jsontext import json_value
+from .stamps import iso_utc
 
 LogFormat = Literal["json", "console"]
 
@@ -57,6 +37,23 @@ _FINISHED_EVENT = {
     Outcome.FAILED: ("clear.failed", "error"),
     Outcome.SKIPPED: ("clear.skipped", "warning"),
 }
+
+
+def _import_structlog() -> Any:
+    # Imported only by make_logger: JSON runs write every line themselves
+    # (JsonEventLog) and do not pay for structlog's import at start-up.
+    # structlog imports rich, when installed, only for pretty tracebacks, which the log
+    # never prints; rich costs ~0.1 s of start-up, and start-up counts. Keep it out of
+    # structlog's import; the progress display imports it later if it needs it.
+    blocked = "rich" not in sys.modules
+    if blocked:
+        sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog
+    finally:
+        if blocked and sys.modules.get("rich", 0) is None:
+            del sys.modules["rich"]
+    return structlog
 
 
 def pick_format(requested: str, stream: TextIO) -> LogFormat:
@@ -75,7 +72,8 @@ def make_logger(
     *,
     extra_processors: tuple[Processor, ...] = (),
 ) -> Any:
-    """A logger bound to ``run_id`` that writes one line per event to ``stream``."""
+    """A structlog logger bound to ``run_id`` that writes one line per event to ``stream``."""
+    structlog = _import_structlog()
     out = stream if stream is not None else sys.stdout
     renderer: Processor
     if fmt == "json":
@@ -144,22 +142,23 @@ class EventLog:
 
 
 class JsonEventLog:
-    """A scheduler listener that writes each event as one JSON line, without structlog.
+    """The JSON log of a run, without structlog: a scheduler listener and the run's logger.
 
-    The lines are exactly those :class:`EventLog` writes through a JSON
-    :func:`make_logger` (same keys, order and rendering), at a fraction of the cost:
-    the fields that name a clear are rendered once per clear, and the lines of one
-    turn of the event loop reach the stream in one write and one flush, at the end
-    of the turn, rather than one each (with ``PYTHONUNBUFFERED``, as containers often
-    set, every write is a system call). The run's other lines go through
-    :meth:`ordered_stream`, which writes the pending lines first, so the order holds.
-    A write or flush that fails makes the next call raise, which halts the run.
+    Its lines are exactly those a JSON :func:`make_logger` writes (same keys, order
+    and rendering; a test holds the two to it), at a fraction of the cost and
+    start-up: the fields that name a clear are rendered once per clear, and the
+    lines of one turn of the event loop reach the stream in one write and one
+    flush, at the end of the turn, rather than one each (with ``PYTHONUNBUFFERED``,
+    as containers often set, every write is a system call). The run's own lines
+    (``run.started`` ...) come through :meth:`info`, :meth:`warning` and
+    :meth:`error`, into the same buffer, so the order holds. A write or flush that
+    fails makes the next clear event raise, which halts the run.
     """
 
     def __init__(self, stream: TextIO, run_id: str) -> None:
         """Write to ``stream``; every line carries ``run_id``."""
         self._stream = stream
-        self._run_id = json.dumps(run_id)
+        self._head_end = f'"run_id": {json.dumps(run_id)}'
         self._names: dict[tuple[int, str], str] = {}
         self._pending: list[str] = []
         self._error: Exception | None = None
@@ -168,69 +167,58 @@ class JsonEventLog:
         """Write ``event``'s line (by the end of this turn of the event loop)."""
         if self._error is not None:
             raise self._error
-        self._pending.append(self._line(event, *_describe(event)))
+        self._add(self._line(event, *_describe(event)))
         if isinstance(event, ClearFinished):
             # The clear's last line: its rendered names are not needed again (memory).
             self._names.pop((event.clear.seq, event.token_id), None)
-        if len(self._pending) == 1:
-            self._flush_soon()
 
-    def ordered_stream(self) -> TextIO:
-        """A stream for the run's other lines that keeps them in order with this log's."""
-        # Loggers only write and flush it.
-        return cast(TextIO, _AfterPending(self))
+    def info(self, event: str, **fields: object) -> None:
+        """Write a line of level ``info`` named ``event``, as a structlog logger would."""
+        self._add(self._run_line(event, "info", fields))
+
+    def warning(self, event: str, **fields: object) -> None:
+        """Write a line of level ``warning`` named ``event``, as a structlog logger would."""
+        self._add(self._run_line(event, "warning", fields))
+
+    def error(self, event: str, **fields: object) -> None:
+        """Write a line of level ``error`` named ``event``, as a structlog logger would."""
+        self._add(self._run_line(event, "error", fields))
 
     def flush(self) -> None:
-        """Write the pending lines now and flush the stream; keep a failure for the next call."""
+        """Write the pending lines now and flush the stream; keep a failure for the next event."""
+        lines, self._pending = self._pending, []
         try:
-            self._write_pending()
+            if lines:
+                self._stream.write("".join(lines))
             self._stream.flush()
         except Exception as exc:  # e.g. a closed pipe: the next event halts the run
             self._error = exc
 
-    def _write_pending(self) -> None:
-        lines, self._pending = self._pending, []
-        if lines:
-            self._stream.write("".join(lines))
+    def _add(self, line: str) -> None:
+        self._pending.append(line)
+        if len(self._pending) > 1:
+            return  # the first line of the turn asked for the flush
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
 
-    def _write_in_order(self, text: str) -> int:
-        self._write_pending()
-        return self._stream.write(text)
-
-    def _flush_stream(self) -> None:
-        self._stream.flush()
+    def _head(self, name: str, level: str) -> str:
+        stamp = iso_utc(time.time(), 6)
+        return f'{{"event": "{name}", "timestamp": "{stamp}", "level": "{level}", {self._head_end}'
 
     def _line(self, event: Event, name: str, level: str, details: Mapping[str, object]) -> str:
         key = (event.clear.seq, event.token_id)
         names = self._names.get(key)
         if names is None:
             names = self._names[key] = _fields(clear_fields(event.clear, event.token_id))
-        return (
-            f'{{"event": "{name}", "timestamp": "{iso_utc(time.time(), 6)}", "level": "{level}", '
-            f'"run_id": {self._run_id}, {names}, {_fields(details)}}}\n'
-        )
+        return f"{self._head(name, level)}, {names}, {_fields(details)}}}\n"
 
-    def _flush_soon(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        loop.call_soon(self.flush)
-
-
-class _AfterPending(io.TextIOBase):
-    """Writes to a :class:`JsonEventLog`'s stream after the log's pending lines."""
-
-    def __init__(self, log: JsonEventLog) -> None:
-        super().__init__()
-        self._log = log
-
-    def write(self, text: str) -> int:
-        return self._log._write_in_order(text)
-
-    def flush(self) -> None:
-        self._log._flush_stream()
+    def _run_line(self, name: str, level: str, fields: Mapping[str, object]) -> str:
+        rest = f", {_fields(fields)}" if fields else ""
+        return f"{self._head(name, level)}{rest}}}\n"
 
 
 def _fields(fields: Mapping[str, object]) -> str:

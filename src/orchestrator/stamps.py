@@ -6,13 +6,18 @@ a log line; the formatted second is kept, and only the fraction is new.
 
 from __future__ import annotations
 
-import functools
 import time
 
+#: The last second formatted, and its text: consecutive stamps nearly always share it.
+_last_second = -1
+_last_text = ""
 
-@functools.lru_cache(maxsize=2)
+
 def _second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    global _last_second, _last_text
+    if second != _last_second:
+        _last_second, _last_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return _last_text
 
 
 def iso_utc(now: float, digits: int) -> str:
@@ -22,8 +27,10 @@ def iso_utc(now: float, digits: int) -> str:
     ``datetime.isoformat`` does.
     """
     second = int(now)
+    text = _second(second)
+    if digits == 6:
+        micros = min(int((now - second) * 1_000_000), 999_999)
+        return f"{text}.{micros:06d}Z" if micros else f"{text}Z"
     scale = 10**digits
     fraction = min(int((now - second) * scale), scale - 1)
-    if digits == 6 and fraction == 0:
-        return f"{_second(second)}Z"
-    return f"{_second(second)}.{fraction:0{digits}d}Z"
+    return f"{text}.{fraction:0{digits}d}Z"
