@@ -177,6 +177,7 @@ EVERY_KIND = (
     ClearFinished(
         CLEAR, LANE.token_id, Outcome.SKIPPED, Reason.BLOCKED_BY_FAILURE, 0, None, 0, blocked_by=3
     ),
+    ClearFinished(CLEAR, LANE.token_id, Outcome.FAILED, Reason.LOCK_LOST, 1, None, 7, "lost: x"),
     ClearFinished(
         CLEAR,
         LANE.token_id,
