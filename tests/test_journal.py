@@ -519,7 +519,7 @@ async def test_a_start_is_in_the_tail_once_settled_and_in_sqlite_at_the_end_of_t
     begin(journal, lanes)
     commits: list[str] = []
     journal._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
-    record = journal.listener("r1")
+    record = journal.listener("r1", hold_starts_s=0)
     record(started(lanes[1], 0))
     await record.settle()
     record(finished(lanes[1], 0, Outcome.SUCCEEDED))  # not settled: the turn's end takes it
@@ -528,7 +528,7 @@ async def test_a_start_is_in_the_tail_once_settled_and_in_sqlite_at_the_end_of_t
     await record.settle()
     assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == [
         "started",
-        "finished",
+        "done",
         "started",
     ]
     assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
@@ -540,11 +540,86 @@ async def test_a_start_is_in_the_tail_once_settled_and_in_sqlite_at_the_end_of_t
     assert commits == ["COMMIT"]  # nothing new: nothing written
 
 
+def updates_to(journal: Journal) -> list[str]:
+    """The UPDATEs of clears that the journal's connection runs from now on."""
+    seen: list[str] = []
+    journal._conn.set_trace_callback(
+        lambda sql: seen.append(sql) if sql.startswith("UPDATE clears") else None
+    )
+    return seen
+
+
+async def test_a_clear_that_ends_within_the_hold_reaches_sqlite_as_one_update(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    updates = updates_to(journal)
+    record = journal.listener("r1")  # marks held for a second
+    record(started(lanes[1], 0))
+    await record.settle()
+    await asyncio.sleep(0)
+    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == ["started"]
+    assert committed_states(journal)[2] == "pending" and updates == []
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED, answer=OK))
+    await asyncio.sleep(0)
+    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == ["started", "done"]
+    assert committed_states(journal)[2] == "succeeded"
+    assert len(updates) == 1
+    row = state_of(journal, "r1", 2)
+    assert (row.state, row.attempts, row.http_status, row.msg) == ("succeeded", 1, 200, OK.msg)
+
+
+async def test_a_mark_still_in_flight_after_the_hold_reaches_sqlite(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    written = asyncio.Event()
+    journal._conn.set_trace_callback(lambda sql: written.set() if "in_flight" in sql else None)
+    record = journal.listener("r1", hold_starts_s=0.01)
+    record(started(lanes[0], 0))
+    await record.settle()
+    await asyncio.sleep(0)
+    assert committed_states(journal)[1] == "pending"
+    await asyncio.wait_for(written.wait(), timeout=10)
+    assert committed_states(journal)[1] == "in_flight"
+    assert state_of(journal, "r1", 1).attempts == 1
+
+
+async def test_a_held_mark_is_written_before_the_retry_that_follows_it(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    updates = updates_to(journal)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    await record.settle()
+    record(retrying(lanes[0], 0, BAD))
+    record(started(lanes[0], 0, attempt=2))
+    await asyncio.sleep(0)
+    # The first mark, then the retry; the second mark is held in its turn.
+    assert [sql.split(" SET ")[1][:14] for sql in updates] == ["state = 'in_fl", "state = 'pendi"]
+    record.flush()
+    row = state_of(journal, "r1", 1)
+    assert (row.state, row.attempts, row.http_status) == ("in_flight", 2, 400)
+
+
+async def test_flush_writes_the_held_marks(journal: Journal, lanes: list[Lane]) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(started(lanes[0], 0))
+    record(started(lanes[1], 0))
+    await record.settle()
+    await asyncio.sleep(0)
+    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
+    record.flush()
+    assert committed_states(journal) == {1: "in_flight", 2: "in_flight", 3: "pending"}
+
+
 async def test_a_failed_commit_keeps_the_tail_and_every_later_call_raises(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
-    record = journal.listener("r1")
+    record = journal.listener("r1", hold_starts_s=0)
     record(started(lanes[1], 0))
     record(finished(lanes[1], 0, Outcome.SUCCEEDED))
     record(started(lane("token-c", clear(9)), 0))  # a clear the run does not have
@@ -643,7 +718,7 @@ async def test_another_journal_leaves_a_live_recorders_tail_alone(
     journal: Journal, lanes: list[Lane]
 ) -> None:
     begin(journal, lanes)
-    record = journal.listener("r1")
+    record = journal.listener("r1", hold_starts_s=0)
     record(started(lanes[0], 0))
     await record.settle()
     with Journal.open(journal.path.parent) as other:
@@ -653,15 +728,22 @@ async def test_another_journal_leaves_a_live_recorders_tail_alone(
     assert state_of(journal, "r1", 1).attempts == 1  # applied once, by its own recorder
 
 
-def test_a_last_line_cut_short_by_a_crash_is_ignored(tmp_path: Path, lanes: list[Lane]) -> None:
+def dead_tail(tmp_path: Path, lanes: list[Lane], *lines: str) -> Path:
+    """Run r1 begun in a journal, and the tail its process left when it died."""
     with Journal.open(tmp_path) as journal:
         begin(journal, lanes)
     tail = tmp_path / "runs" / "r1.0000.tail"
     tail.parent.mkdir()
-    tail.write_text(
-        '{"v":1,"run_id":"r1"}\n'
-        '["started",[1,"2026-11-28T02:00:01.000Z",2]]\n'
-        '["finished",["succeeded",null,200,200,"ok",null,"2026-11-28T02:00:02'
+    tail.write_text("".join(['{"v":1,"run_id":"r1"}\n', *lines]))
+    return tail
+
+
+def test_a_last_line_cut_short_by_a_crash_is_ignored(tmp_path: Path, lanes: list[Lane]) -> None:
+    tail = dead_tail(
+        tmp_path,
+        lanes,
+        '["started",[1,"2026-11-28T02:00:01.000Z",2]]\n',
+        '["finished",["succeeded",null,200,200,"ok",null,"2026-11-28T02:00:02',
     )
     with Journal.open(tmp_path) as journal:
         assert (state_of(journal, "r1", 2).state, state_of(journal, "r1", 2).attempts) == (
@@ -671,12 +753,38 @@ def test_a_last_line_cut_short_by_a_crash_is_ignored(tmp_path: Path, lanes: list
     assert not tail.exists()
 
 
-def test_an_unreadable_tail_is_refused_naming_it(tmp_path: Path, lanes: list[Lane]) -> None:
+@pytest.mark.parametrize(
+    "end",
+    [
+        '["done",[2,"succeeded",null,200,202,"ok",null,"2026-11-28T02:00:02.000Z",2]]',
+        # as earlier versions wrote it, without the attempts
+        '["finished",["succeeded",null,200,202,"ok",null,"2026-11-28T02:00:02.000Z",2]]',
+    ],
+    ids=["done", "finished"],
+)
+def test_a_dead_tail_replays_to_the_clears_end(tmp_path: Path, lanes: list[Lane], end: str) -> None:
+    tail = dead_tail(
+        tmp_path,
+        lanes,
+        '["started",[1,"2026-11-28T02:00:01.000Z",2]]\n',
+        '["retrying",["pending",503,503,"busy",null,"2026-11-28T02:00:01.500Z",2]]\n',
+        '["started",[2,"2026-11-28T02:00:01.900Z",2]]\n',
+        f"{end}\n",
+    )
     with Journal.open(tmp_path) as journal:
-        begin(journal, lanes)
-    tail = tmp_path / "runs" / "r1.0000.tail"
-    tail.parent.mkdir()
-    tail.write_text('{"v":1,"run_id":"r1"}\n["truncate",[1]]\n')
+        row = state_of(journal, "r1", 2)
+    assert (row.state, row.attempts, row.http_status, row.code, row.msg) == (
+        "succeeded",
+        2,
+        200,
+        202,
+        "ok",
+    )
+    assert not tail.exists()
+
+
+def test_an_unreadable_tail_is_refused_naming_it(tmp_path: Path, lanes: list[Lane]) -> None:
+    tail = dead_tail(tmp_path, lanes, '["truncate",[1]]\n')
     with pytest.raises(JournalError, match=f"journal tail {re.escape(str(tail))} cannot be"):
         Journal.open(tmp_path)
     assert tail.exists()

@@ -36,6 +36,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -132,6 +133,13 @@ _MARK_RETRYING = (
     "UPDATE clears SET state = ?, http_status = ?, code = ?, msg = ?, error = ?,"
     " updated_at = ? WHERE run_id = ? AND seq = ?"
 )
+# A clear's end sets its attempts too, so it overwrites everything its in_flight mark
+# set: a mark still held back when the end comes is never written (JournalRecorder).
+_MARK_DONE = (
+    "UPDATE clears SET attempts = ?, state = ?, reason = ?, http_status = ?, code = ?,"
+    " msg = ?, error = ?, updated_at = ? WHERE run_id = ? AND seq = ?"
+)
+# What earlier versions wrote at a clear's end, without its attempts: still replayed.
 _MARK_FINISHED = (
     "UPDATE clears SET state = ?, reason = ?, http_status = ?, code = ?, msg = ?, error = ?,"
     " updated_at = ? WHERE run_id = ? AND seq = ?"
@@ -348,6 +356,11 @@ def _enter_wal_mode(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+#: How long a clear's ``in_flight`` mark waits, durable in the tail, before it is written
+#: to SQLite. Most calls end sooner, and then only their end is written.
+HOLD_STARTS_S = 1.0
+
+
 class JournalRecorder:
     """Journals one run's events: each change is made durable at once in the run's tail
     file, and written to SQLite together with the other changes of the same loop turn.
@@ -363,6 +376,12 @@ class JournalRecorder:
     the same rows: when this process dies, the next :meth:`Journal.open` replays and
     removes the tail. :meth:`close` removes it once everything is committed.
 
+    An ``in_flight`` mark alone is held back from SQLite for ``hold_starts_s`` (it is in
+    the tail already): when its clear ends first, the end, which sets every column the
+    mark sets, is the one ``UPDATE`` written instead of two. A clear still running
+    after that shows ``in_flight`` to SQLite's readers; one that gets another change
+    (a retry) has its mark written first, so SQLite sees the changes in their order.
+
     A failed append or commit makes this and every later call raise
     :class:`JournalError`; the tail is then kept for the next open to replay.
     """
@@ -374,6 +393,7 @@ class JournalRecorder:
         run_id: str,
         tail: _Tail,
         prior_attempts: dict[int, int],
+        hold_starts_s: float = HOLD_STARTS_S,
     ) -> None:
         """Use :meth:`Journal.listener` instead."""
         self._conn = conn
@@ -382,7 +402,11 @@ class JournalRecorder:
         self._tail = tail
         #: Attempts journaled by earlier sessions of a resumed run, by seq.
         self._prior_attempts = prior_attempts
+        self._hold_s = hold_starts_s
         self._batch: list[tuple[str, list[Any]]] = []
+        #: ``in_flight`` marks not yet in the batch, by seq, with when they are due.
+        self._held: dict[int, tuple[tuple[str, list[Any]], float]] = {}
+        self._release: asyncio.TimerHandle | None = None
         #: Lines of the batch not yet appended to the tail.
         self._unwritten: list[str] = []
         self._apply_soon = False
@@ -399,8 +423,8 @@ class JournalRecorder:
             # One updated_at for the changes of one turn: they reach SQLite together.
             self._now = iso_utc(time.time(), 3)  # as SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')
         record = _record(event, self._prior_attempts, self._now)
-        self._batch.append(record)
         self._unwritten.append(_line(record))
+        self._take(record)
         if self._apply_soon:
             return
         try:
@@ -422,6 +446,7 @@ class JournalRecorder:
 
     def flush(self) -> None:
         """Write the changes not yet in SQLite now; raise :class:`JournalError` if that fails."""
+        self._release_held(until=math.inf)
         self._apply()
         if self._error is not None:
             raise self._error
@@ -431,7 +456,36 @@ class JournalRecorder:
         try:
             self.flush()
         finally:
+            if self._release is not None:
+                self._release.cancel()
             self._tail.close(remove=self._error is None)
+
+    def _take(self, record: tuple[str, list[Any]]) -> None:
+        kind, values = record
+        seq = values[-1]
+        if kind == "started" and self._hold_s > 0:
+            self._held[seq] = (record, time.monotonic() + self._hold_s)
+            return
+        held = self._held.pop(seq, None)
+        if held is not None and kind != "done":
+            self._batch.append(held[0])  # first, as it came first
+        self._batch.append(record)
+
+    def _release_held(self, until: float) -> None:
+        """Move the held marks due by ``until`` into the batch (they are due in order)."""
+        held = self._held
+        while held:
+            seq = next(iter(held))
+            record, due = held[seq]
+            if due > until:
+                return
+            del held[seq]
+            self._batch.append(record)
+
+    def _on_release(self) -> None:
+        self._release = None
+        self._release_held(until=time.monotonic())
+        self._apply()
 
     def _write_tail(self) -> None:
         if not self._unwritten or self._error is not None:
@@ -447,6 +501,10 @@ class JournalRecorder:
         # tail would set the row back to an older state.
         self._apply_soon, self._now = False, ""
         self._write_tail()
+        if self._held and self._release is None and self._error is None:
+            with contextlib.suppress(RuntimeError):  # outside a loop, flush() takes them
+                loop = asyncio.get_running_loop()
+                self._release = loop.call_later(self._hold_s, self._on_release)
         batch, self._batch = self._batch, []
         if not batch or self._error is not None:
             return
@@ -477,11 +535,12 @@ _TAIL_VERSION = 1
 _STATEMENTS = {
     "started": _MARK_STARTED,
     "retrying": _MARK_RETRYING,
+    "done": _MARK_DONE,
     "finished": _MARK_FINISHED,
     "already_succeeded": _MARK_ALREADY_SUCCEEDED,
 }
 #: Changes that must hit exactly one row (a succeeded row rightly ignores the last).
-_ONE_ROW = frozenset(("started", "retrying", "finished"))
+_ONE_ROW = frozenset(("started", "retrying", "done", "finished"))
 
 
 class _Tail:
@@ -547,7 +606,8 @@ def _record(event: Event, prior_attempts: Mapping[int, int], now: str) -> tuple[
         if event.reason == _ALREADY_SUCCEEDED:
             return "already_succeeded", [now, seq]
         fields = outcome_fields(event)
-        return "finished", [
+        return "done", [
+            prior_attempts.get(seq, 0) + event.attempts,
             fields["outcome"],
             fields["reason"],
             fields["http_status"],
@@ -751,8 +811,12 @@ class Journal:
         if cursor.rowcount != 1:
             raise JournalError(f"journal {self._path} has no run {run_id}")
 
-    def listener(self, run_id: str) -> JournalRecorder:
+    def listener(self, run_id: str, *, hold_starts_s: float = HOLD_STARTS_S) -> JournalRecorder:
         """A scheduler :class:`~orchestrator.events.Recorder` for the clears of ``run_id``.
+
+        A clear's ``in_flight`` mark reaches SQLite ``hold_starts_s`` after it is made
+        durable in the tail, unless the clear ended or changed before (0: at the end of
+        the turn, as every other change).
 
         ``ClearStarted`` marks the clear ``in_flight`` and counts the attempt;
         ``ClearRetrying`` stores the answer and leaves it ``in_flight`` when the
@@ -769,7 +833,7 @@ class Journal:
             tail = _Tail.create(self._path.parent, run_id)
         except (sqlite3.Error, OSError) as exc:
             raise _error(self._path, "written", exc) from exc
-        recorder = JournalRecorder(self._conn, self._path, run_id, tail, prior)
+        recorder = JournalRecorder(self._conn, self._path, run_id, tail, prior, hold_starts_s)
         self._recorder = recorder
         return recorder
 
