@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench.py [--scenario latency|cpu|scale|startup|all]
                                          [--repeat N] [--smoke] [--profile pyinstrument|py-spy]
+                                         [--instructions] [--settle S] [--keep]
 
 Every scenario starts the simulator in its own process (``orchestrator
 simulate --port 0 --latency-ms X``), writes a plan of L tokens x C clears
@@ -469,6 +470,8 @@ def run_variant(
             cmd = [*wrap, *cmd[1:]]
     else:
         cmd = [sys.executable, str(BARE), str(work.job)]
+        if wrap is not None and wrap[0] == "valgrind":  # counting instructions: both variants
+            cmd = [*wrap[: wrap.index(sys.executable)], *cmd]
     sim_cpu_before, busy_before = sim.cpu_s(), machine_busy_s()
     child = run_child(cmd, env=work.env, stdout=out, stderr=err, timeout_s=timeout_s)
     sim_cpu_after, busy_after = sim.cpu_s(), machine_busy_s()
@@ -614,6 +617,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} MB"
     if unit == "%":
         return f"{value * 100:.0f} %"
+    if unit == "G":
+        return f"{value:.3f} G"
     return f"{value:g}"
 
 
@@ -738,6 +743,7 @@ class Context:
     profile: str | None
     settle_s: float = 0.0
     results: dict[str, Any] = field(default_factory=dict)
+    instructions: bool = False
 
 
 @dataclass(frozen=True)
@@ -851,6 +857,7 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
         fixed = fixed_cost(ctx, sim)
         if ctx.profile and name == "cpu":
             profile_run(ctx, work, sim)
+        instructions = count_instructions(ctx, work, sim) if ctx.instructions else None
     orch, bare = medians(runs["orchestrator"]), medians(runs["bare"])
     critical = shape.clears * shape.latency_ms / 1000
     rows = run_rows(orch, bare, critical)
@@ -872,6 +879,16 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
             (bare["cpu_s"] - fixed["bare"]) / work.total * 1000,
         ),
     ]
+    if instructions is not None:
+        rows.append(
+            Row(
+                "instructions, user space (callgrind, 1 run)",
+                "instructions",
+                "G",
+                instructions["orchestrator"] / 1e9,
+                instructions["bare"] / 1e9,
+            )
+        )
     if name == "latency":
         _set_target(rows, "busy_window_s", "<= 1.03 x bare", lambda o, b: o <= 1.03 * b)
         _set_target(rows, "gap_median_ms", "<= bare + 0.5 ms", lambda o, b: o <= b + 0.5)
@@ -895,6 +912,7 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
         "journal": journal,
         "runs": runs,
         "medians": {"orchestrator": orch, "bare": bare},
+        "instructions": instructions,
         "rows": [_row_json(r) for r in rows],
     }
 
@@ -1075,6 +1093,46 @@ def _row_json(row: Row) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- profiling
+
+
+def count_instructions(ctx: Context, work: Workload, sim: SimulatorProcess) -> dict[str, int]:
+    """User-space instructions of one run of each variant under ``valgrind --tool=callgrind``.
+
+    Counted, not timed: the same from run to run whatever else the machine does, so a
+    change of a few percent shows where CPU seconds on a shared VM hide it. Callgrind
+    runs a process about 40 times slower, so the event loop batches differently (and a
+    journal's held marks reach SQLite before their clears end); the kernel's
+    instructions (system calls) are not counted.
+    """
+    if shutil.which("valgrind") is None:
+        raise HarnessError("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    counts: dict[str, int] = {}
+    for variant in ("orchestrator", "bare"):
+        out = ctx.workdir / f"{work.name}-{variant}.callgrind"
+        wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        wrap += [sys.executable, "-m", "orchestrator"]
+        print(f"  {variant}: counting instructions under callgrind (slow)", flush=True)
+        run_variant(
+            variant,
+            work,
+            sim,
+            ctx.workdir,
+            ctx.tools,
+            f"{work.name}-callgrind-{variant}",
+            timeline=False,
+            timeout_s=3600,
+            wrap=wrap,
+        )
+        counts[variant] = callgrind_total(out)
+    return counts
+
+
+def callgrind_total(path: Path) -> int:
+    """The instruction total a callgrind output file records (its ``summary:`` line)."""
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise HarnessError(f"no instruction total in {path}")
 
 
 def profile_run(ctx: Context, work: Workload, sim: SimulatorProcess) -> None:
@@ -1293,6 +1351,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="before each measured run, wait up to S s for other processes to leave the CPUs idle",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each variant's instructions under callgrind (latency and cpu; slow)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (plans, logs)")
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 50:
@@ -1304,7 +1367,15 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     started = time.monotonic()
     try:
-        ctx = Context(workdir, probe_tools(workdir), repeat, args.smoke, args.profile, args.settle)
+        ctx = Context(
+            workdir,
+            probe_tools(workdir),
+            repeat,
+            args.smoke,
+            args.profile,
+            args.settle,
+            instructions=args.instructions,
+        )
         info = machine()
         print(
             f"machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']},"
