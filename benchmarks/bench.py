@@ -453,8 +453,13 @@ def run_variant(
     timeline: bool = True,
     timeout_s: float = 300,
     wrap: list[str] | None = None,
+    under: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One measured run of ``orchestrator`` or ``bare`` on ``work``; returns its figures."""
+    """One measured run of ``orchestrator`` or ``bare`` on ``work``; returns its figures.
+
+    ``wrap`` replaces orchestrator's launcher (a profiler's ``python -m ...
+    orchestrator``); ``under`` runs either variant's Python under a tool (valgrind).
+    """
     sim.reset()
     out = workdir / f"{label}.stdout"
     err = workdir / f"{label}.stderr"
@@ -466,12 +471,14 @@ def run_variant(
             # its own: lock files exist after the first run and the journal holds history.
             state_dir = workdir / f"{work.name}.state"
             cmd += ["--state-dir", str(state_dir)]
+        if under is not None:  # the tool needs the interpreter, not the console script
+            wrap = [sys.executable, "-m", "orchestrator"]
         if wrap is not None:  # a profiler: python -m orchestrator under it
             cmd = [*wrap, *cmd[1:]]
     else:
         cmd = [sys.executable, str(BARE), str(work.job)]
-        if wrap is not None and wrap[0] == "valgrind":  # counting instructions: both variants
-            cmd = [*wrap[: wrap.index(sys.executable)], *cmd]
+    if under is not None:
+        cmd = [*under, *cmd]
     sim_cpu_before, busy_before = sim.cpu_s(), machine_busy_s()
     child = run_child(cmd, env=work.env, stdout=out, stderr=err, timeout_s=timeout_s)
     sim_cpu_after, busy_after = sim.cpu_s(), machine_busy_s()
@@ -1109,8 +1116,6 @@ def count_instructions(ctx: Context, work: Workload, sim: SimulatorProcess) -> d
     counts: dict[str, int] = {}
     for variant in ("orchestrator", "bare"):
         out = ctx.workdir / f"{work.name}-{variant}.callgrind"
-        wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        wrap += [sys.executable, "-m", "orchestrator"]
         print(f"  {variant}: counting instructions under callgrind (slow)", flush=True)
         run_variant(
             variant,
@@ -1121,7 +1126,7 @@ def count_instructions(ctx: Context, work: Workload, sim: SimulatorProcess) -> d
             f"{work.name}-callgrind-{variant}",
             timeline=False,
             timeout_s=3600,
-            wrap=wrap,
+            under=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
         )
         counts[variant] = callgrind_total(out)
     return counts

@@ -146,9 +146,7 @@ async def _run(
 
 
 def _progress(
-    prepared: Prepared,
-    log_format: LogFormat,
-    stack: contextlib.ExitStack | contextlib.AsyncExitStack,
+    prepared: Prepared, log_format: LogFormat, stack: contextlib.AsyncExitStack
 ) -> Progress | None:
     if log_format != "console":
         return None  # no display: not even its module is loaded
