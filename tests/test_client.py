@@ -32,6 +32,7 @@ from orchestrator.client import (
     TokenInfoError,
     Verdict,
     WolkvoxClient,
+    _parse_body,
     build_url,
     classify,
     parse_retry_after,
@@ -258,6 +259,34 @@ def test_2xx_non_json_is_failed() -> None:
 
 def test_2xx_invalid_utf8_is_failed() -> None:
     assert classify(response(200, b"\xff\xfe\xfa{")).verdict is Verdict.FAILED
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"code":200,"error":null,"msg":"ok"}',
+        b'{"code": 200, "msg": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00"}',
+        b' {"code": 200}',  # whitespace around: the full parser's job
+        b'{"code": 200}\n',
+        b'\xef\xbb\xbf{"code": 200}',  # a UTF-8 byte order mark
+        '{"code": 200, "msg": "utf-16"}'.encode("utf-16-le"),
+        b'{"code": 200}{"code": 500}',  # two objects
+        b'{"code": 200} }',
+        b'{"a": {"b": [1, 2.5, true, null]}}',
+        b'{"code": 200, "msg": "\xed\xa0\x80"}',  # a lone surrogate, as bytes
+        b"{" * 50_000 + b"}" * 50_000,  # too deep for the C scanner
+        b"{}",
+        b"{",
+        b"}",
+    ],
+)
+def test_a_body_parses_exactly_as_json_loads_parses_it(raw: bytes) -> None:
+    try:
+        expected: object = json.loads(raw)
+    except (ValueError, RecursionError):
+        expected = "unreadable body"
+    body, problem = _parse_body(raw)
+    assert (body if problem is None else problem) == expected
 
 
 def test_2xx_empty_body_is_failed() -> None:

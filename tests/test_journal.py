@@ -25,6 +25,8 @@ from orchestrator.journal import (
     Journal,
     JournalError,
     RunRecord,
+    _line,
+    _record,
     plan_digest,
     resolve_state_dir,
 )
@@ -540,6 +542,19 @@ async def test_a_start_is_in_the_tail_once_settled_and_in_sqlite_at_the_end_of_t
     assert commits == ["COMMIT"]  # nothing new: nothing written
 
 
+async def test_a_change_to_a_clear_the_run_lacks_is_refused_naming_it_and_nothing_of_it_is_kept(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1", hold_starts_s=0)
+    stranger = lane("tok-z", clear(99))
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
+    record(finished(stranger, 0, Outcome.SUCCEEDED))
+    with pytest.raises(JournalError, match=r"has no clear 99 in run r1"):
+        record.flush()
+    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
+
+
 def updates_to(journal: Journal) -> list[str]:
     """The UPDATEs of clears that the journal's connection runs from now on."""
     seen: list[str] = []
@@ -781,6 +796,49 @@ def test_a_dead_tail_replays_to_the_clears_end(tmp_path: Path, lanes: list[Lane]
         "ok",
     )
     assert not tail.exists()
+
+
+_ODD_TEXT = 'a "quoted" \\ back\tslash, ñandú ✓ \U0001f600'
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        started(lane("tok-a", clear(1)), 0, attempt=3),
+        finished(
+            lane("tok-a", clear(1)),
+            0,
+            Outcome.SUCCEEDED,
+            answer=Answer(Verdict.SUCCEEDED, http_status=200, code=200, msg="ok"),
+        ),
+        finished(
+            lane("tok-a", clear(1)),
+            0,
+            Outcome.FAILED,
+            Reason.REJECTED,
+            answer=Answer(
+                Verdict.FAILED, http_status=400, code=400, msg=_ODD_TEXT, error=_ODD_TEXT
+            ),
+        ),
+        finished(lane("tok-a", clear(1)), 0, Outcome.FAILED, Reason.INTERRUPTED),
+        dataclasses.replace(
+            finished(lane("tok-a", clear(1)), 0, Outcome.FAILED, Reason.LOCK_LOST),
+            error="lock lost",
+        ),
+        retrying(
+            lane("tok-a", clear(1)),
+            0,
+            Answer(Verdict.RETRY, http_status=503, code=503, msg=_ODD_TEXT, outcome_unknown=True),
+        ),
+        finished(lane("tok-a", clear(1)), 0, Outcome.SKIPPED, Reason.ALREADY_SUCCEEDED, attempts=0),
+    ],
+    ids=["started", "succeeded", "failed-odd-text", "no-answer", "own-error", "retrying", "skip"],
+)
+def test_a_tail_line_is_exactly_what_json_dumps_writes(
+    event: ClearStarted | ClearRetrying | ClearFinished,
+) -> None:
+    kind, values = _record(event, {1: 2}, "2026-11-29T04:00:00.123Z")
+    assert _line((kind, values)) == json.dumps([kind, values], separators=(",", ":")) + "\n"
 
 
 def test_an_unreadable_tail_is_refused_naming_it(tmp_path: Path, lanes: list[Lane]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import re
@@ -168,6 +169,10 @@ def test_auto_format_is_json_off_a_terminal() -> None:
     assert pick_format("console", io.StringIO()) == "console"
 
 
+#: A clear whose names need escaping (validation would refuse them; the log must not care).
+ODD_CLEAR = dataclasses.replace(
+    CLEAR, seq=9, server='00"14', campaign_id='Campa\u00f1a \\ "3001"', result=None
+)
 EVERY_KIND = (
     TokenWaiting(CLEAR, LANE.token_id, 2.5),
     ClearStarted(CLEAR, LANE.token_id, 1),
@@ -187,6 +192,7 @@ EVERY_KIND = (
         Answer(Verdict.FAILED, http_status=400, code=400, msg='Campa\u00f1a "3001" \\ \u2028'),
         10**12,
     ),
+    ClearStarted(ODD_CLEAR, 'tok "\u2028', 3),
 )
 
 

@@ -129,17 +129,31 @@ def clear_fields(clear: Clear, token_id: str) -> dict[str, object]:
     }
 
 
+def answer_values(
+    event: ClearFinished,
+) -> tuple[int | None, int | None, str | None, str | None]:
+    """``http_status``, ``code``, ``msg`` and ``error`` of how a clear ended.
+
+    The error is the scheduler's own (a cut call, a lost lock) or else the answer's.
+    The one rule for the log, the report and the journal.
+    """
+    answer = event.answer
+    if answer is None:
+        return None, None, None, event.error
+    return answer.http_status, answer.code, answer.msg, event.error or answer.error
+
+
 def outcome_fields(event: ClearFinished) -> dict[str, object]:
     """How a clear ended, as flat fields (shared by the log and the report)."""
-    answer = event.answer
+    http_status, code, msg, error = answer_values(event)
     fields: dict[str, object] = {
         "outcome": event.outcome.value,
         "reason": event.reason.value if event.reason else None,
         "attempts": event.attempts,
-        "http_status": answer.http_status if answer else None,
-        "code": answer.code if answer else None,
-        "msg": answer.msg if answer else None,
-        "error": event.error or (answer.error if answer else None),
+        "http_status": http_status,
+        "code": code,
+        "msg": msg,
+        "error": error,
         "duration_ms": event.duration_ms,
     }
     if event.blocked_by is not None:

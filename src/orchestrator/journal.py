@@ -35,6 +35,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -44,6 +45,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,7 +58,7 @@ from .events import (
     ClearStarted,
     Event,
     TokenWaiting,
-    outcome_fields,
+    answer_values,
 )
 from .jsontext import json_value
 from .plan import Clear, Lane
@@ -591,9 +594,38 @@ class _Tail:
 
 
 def _line(record: tuple[str, list[Any]]) -> str:
-    """``record`` as one line of JSON, ``["kind",[values...]]``, written by hand (per clear)."""
+    """``record`` as one line of JSON, ``["kind",[values...]]``, written by hand (per clear).
+
+    The two changes of every clear have their own renderings, which know the type of
+    each value; a test holds all of them to ``json.dumps``.
+    """
     kind, values = record
+    if kind == "started":
+        attempts, now, seq = values
+        return f'["started",[{attempts},"{now}",{seq}]]\n'
+    if kind == "done":
+        return _done_line(*values)
     return f'["{kind}",[{",".join(map(json_value, values))}]]\n'
+
+
+def _done_line(
+    attempts: int,
+    outcome: str,
+    reason: str | None,
+    status: int | None,
+    code: int | None,
+    msg: str | None,
+    error: str | None,
+    now: str,
+    seq: int,
+) -> str:
+    reason_text = "null" if reason is None else f'"{reason}"'  # enum values: plain ASCII
+    return (
+        f'["done",[{attempts},"{outcome}",{reason_text},'
+        f"{'null' if status is None else status},{'null' if code is None else code},"
+        f"{'null' if msg is None else encode_basestring_ascii(msg)},"
+        f'{"null" if error is None else encode_basestring_ascii(error)},"{now}",{seq}]]\n'
+    )
 
 
 def _record(event: Event, prior_attempts: Mapping[int, int], now: str) -> tuple[str, list[Any]]:
@@ -605,15 +637,16 @@ def _record(event: Event, prior_attempts: Mapping[int, int], now: str) -> tuple[
     if isinstance(event, ClearFinished):
         if event.reason == _ALREADY_SUCCEEDED:
             return "already_succeeded", [now, seq]
-        fields = outcome_fields(event)
+        http_status, code, msg, error = answer_values(event)
+        reason = event.reason
         return "done", [
             prior_attempts.get(seq, 0) + event.attempts,
-            fields["outcome"],
-            fields["reason"],
-            fields["http_status"],
-            fields["code"],
-            fields["msg"],
-            fields["error"],
+            event.outcome.value,
+            None if reason is None else reason.value,
+            http_status,
+            code,
+            msg,
+            error,
             now,
             seq,
         ]
@@ -640,15 +673,24 @@ def _apply_records(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for kind, values in records:
-            *sets, seq = values
-            cursor = conn.execute(_STATEMENTS[kind], (*sets, run_id, seq))
-            if strict and kind in _ONE_ROW and cursor.rowcount != 1:
+        # One executemany per run of changes of one kind (a turn's ends, mostly), in order.
+        for kind, group in itertools.groupby(records, key=itemgetter(0)):
+            rows = [(*values[:-1], run_id, values[-1]) for _, values in group]
+            cursor = conn.executemany(_STATEMENTS[kind], rows)
+            if strict and kind in _ONE_ROW and cursor.rowcount != len(rows):
+                seqs = [row[-1] for row in rows]
+                seq = next(iter(_missing_seqs(conn, run_id, seqs)), seqs[0])
                 raise JournalError(f"journal {path} has no clear {seq} in run {run_id}")
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _missing_seqs(conn: sqlite3.Connection, run_id: str, seqs: list[int]) -> list[int]:
+    """Which of ``seqs`` have no row in ``run_id`` (to name one in an error)."""
+    query = "SELECT 1 FROM clears WHERE run_id = ? AND seq = ?"
+    return [seq for seq in seqs if conn.execute(query, (run_id, seq)).fetchone() is None]
 
 
 def _replay_tails(conn: sqlite3.Connection, path: Path) -> None:

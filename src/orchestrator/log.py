@@ -12,10 +12,13 @@ import json
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, Processor, WrappedLogger
+
+    from .plan import Clear
 
 from .events import (
     ClearFinished,
@@ -24,6 +27,7 @@ from .events import (
     Event,
     Outcome,
     TokenWaiting,
+    answer_values,
     clear_fields,
     outcome_fields,
 )
@@ -221,7 +225,7 @@ class JsonEventLog:
         key = (event.clear.seq, event.token_id)
         names = self._names.get(key)
         if names is None:
-            names = self._names[key] = _fields(clear_fields(event.clear, event.token_id))
+            names = self._names[key] = _names_text(event.clear, event.token_id)
         return f"{self._head(name, level)}, {names}, {details}}}\n"
 
     def _run_line(self, name: str, level: str, fields: Mapping[str, object]) -> str:
@@ -229,19 +233,28 @@ class JsonEventLog:
         return f"{self._head(name, level)}{rest}}}\n"
 
 
+def _names_text(clear: Clear, token_id: str) -> str:
+    """``clear_fields(clear, token_id)`` rendered as :func:`_fields` would, by hand."""
+    return (
+        f'"seq": {clear.seq}, "token_id": {encode_basestring_ascii(token_id)}, '
+        f'"server": {encode_basestring_ascii(clear.server)}, '
+        f'"type_campaign": {encode_basestring_ascii(clear.type_campaign)}, '
+        f'"campaign_id": {encode_basestring_ascii(clear.campaign_id)}, '
+        f'"result": {encode_basestring_ascii(clear.result_label)}'
+    )
+
+
 def _outcome_text(event: ClearFinished) -> str:
     """``outcome_fields(event)`` but ``outcome``, rendered as :func:`_fields` would."""
-    answer = event.answer
+    status, code, msg, error = answer_values(event)
     reason = "null" if event.reason is None else f'"{event.reason.value}"'
-    if answer is None:
-        status = code = msg = "null"
-        error = json_value(event.error)
-    else:
-        status, code = json_value(answer.http_status), json_value(answer.code)
-        msg, error = json_value(answer.msg), json_value(event.error or answer.error)
     text = (
-        f'"reason": {reason}, "attempts": {event.attempts}, "http_status": {status}, '
-        f'"code": {code}, "msg": {msg}, "error": {error}, "duration_ms": {event.duration_ms}'
+        f'"reason": {reason}, "attempts": {event.attempts}, '
+        f'"http_status": {"null" if status is None else status}, '
+        f'"code": {"null" if code is None else code}, '
+        f'"msg": {"null" if msg is None else encode_basestring_ascii(msg)}, '
+        f'"error": {"null" if error is None else encode_basestring_ascii(error)}, '
+        f'"duration_ms": {event.duration_ms}'
     )
     if event.blocked_by is not None:
         text += f', "blocked_by": {event.blocked_by}'

@@ -113,7 +113,12 @@ class AiohttpTransport:
                 allow_redirects=False,
                 timeout=timeout,
             ) as resp:
-                body = await self._read_capped(resp)
+                length = resp.content_length
+                if length is not None and length <= self._max_body_bytes:
+                    # The parser reads exactly Content-Length bytes: no cap to enforce.
+                    body = await resp.read()
+                else:
+                    body = await self._read_capped(resp)
                 # A case-insensitive mapping already: no copy per answer.
                 return HttpResponse(resp.status, body, resp.headers)
         except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError family
@@ -131,12 +136,9 @@ class AiohttpTransport:
             raise ConnectionFailed(message, outcome_unknown=True) from exc
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, cut at ``max_body_bytes``; a cut closes the connection."""
+        """The body of an answer without a Content-Length within the cap, cut at
+        ``max_body_bytes``; a cut closes the connection."""
         cap = self._max_body_bytes
-        length = resp.content_length
-        if length is not None and length <= cap:
-            # The parser reads exactly Content-Length bytes: no cap to enforce.
-            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
