@@ -21,6 +21,7 @@ from orchestrator.client import Answer, Verdict
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
 from orchestrator.journal import (
+    _SCHEMA,
     ClearRecord,
     Journal,
     JournalError,
@@ -224,6 +225,50 @@ def test_begin_run_marks_every_clear_pending(journal: Journal, lanes: list[Lane]
     assert journal.run("r1") == RunRecord(
         "r1", "plans/nightly.yaml", plan_digest(lanes), T0, None, None, False
     )
+
+
+def test_a_new_journal_keeps_clears_in_the_order_lanes_reach_them(
+    journal: Journal,
+) -> None:
+    # Lane A: 1, 3, 5; lane B: 2; lane C: 4, 6. A turn ends one clear of many lanes:
+    # every lane's first clear, then every lane's second, and so on, share pages.
+    three = [
+        lane("token-a", clear(1), clear(3), clear(5)),
+        lane("token-b", clear(2)),
+        lane("token-c", clear(4), clear(6)),
+    ]
+    begin(journal, three)
+    stored = journal._conn.execute("SELECT seq FROM clears ORDER BY rowid").fetchall()
+    assert [seq for (seq,) in stored] == [1, 2, 4, 3, 6, 5]
+    assert [record.seq for record in journal.clears("r1")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_journal_that_keeps_clears_by_key_as_before_still_records_runs(
+    tmp_path: Path, lanes: list[Lane]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "journal.sqlite3") as conn:
+        for statement in _SCHEMA:
+            conn.execute(
+                statement.replace(
+                    "PRIMARY KEY (run_id, seq)\n    )",
+                    "PRIMARY KEY (run_id, seq)\n    ) WITHOUT ROWID",
+                )
+            )
+        conn.execute("PRAGMA user_version = 1")
+    with Journal.open(state) as journal:
+        (ddl,) = journal._conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'clears'"
+        ).fetchone()
+        assert "WITHOUT ROWID" in ddl
+        begin(journal, lanes)
+        record = journal.listener("r1", hold_starts_s=0)
+        record(started(lanes[0], 0))
+        record(finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK))
+        record(finished(lanes[1], 0, Outcome.FAILED, Reason.REJECTED, answer=BAD))
+        record.flush()
+        assert committed_states(journal) == {1: "succeeded", 2: "failed", 3: "pending"}
 
 
 def test_in_flight_is_committed_before_the_listener_returns(

@@ -78,6 +78,12 @@ STATES: tuple[str, ...] = ("succeeded", "failed", "skipped", "pending", "in_flig
 #: Compared as a string so this module does not depend on the enum member existing.
 _ALREADY_SUCCEEDED = "already_succeeded"
 
+# Clears are a rowid table, kept in the order begin_run inserts them: a lane's first
+# clears, then every lane's second, and so on, so the ends that one turn of the event
+# loop commits (one clear of many lanes) share a few pages. Kept in (run_id, seq) order,
+# as journals before 2026-11-29 keep them (WITHOUT ROWID, which still works), every lane
+# has its own page, and each turn's commit wrote all of them to the WAL again: three
+# times the cost of an end. The (run_id, seq) key is a unique index either way.
 # The state CHECK uses ORs, not IN (...): SQLite builds a temporary table for an IN
 # list on every statement run, which doubled the cost of inserts and updates.
 _SCHEMA: tuple[str, ...] = (
@@ -114,7 +120,7 @@ _SCHEMA: tuple[str, ...] = (
         reason        TEXT,
         updated_at    TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
-    ) WITHOUT ROWID
+    )
     """,
 )
 
@@ -319,23 +325,29 @@ def _clear_record(row: Sequence[Any]) -> ClearRecord:
 
 
 def _clear_rows(run_id: str, lanes: Sequence[Lane], now: str) -> list[tuple[object, ...]]:
-    """The rows of :data:`_INSERT_CLEAR`, by seq: appends to the (run_id, seq) b-tree."""
-    rows: list[tuple[object, ...]] = [
+    """The rows of :data:`_INSERT_CLEAR` in the order lanes reach them (see ``_SCHEMA``).
+
+    Every lane's first clear, in lane order, then every lane's second, and so on.
+    """
+    placed = sorted(
+        (position, order, clear, lane.token_id)
+        for order, lane in enumerate(lanes)
+        for position, clear in enumerate(lane.clears)
+        # (position, order) is unique: the clears themselves are never compared
+    )
+    return [
         (
             clear.seq,
             run_id,
-            lane.token_id,
+            token_id,
             clear.server,
             clear.type_campaign,
             clear.campaign_id,
             clear.result_label,
             now,
         )
-        for lane in lanes
-        for clear in lane.clears
+        for _, _, clear, token_id in placed
     ]
-    rows.sort()  # seq leads each row and is unique: no key function needed
-    return rows
 
 
 def _enter_wal_mode(conn: sqlite3.Connection) -> None:
