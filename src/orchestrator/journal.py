@@ -690,8 +690,7 @@ def _apply_records(
             rows = [(*values[:-1], run_id, values[-1]) for _, values in group]
             cursor = conn.executemany(_STATEMENTS[kind], rows)
             if strict and kind in _ONE_ROW and cursor.rowcount != len(rows):
-                seqs = [row[-1] for row in rows]
-                seq = next(iter(_missing_seqs(conn, run_id, seqs)), seqs[0])
+                seq = _first_missing_seq(conn, run_id, [row[-1] for row in rows])
                 raise JournalError(f"journal {path} has no clear {seq} in run {run_id}")
         conn.execute("COMMIT")
     except BaseException:
@@ -699,10 +698,11 @@ def _apply_records(
         raise
 
 
-def _missing_seqs(conn: sqlite3.Connection, run_id: str, seqs: list[int]) -> list[int]:
-    """Which of ``seqs`` have no row in ``run_id`` (to name one in an error)."""
+def _first_missing_seq(conn: sqlite3.Connection, run_id: str, seqs: list[int]) -> int:
+    """The first of ``seqs`` with no row in ``run_id``, to name in an error."""
     query = "SELECT 1 FROM clears WHERE run_id = ? AND seq = ?"
-    return [seq for seq in seqs if conn.execute(query, (run_id, seq)).fetchone() is None]
+    missing = (seq for seq in seqs if conn.execute(query, (run_id, seq)).fetchone() is None)
+    return next(missing, seqs[0])
 
 
 def _replay_tails(conn: sqlite3.Connection, path: Path) -> None:
