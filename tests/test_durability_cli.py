@@ -1003,6 +1003,63 @@ FIVE = [
 ]
 
 
+def many_tokens(cli: Cli, tmp_path: Path, base_url: str, count: int, parallel: int) -> Path:
+    """A plan of ``count`` campaigns, each with a token of its own, ``parallel`` at once."""
+    cli.env.update({f"T_{i}": f"tok-{i}-{uuid.uuid4().hex[:8]}" for i in range(count)})
+    campaigns = [
+        f'campaign_id: "{4000 + i}", token_env: T_{i}, results: [busy]' for i in range(count)
+    ]
+    return write_plan(
+        tmp_path / "plan.yaml", base_url, campaigns, settings=f"max_parallel_tokens: {parallel}"
+    )
+
+
+def open_files_limit(soft: int, hard: int | None = None) -> Callable[[], None]:
+    """A preexec_fn: the child may open ``soft`` files (and at most ``hard``)."""
+
+    def limit() -> None:
+        ceiling = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if hard is None else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, ceiling))
+
+    return limit
+
+
+def test_a_plan_of_more_tokens_than_the_process_may_open_files_runs_whole(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+) -> None:
+    # 300 tokens under `ulimit -n 256`: a lock file kept open per token would run out.
+    sim = simulators(latency_ms=0)
+    plan = many_tokens(cli, tmp_path, sim.base_url, 300, parallel=20)
+    done = cli.run(
+        "run", plan, "--yes", "--log-format", "json", "--state-dir", tmp_path / "state",
+        timeout=60, preexec_fn=open_files_limit(256),
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert "300 succeeded, 0 failed, 0 skipped" in done.err
+    assert sim.stats()["total_calls"] == 300
+
+
+def test_a_run_that_may_need_more_files_than_the_hard_limit_exits_2_and_sends_nothing(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+) -> None:
+    sim = simulators()
+    plan = many_tokens(cli, tmp_path, sim.base_url, 100, parallel=100)
+    state = tmp_path / "state"
+    done = cli.run(
+        "run", plan, "--yes", "--log-format", "json", "--state-dir", state,
+        preexec_fn=open_files_limit(128, 128),
+    )  # fmt: skip
+    assert done.code == 2
+    assert done.err.splitlines()[-1] == (
+        "orchestrator: 100 lanes at once (max_parallel_tokens) may need 264 open files, but "
+        "this process may open only 128 (ulimit -n; hard limit 128): lower "
+        "max_parallel_tokens or raise the limit; nothing was sent"
+    )
+    assert done.out == ""
+    assert sim.stats()["total_calls"] == 0
+    assert json.loads(cli.run("runs", "--json", "--state-dir", state).out) == []
+
+
 def test_max_clears_refuses_a_larger_plan_and_sends_nothing(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
 ) -> None:

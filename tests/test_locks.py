@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -130,6 +131,13 @@ async def assert_excludes(first: TokenLocks, second: TokenLocks, token_id: str) 
         assert (await two).waited_s >= STAYS_OUT_S
 
 
+async def run_probe(path: Path) -> int:
+    """Exit status of another process trying the lock file: 0 took it, 1 held elsewhere."""
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", PROBE_SNIPPET, str(path))
+    async with asyncio.timeout(BOUND_S):
+        return await process.wait()
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (just freed by us)."""
     with socket.socket() as probe:
@@ -209,16 +217,9 @@ async def test_file_lock_waits_for_another_process(file_locks: FileLocks) -> Non
 
 
 async def test_file_lock_keeps_another_process_out(file_locks: FileLocks) -> None:
-    async def probe() -> int:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PROBE_SNIPPET, str(file_locks.path("abc"))
-        )
-        async with asyncio.timeout(BOUND_S):
-            return await process.wait()
-
     async with file_locks.hold("abc"):
-        assert await probe() == 1
-    assert await probe() == 0
+        assert await run_probe(file_locks.path("abc")) == 1
+    assert await run_probe(file_locks.path("abc")) == 0
 
 
 async def test_file_lock_released_when_body_raises(tmp_path: Path, file_locks: FileLocks) -> None:
@@ -292,6 +293,70 @@ async def test_file_locks_aclose_drops_the_locks(tmp_path: Path) -> None:
         pytest.fail("releasing after aclose must not fail")  # pragma: no cover
     finally:
         await second.aclose()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_no_locks_forget_is_harmless() -> None:
+    locks = NoLocks()
+    locks.forget("abc")
+    async with locks.hold("abc") as lease:
+        assert lease.waited_s == 0.0
+
+
+async def test_file_locks_keep_a_descriptor_per_token_until_it_is_forgotten(
+    file_locks: FileLocks,
+) -> None:
+    before = open_descriptors()
+    for token_id in ("one", "two", "three"):
+        async with file_locks.hold(token_id):
+            pass
+    assert open_descriptors() == before + 3
+    file_locks.forget("two")
+    file_locks.forget("never-held")
+    assert open_descriptors() == before + 2
+
+
+async def test_file_lock_forgotten_is_taken_afresh_and_still_excludes(tmp_path: Path) -> None:
+    first, second = FileLocks(tmp_path), FileLocks(tmp_path)
+    try:
+        async with first.hold("abc"):
+            pass
+        first.forget("abc")
+        await assert_excludes(first, second, "abc")
+        await assert_excludes(second, first, "abc")
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["held", "held and queued"])
+async def test_file_lock_forget_while_held_changes_nothing(
+    tmp_path: Path, file_locks: FileLocks, queued: bool
+) -> None:
+    entered, leave = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(hold_until(file_locks, "abc", entered, leave))
+    await entered.wait()
+    if queued:  # a second hold through the same object waits behind the first
+        waiter_in, waiter_leave = asyncio.Event(), asyncio.Event()
+        waiter = asyncio.create_task(hold_until(file_locks, "abc", waiter_in, waiter_leave))
+        assert await stays_unset(waiter_in)
+    descriptors = open_descriptors()
+    file_locks.forget("abc")
+    assert open_descriptors() == descriptors
+    assert await run_probe(file_locks.path("abc")) == 1  # still held against other processes
+    leave.set()
+    await holder
+    if queued:
+        await asyncio.wait_for(waiter_in.wait(), BOUND_S)
+        assert await run_probe(file_locks.path("abc")) == 1
+        waiter_leave.set()
+        await waiter
+    file_locks.forget("abc")
+    assert open_descriptors() == descriptors - 1
+    assert await run_probe(file_locks.path("abc")) == 0
 
 
 # --- RedisLocks -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 
 from orchestrator.client import TokenInfoError, WolkvoxClient
 from orchestrator.errors import OrchestratorError
+from orchestrator.locks import FileLocks
 from orchestrator.plan import Lane, Secret, token_fingerprint
 from orchestrator.quota import QuotaLine, check_quota, render_quota, worst_case
 from orchestrator.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
@@ -44,6 +47,17 @@ async def simulated(**config: object) -> AsyncIterator[tuple[Simulator, WolkvoxC
     settings = SimulatorConfig(latency_ms=0, **config)  # type: ignore[arg-type]
     async with Simulator(settings) as sim, AiohttpTransport(limit=4) as transport:
         yield sim, WolkvoxClient(transport, sim.url + SERVER_PREFIX)
+
+
+def open_lock_files(state_dir: Path) -> list[str]:
+    """Lock files under ``state_dir`` this process has open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(state_dir / "locks")):
+                found.append(target)
+    return found
 
 
 def test_the_worst_case_is_every_clear_once_plus_all_its_retries() -> None:
@@ -140,6 +154,26 @@ async def test_a_rejected_token_raises_token_info_error_naming_it_but_never_its_
     assert TOKEN not in message and OPS_TOKEN not in message
     # The other token's check was not cut off half-way.
     assert stats["calls_per_token"] == {MAIN_ID: 1, OPS_ID: 1}
+
+
+@pytest.mark.parametrize(
+    "valid", [frozenset({TOKEN, OPS_TOKEN}), frozenset()], ids=["read", "refused"]
+)
+async def test_no_token_lock_file_stays_open_after_the_quota_check(
+    tmp_path: Path, valid: frozenset[str]
+) -> None:
+    locks = FileLocks(tmp_path)
+    try:
+        async with simulated(valid_tokens=valid) as (_, client):
+            with contextlib.suppress(TokenInfoError):
+                await check_quota(lanes(), client, locks=locks)
+        assert open_lock_files(tmp_path) == []  # none kept for thousands of tokens
+    finally:
+        await locks.aclose()
+    assert {p.name for p in (tmp_path / "locks").iterdir()} == {
+        f"{MAIN_ID}.lock",
+        f"{OPS_ID}.lock",
+    }
 
 
 async def test_every_token_that_cannot_be_read_is_named() -> None:

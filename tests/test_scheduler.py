@@ -352,6 +352,8 @@ class ScriptedLocks:
     def __init__(self, waited_s: float = 0.0, lose_on: int | None = None) -> None:
         self.waited_s, self.lose_on, self.holds = waited_s, lose_on, 0
         self.held: set[str] = set()
+        #: (token_id, holds made by then), one per forget().
+        self.forgotten: list[tuple[str, int]] = []
 
     @contextlib.asynccontextmanager
     async def hold(self, token_id: str) -> AsyncIterator[Lease]:
@@ -364,6 +366,10 @@ class ScriptedLocks:
         finally:
             self.held.discard(token_id)
             lease.lost = self.holds == self.lose_on
+
+    def forget(self, token_id: str) -> None:
+        assert token_id not in self.held
+        self.forgotten.append((token_id, self.holds))
 
     async def aclose(self) -> None:
         return None
@@ -389,6 +395,21 @@ async def test_every_call_holds_the_token_lock_and_a_wait_is_reported() -> None:
     assert waits == [(1, 2.5), (2, 2.5)]
     kinds = [type(e).__name__ for e in events if e.clear.seq == 1]
     assert kinds == ["TokenWaiting", "ClearStarted", "ClearFinished"]
+
+
+async def test_a_token_lock_is_forgotten_once_its_lane_has_ended_and_not_before() -> None:
+    lanes = [lane_of("A", [1, 2]), lane_of("B", [3]), lane_of("C", [4, 5])]
+    sender, locks = ScriptedSender({4: [REJECTED]}), ScriptedLocks()
+    scheduler = Scheduler(
+        lanes, sender, max_parallel=1, cooldown_s=0, clock=FakeClock(), locks=locks
+    )
+    await scheduler.run()
+    # After each lane's last call (C stops at its failed first clear), never mid-lane.
+    assert locks.forgotten == [
+        (lanes[0].token_id, 2),
+        (lanes[1].token_id, 3),
+        (lanes[2].token_id, 4),
+    ]
 
 
 async def test_a_lost_lock_stops_the_lane_after_the_call_in_flight() -> None:

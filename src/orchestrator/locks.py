@@ -7,7 +7,10 @@ token) and to other hosts (:class:`RedisLocks`, a renewed lease in Redis).
 
 The scheduler wraps every call in ``async with locks.hold(token_id) as lease``.
 It reports waiting from ``lease.waited_s`` and stops the lane when
-``lease.lost`` is set, so this module logs nothing itself.
+``lease.lost`` is set, so this module logs nothing itself. When a token's lane
+has ended it calls ``locks.forget(token_id)``, so what a lock keeps between
+calls (a lock file's descriptor) is held for the lanes running, not for every
+token of the plan.
 """
 
 from __future__ import annotations
@@ -96,6 +99,15 @@ class TokenLocks(Protocol):
         """Wait until this process holds ``token_id``'s lock; release it on exit."""
         ...
 
+    def forget(self, token_id: str) -> None:
+        """Free what is kept for ``token_id`` between holds; a later hold takes it afresh.
+
+        Called once its holds are over (its lane has ended): a plan of thousands of
+        tokens must not keep a descriptor open for each. Does nothing while a hold
+        of ``token_id`` is active or queued.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Free every resource; call once no hold is active."""
         ...
@@ -108,6 +120,9 @@ class NoLocks:
     async def hold(self, token_id: str) -> AsyncIterator[Lease]:
         """Yield a lease that waited for nothing."""
         yield Lease(token_id, 0.0)
+
+    def forget(self, token_id: str) -> None:
+        """Nothing is kept."""
 
     async def aclose(self) -> None:
         """Nothing to free."""
@@ -129,8 +144,9 @@ class _Slot:
 class FileLocks:
     """One host: an exclusive ``flock`` on ``state_dir/locks/<token_id>.lock``.
 
-    Each token's file is opened once and kept open for the life of the object,
-    so a free hold costs two ``flock`` system calls. ``flock`` locks belong to
+    Each token's file is opened at its first hold and kept open until
+    :meth:`forget` (or :meth:`aclose`), so a free hold costs two ``flock`` system
+    calls, and a run keeps one descriptor per lane running, not per token. ``flock`` locks belong to
     the open file description: another process, or another :class:`FileLocks`
     in this one, is excluded by the kernel; an ``asyncio.Lock`` per token
     excludes concurrent holds through this same object. The kernel drops the
@@ -196,6 +212,13 @@ class FileLocks:
         finally:
             slot.guard.release()
             slot.users -= 1
+
+    def forget(self, token_id: str) -> None:
+        """Close ``token_id``'s lock file, unless a hold of it is active or queued."""
+        slot = self._slots.get(token_id)
+        if slot is not None and slot.users == 0:
+            del self._slots[token_id]
+            os.close(slot.fd)
 
     async def aclose(self) -> None:
         """Close every lock file, which also drops any lock still held."""
@@ -368,6 +391,12 @@ class RedisLocks:
                     await asyncio.wait((keeper,))
         finally:
             slot.users -= 1
+
+    def forget(self, token_id: str) -> None:
+        """Drop ``token_id``'s bookkeeping, unless a hold of it is active or queued."""
+        slot = self._slots.get(token_id)
+        if slot is not None and slot.users == 0:
+            del self._slots[token_id]
 
     async def aclose(self) -> None:
         """Close the Redis connections."""

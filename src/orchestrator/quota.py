@@ -89,12 +89,17 @@ async def check_quota(
     async def one(lane: Lane) -> QuotaLine | TokenInfoError:
         assert lane.secret is not None  # _check_lanes
         server = lane.clears[0].server
-        async with gate, holds.hold(lane.token_id):
-            try:
-                info = await client.token_info(server, lane.secret, timeout_s)
-            except TokenInfoError as exc:
-                message = f"cannot read the daily quota of {_label(lane)} on server {server}: {exc}"
-                return TokenInfoError(message, http_status=exc.http_status, code=exc.code)
+        try:
+            async with gate, holds.hold(lane.token_id):
+                try:
+                    info = await client.token_info(server, lane.secret, timeout_s)
+                except TokenInfoError as exc:
+                    message = (
+                        f"cannot read the daily quota of {_label(lane)} on server {server}: {exc}"
+                    )
+                    return TokenInfoError(message, http_status=exc.http_status, code=exc.code)
+        finally:
+            holds.forget(lane.token_id)  # thousands of tokens: no descriptor kept for each
         return _line(lane, server, info, spent_by_check)
 
     async with asyncio.TaskGroup() as group:

@@ -201,7 +201,10 @@ class Scheduler:
             state = _LaneState(lane, task)
             if lane.token_id in self._cooling_tokens:
                 state.free_at = self._clock.monotonic() + self._cooldown_s
-            await self._run_lane(state)
+            try:
+                await self._run_lane(state)
+            finally:
+                self._locks.forget(lane.token_id)  # its lock file is not needed again
 
     async def _run_lane(self, state: _LaneState) -> None:
         for clear in state.lane.clears:

@@ -80,8 +80,18 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     """Check everything that can refuse the run; raise :class:`UsageError` or a plan error."""
     _check_options(plan, options)
     lanes = _lanes(plan, options, say)
+    if not options.dry_run:
+        _ensure_open_files(plan, lanes, options)
     durable = None if options.dry_run else _open_state(plan, lanes, options)
     return Prepared(plan, lanes, options, durable)
+
+
+def _ensure_open_files(plan: Plan, lanes: tuple[Lane, ...], options: RunOptions) -> None:
+    from .openfiles import ensure_open_files, files_needed
+
+    at_once = min(plan.settings.max_parallel_tokens, len(lanes))
+    needed = files_needed(at_once, simulated=options.simulate)
+    ensure_open_files(needed, lanes_at_once=at_once)
 
 
 async def perform(prepared: Prepared, *, say: Say) -> int:
