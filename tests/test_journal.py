@@ -21,6 +21,7 @@ from orchestrator.client import Answer, Verdict
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
 from orchestrator.journal import (
+    _MARK_DONE,
     _SCHEMA,
     ClearRecord,
     Journal,
@@ -884,6 +885,45 @@ def test_a_tail_line_is_exactly_what_json_dumps_writes(
 ) -> None:
     kind, values = _record(event, {1: 2}, "2026-11-29T04:00:00.123Z")
     assert _line((kind, values)) == json.dumps([kind, values], separators=(",", ":")) + "\n"
+
+
+def test_every_end_is_stored_exactly_as_the_general_statement_stores_it(
+    tmp_path: Path, lanes: list[Lane]
+) -> None:
+    # A success has a statement of its own (fewer values bound): it must store the same row.
+    ends = [
+        finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK, attempts=2),
+        finished(lanes[0], 1, Outcome.SUCCEEDED, answer=dataclasses.replace(OK, msg=None)),
+        finished(lanes[1], 0, Outcome.SUCCEEDED, answer=dataclasses.replace(OK, error="odd")),
+    ]
+    failures = [
+        finished(lanes[0], 0, Outcome.FAILED, Reason.REJECTED, answer=BAD),
+        dataclasses.replace(
+            finished(lanes[0], 1, Outcome.FAILED, Reason.LOCK_LOST), error="lock lost"
+        ),
+        finished(lanes[1], 0, Outcome.SKIPPED, Reason.BLOCKED_BY_FAILURE, attempts=0),
+    ]
+    for case, events in (("successes", ends), ("others", failures)):
+        recorded, general = Journal.open(tmp_path / case / "a"), Journal.open(tmp_path / case / "b")
+        try:
+            for each in (recorded, general):
+                begin(each, lanes)
+                each._conn.execute("UPDATE clears SET updated_at = 'then', reason = 'stale'")
+            record = recorded.listener("r1", hold_starts_s=0)
+            for event in events:
+                record(event)
+            record.flush()
+            for event in events:
+                kind, values = _record(event, {}, "now")
+                assert kind == "done"
+                general._conn.execute(_MARK_DONE, (*values[:-1], "r1", values[-1]))
+            stamp = "UPDATE clears SET updated_at = 'now' WHERE updated_at != 'then'"
+            recorded._conn.execute(stamp)  # the recorder stamps the time of its turn
+            rows = "SELECT * FROM clears ORDER BY seq"
+            assert recorded._conn.execute(rows).fetchall() == general._conn.execute(rows).fetchall()
+        finally:
+            recorded.close()
+            general.close()
 
 
 def test_an_unreadable_tail_is_refused_naming_it(tmp_path: Path, lanes: list[Lane]) -> None:
