@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -80,6 +81,14 @@ async def _worker(
     return failed
 
 
+def _allow_open_files() -> None:
+    """Raise the soft limit of open files to the hard one: a connection per lane running
+    outgrows the 1,024 many systems give (the least any tool with 2,000 lanes must do)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def main(job: dict[str, Any]) -> int:
     lanes: list[dict[str, Any]] = job["lanes"]
     running = max(1, min(int(job["max_parallel"]), len(lanes)))
@@ -101,5 +110,6 @@ if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         print("usage: bare.py JOB.json", file=sys.stderr)
         sys.exit(2)
+    _allow_open_files()
     with open(sys.argv[1], encoding="utf-8") as handle:
         sys.exit(asyncio.run(main(json.load(handle))))

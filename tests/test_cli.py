@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -310,6 +311,32 @@ def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path
     assert done.returncode == 0, done.stderr
     assert "5 succeeded, 0 failed, 0 skipped" in done.stderr
     assert all(json.loads(line)["event"] for line in done.stdout.splitlines())
+
+
+def test_the_simulator_lets_itself_keep_a_connection_per_token_however_many() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 64:  # pragma: no cover - nothing to raise
+        pytest.skip("the hard limit of open files is 64 or less: nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", "--latency-ms", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=low_soft_limit,
+    )
+    try:
+        assert simulator.stderr is not None
+        assert b"simulating wolkvox at" in simulator.stderr.readline()
+        limits = Path(f"/proc/{simulator.pid}/limits").read_text().splitlines()
+        soft = next(line for line in limits if line.startswith("Max open files")).split()[3]
+        assert soft == ("unlimited" if hard == resource.RLIM_INFINITY else str(hard))
+    finally:
+        simulator.kill()
+        simulator.wait(10)
 
 
 def test_validate_and_a_dry_run_never_load_the_http_stack(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@ import resource
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.openfiles import BASE_FILES, ensure_open_files, files_needed
+from orchestrator.openfiles import (
+    BASE_FILES,
+    allow_every_open_file,
+    ensure_open_files,
+    files_needed,
+)
 
 INFINITY = resource.RLIM_INFINITY
 
@@ -72,3 +77,17 @@ def test_a_limit_the_system_will_not_raise_refuses_the_run() -> None:
     limits = Limits(256, INFINITY, refuse=True)
     with pytest.raises(UsageError, match=r"may open only 256 \(ulimit -n; hard limit unlimited\)"):
         ensure(300, limits)
+
+
+@pytest.mark.parametrize("hard", [4096, INFINITY])
+def test_the_simulator_may_open_as_many_files_as_the_hard_limit_allows(hard: int) -> None:
+    limits = Limits(1024, hard)
+    assert allow_every_open_file(get=limits.get, set_=limits.set) == hard
+    assert limits.set_to == [(hard, hard)]
+
+
+def test_a_limit_already_at_its_ceiling_or_not_raisable_is_left_as_it_is() -> None:
+    at_ceiling, refusing = Limits(4096, 4096), Limits(1024, 4096, refuse=True)
+    assert allow_every_open_file(get=at_ceiling.get, set_=at_ceiling.set) == 4096
+    assert allow_every_open_file(get=refusing.get, set_=refusing.set) == 1024
+    assert at_ceiling.set_to == refusing.set_to == []

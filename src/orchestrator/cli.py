@@ -306,8 +306,10 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from .openfiles import allow_every_open_file
     from .simulator import SimulatorConfig, serve
 
+    allow_every_open_file()  # a connection per token calling it, however many
     config = SimulatorConfig(
         latency_ms=args.latency_ms, fail_rate=args.fail_rate, token_limit=args.token_limit
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .errors import UsageError
 
-__all__ = ["ensure_open_files", "files_needed"]
+__all__ = ["allow_every_open_file", "ensure_open_files", "files_needed"]
 
 #: Files a run may have open whatever its size: the standard streams, the journal with
 #: its WAL and index, its tail, the run lock, the event loop's, a Redis connection.
@@ -60,6 +60,27 @@ def ensure_open_files(
         f"but this process may open only {soft} (ulimit -n; hard limit {_text(hard)}): "
         "lower max_parallel_tokens or raise the limit; nothing was sent"
     )
+
+
+def allow_every_open_file(
+    *,
+    get: Callable[[int], Limits] = resource.getrlimit,
+    set_: Callable[[int, Limits], None] = resource.setrlimit,
+) -> int:
+    """Raise the soft limit to the hard limit, as a server does; return the soft limit now.
+
+    The simulator keeps a connection per token calling it: it cannot know how many.
+    A limit that cannot be raised is left as it was.
+    """
+    kind = resource.RLIMIT_NOFILE
+    soft, hard = get(kind)
+    if soft == hard:
+        return soft
+    try:
+        set_(kind, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
 
 
 def _at_least(limit: int, needed: int) -> bool:
