@@ -616,10 +616,12 @@ def test_resume_refuses_a_run_that_is_still_running_in_another_process(
         assert line is not None, f"the run ended early:\n{live.err}"
     # 7 clears of 150 ms are left: the live run is far from done when this one looks.
     second = cli.run("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
+    assert (state / "runs" / f"{live.lines[0]['run_id']}.lock").exists()  # while it runs
     assert live.finish() == 0, live.err
     sent = calls_of(sim.wait_idle()["timeline"])
     assert second.code == 2, f"resumed a live run: {sent}\n{second.err}"
     assert set(sent.values()) == {1} and len(sent) == 8
+    assert list((state / "runs").iterdir()) == []  # no lock file or tail left behind
 
 
 # ------------------------------------------------ 3, 4. two processes at once

@@ -22,6 +22,7 @@ from orchestrator.locks import (
     LockError,
     NoLocks,
     RedisLocks,
+    RunLock,
     TokenLocks,
     describe_lock_url,
 )
@@ -357,6 +358,55 @@ async def test_file_lock_forget_while_held_changes_nothing(
     file_locks.forget("abc")
     assert open_descriptors() == descriptors - 1
     assert await run_probe(file_locks.path("abc")) == 0
+
+
+# --- RunLock --------------------------------------------------------------------------
+
+
+async def test_a_run_lock_excludes_other_processes_and_is_removed_on_release(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs" / "r1.lock"
+    lock = RunLock.take(tmp_path, "r1")
+    assert lock is not None
+    assert RunLock.take(tmp_path, "r1") is None  # another open file description
+    assert await run_probe(path) == 1
+    lock.release()
+    lock.release()
+    assert not path.exists()
+    again = RunLock.take(tmp_path, "r1")
+    assert again is not None
+    again.release()
+
+
+def test_a_run_lock_whose_file_was_removed_after_it_was_opened_is_taken_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race release() opens: we open the file, its holder removes it and lets go,
+    # we lock the removed file. That lock must not count: the next taker would create
+    # a new file and lock it too.
+    holder = RunLock.take(tmp_path, "r1")
+    assert holder is not None
+    real_open = os.open
+    opened: list[int] = []
+
+    def open_then_release(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        if not opened:
+            holder.release()
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_release)
+    lock = RunLock.take(tmp_path, "r1")
+    monkeypatch.undo()
+    assert lock is not None
+    assert len(opened) == 2  # the removed file, then the one the path names now
+    path = tmp_path / "runs" / "r1.lock"
+    assert os.fstat(opened[1]).st_ino == path.stat().st_ino
+    assert RunLock.take(tmp_path, "r1") is None
+    lock.release()
+    assert not path.exists()
 
 
 # --- RedisLocks -----------------------------------------------------------------------

@@ -281,34 +281,58 @@ class RunLock:
 
     ``--resume`` takes it before continuing a run, so a run still going in another
     process is never continued, and its clears never sent twice. The OS drops it
-    when the process dies, however it dies.
+    when the process dies, however it dies. :meth:`release` removes the file, so a
+    state directory does not keep one per run ever made.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path) -> None:
         self._fd: int | None = fd
+        self._path = path
 
     @classmethod
     def take(cls, state_dir: Path, run_id: str) -> RunLock | None:
         """Hold the run's lock, or return ``None`` when another process holds it."""
         folder = state_dir / "runs"
         path = folder / f"{_checked_token_id(run_id)}.lock"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        while True:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+            try:
+                if _still_named(fd, path):
+                    return cls(fd, path)
+            except OSError as exc:
+                os.close(fd)
+                raise LockError(f"cannot check lock file {path}: {_os_reason(exc)}") from exc
+            # Its holder removed the file after we opened it: locking that file says
+            # nothing about the run. Take the file the path names now.
             os.close(fd)
-            return None
-        return cls(fd)
 
     def release(self) -> None:
-        """Let the run be resumed by another process."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Let the run be resumed by another process; remove the lock file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            # Removed while still locked: whoever opened it meanwhile sees it is gone.
+            with suppress(FileNotFoundError):
+                self._path.unlink()
+            os.close(fd)
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """True when ``path`` still names the file open on ``fd``."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 class RedisLocks:
