@@ -146,11 +146,12 @@ class FileLocks:
 
     Each token's file is opened at its first hold and kept open until
     :meth:`forget` (or :meth:`aclose`), so a free hold costs two ``flock`` system
-    calls, and a run keeps one descriptor per lane running, not per token. ``flock`` locks belong to
-    the open file description: another process, or another :class:`FileLocks`
-    in this one, is excluded by the kernel; an ``asyncio.Lock`` per token
-    excludes concurrent holds through this same object. The kernel drops the
-    lock when a process dies, so a crash never leaves a token locked.
+    calls, and a run keeps one descriptor per lane running, not per token.
+    ``flock`` locks belong to the open file description: another process, or
+    another :class:`FileLocks` in this one, is excluded by the kernel; an
+    ``asyncio.Lock`` per token excludes concurrent holds through this same
+    object. The kernel drops the lock when a process dies, so a crash never
+    leaves a token locked.
 
     While someone else holds the lock we poll with a non-blocking ``flock`` and
     a growing sleep (5 ms to 100 ms) rather than block in a thread: a thread
