@@ -163,10 +163,12 @@ def run_child(
     stdout: Path | None,
     stderr: Path,
     timeout_s: float,
+    default_open_files: bool = True,
 ) -> Child:
     """Run ``cmd`` to its end in a session of its own; reap it with ``os.wait4`` for rusage.
 
-    On timeout the whole process group is killed; the child never outlives this call.
+    With ``default_open_files`` it starts with :data:`CHILD_OPEN_FILES`. On timeout the
+    whole process group is killed; the child never outlives this call.
     """
     out = open(stdout, "wb") if stdout is not None else open(os.devnull, "wb")  # noqa: SIM115
     err = open(stderr, "wb")  # noqa: SIM115
@@ -181,7 +183,7 @@ def run_child(
             stdout=out,
             stderr=err,
             start_new_session=True,
-            preexec_fn=_default_open_files,
+            preexec_fn=_default_open_files if default_open_files else None,
         )
 
         def reap() -> None:
@@ -495,7 +497,15 @@ def run_variant(
     if under is not None:
         cmd = [*under, *cmd]
     sim_cpu_before, busy_before = sim.cpu_s(), machine_busy_s()
-    child = run_child(cmd, env=work.env, stdout=out, stderr=err, timeout_s=timeout_s)
+    child = run_child(
+        cmd,
+        env=work.env,
+        stdout=out,
+        stderr=err,
+        timeout_s=timeout_s,
+        # valgrind makes the soft limit it starts with its client's hard limit.
+        default_open_files=under is None,
+    )
     sim_cpu_after, busy_after = sim.cpu_s(), machine_busy_s()
     if child.timed_out:
         raise HarnessError(f"{variant} run timed out after {timeout_s:.0f} s: {_tail(err)}")
