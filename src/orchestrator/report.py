@@ -25,38 +25,43 @@ from .events import (
 
 @dataclass(slots=True)
 class ReportCollector:
-    """A scheduler listener that keeps the terminal event of every clear.
+    """A scheduler listener that counts how clears ended and the calls per token.
 
-    It also counts calls per token, retries included: every call spends the
-    token's daily quota.
+    Calls are counted retries included: every call spends the token's daily quota.
+    With ``keep_clears`` (a run with ``--report``) it also keeps every clear's
+    terminal event for the report's ``clears``; without, it keeps none, since a
+    plan of 100,000 clears would hold them all to its end for nothing.
     """
 
+    keep_clears: bool = True
     finished: dict[int, ClearFinished] = field(default_factory=dict)
     calls_per_token: dict[str, int] = field(default_factory=dict)
+    _counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    _all_succeeded: bool = True
 
     def __call__(self, event: Event) -> None:
-        """Keep ``event`` when it ends a clear; count it when it starts a call."""
+        """Count ``event`` when it ends a clear (keep it, with ``keep_clears``) or starts a call."""
         if isinstance(event, ClearFinished):
-            self.finished[event.clear.seq] = event
+            self._counts[event.outcome] += 1
+            if event.outcome is not Outcome.SUCCEEDED:
+                self._all_succeeded &= event.reason is Reason.ALREADY_SUCCEEDED
+            if self.keep_clears:
+                self.finished[event.clear.seq] = event
         elif isinstance(event, ClearStarted):
             self.calls_per_token[event.token_id] = self.calls_per_token.get(event.token_id, 0) + 1
 
     def all_succeeded(self) -> bool:
         """True when every clear succeeded, in this run or in the run it resumed."""
-        return all(
-            event.outcome is Outcome.SUCCEEDED or event.reason is Reason.ALREADY_SUCCEEDED
-            for event in self.finished.values()
-        )
+        return self._all_succeeded
 
     def totals(self) -> dict[str, int]:
         """How many clears ended each way."""
-        counts = {outcome.value: 0 for outcome in Outcome}
-        for event in self.finished.values():
-            counts[event.outcome.value] += 1
-        return counts
+        return {outcome.value: count for outcome, count in self._counts.items()}
 
     def clears(self) -> list[dict[str, object]]:
-        """One flat record per clear, in plan order."""
+        """One flat record per clear, in plan order; needs ``keep_clears``."""
+        if not self.keep_clears:
+            raise RuntimeError("this collector keeps no clears (keep_clears=False)")
         return [
             clear_fields(event.clear, event.token_id) | outcome_fields(event)
             for _, event in sorted(self.finished.items())

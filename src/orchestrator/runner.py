@@ -92,7 +92,7 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     """Run ``spec`` and return how it ended; write the report whatever happened."""
     parts = engine or Engine()
     started_at, started = utc_now(), time.monotonic()
-    collector = ReportCollector()
+    collector = ReportCollector(keep_clears=spec.report_path is not None)
     event_log = spec.event_log or EventLog(spec.logger)
     listeners: tuple[Listener, ...] = (event_log, collector, *parts.listeners)
     spec.logger.info(
