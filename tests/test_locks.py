@@ -422,6 +422,27 @@ async def test_redis_lease_is_set_with_ttl_and_removed_on_release(
     assert await raw_redis.exists(KEY_PREFIX + token) == 0
 
 
+async def test_redis_forget_while_held_still_excludes_and_a_forgotten_token_is_taken_again(
+    connect_redis: Callable[..., Awaitable[RedisLocks]], token: str
+) -> None:
+    locks = await connect_redis()
+    entered, leave = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(hold_until(locks, token, entered, leave))
+    await entered.wait()
+    locks.forget(token)  # held: the second hold below must still queue behind the first
+    second_in, second_leave = asyncio.Event(), asyncio.Event()
+    second = asyncio.create_task(hold_until(locks, token, second_in, second_leave))
+    assert await stays_unset(second_in)
+    leave.set()
+    await asyncio.wait_for(second_in.wait(), BOUND_S)
+    second_leave.set()
+    assert (await holder).waited_s == 0.0
+    assert (await second).waited_s >= STAYS_OUT_S
+    locks.forget(token)
+    async with asyncio.timeout(BOUND_S), locks.hold(token) as lease:
+        assert lease.waited_s == 0.0
+
+
 async def test_redis_locks_of_two_hosts_exclude_each_other(
     connect_redis: Callable[..., Awaitable[RedisLocks]], token: str
 ) -> None:
