@@ -36,8 +36,10 @@ class ReportCollector:
     keep_clears: bool = True
     finished: dict[int, ClearFinished] = field(default_factory=dict)
     calls_per_token: dict[str, int] = field(default_factory=dict)
-    _counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
-    _all_succeeded: bool = True
+    _counts: dict[Outcome, int] = field(
+        init=False, default_factory=lambda: dict.fromkeys(Outcome, 0)
+    )
+    _all_succeeded: bool = field(init=False, default=True)
 
     def __call__(self, event: Event) -> None:
         """Count ``event`` when it ends a clear (keep it, with ``keep_clears``) or starts a call."""
