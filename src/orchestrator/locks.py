@@ -228,14 +228,7 @@ class FileLocks:
             os.close(slot.fd)
 
     def _open(self, token_id: str) -> _Slot:
-        path = self._path(token_id)
-        try:
-            # Read-only is enough for flock and lets another user's run share a file it
-            # did not create. CLOEXEC: a child inheriting the descriptor would share our lock.
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
-        slot = self._slots[token_id] = _Slot(fd)
+        slot = self._slots[token_id] = _Slot(_open_lock_file(self._path(token_id)))
         return slot
 
     async def _wait_for_flock(self, fd: int, token_id: str) -> None:
@@ -295,12 +288,12 @@ class RunLock:
         """Hold the run's lock, or return ``None`` when another process holds it."""
         folder = state_dir / "runs"
         path = folder / f"{_checked_token_id(run_id)}.lock"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
         while True:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
+            fd = _open_lock_file(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -324,6 +317,16 @@ class RunLock:
             with suppress(FileNotFoundError):
                 self._path.unlink()
             os.close(fd)
+
+
+def _open_lock_file(path: str | Path) -> int:
+    """Open (creating) a lock file; raise :class:`LockError` when it cannot be."""
+    try:
+        # Read-only is enough for flock and lets another user's run share a file it
+        # did not create. CLOEXEC: a child inheriting the descriptor would share our lock.
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
 
 
 def _still_named(fd: int, path: Path) -> bool:

@@ -80,9 +80,10 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     """Check everything that can refuse the run; raise :class:`UsageError` or a plan error."""
     _check_options(plan, options)
     lanes = _lanes(plan, options, say)
-    if not options.dry_run:
+    durable = None
+    if not options.dry_run:  # a dry run opens no connection, lock or journal
         _ensure_open_files(plan, lanes, options)
-    durable = None if options.dry_run else _open_state(plan, lanes, options)
+        durable = _open_state(plan, lanes, options)
     return Prepared(plan, lanes, options, durable)
 
 
