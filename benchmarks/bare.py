@@ -33,6 +33,25 @@ from yarl import URL
 TOKEN_HEADER = "wolkvox-token"
 
 
+def judge(status: int, body: bytes) -> tuple[bool, object, str | None]:
+    """(succeeded, code, msg) of an answer: status and code 200-299, no error."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return False, None, None
+    code = data.get("code")
+    ok = (
+        200 <= status <= 299
+        and isinstance(code, int)
+        and 200 <= code <= 299
+        and not data.get("error")
+    )
+    msg = data.get("msg")
+    return ok, code, msg if isinstance(msg, str) else None
+
+
 async def _lane(
     session: aiohttp.ClientSession, token: str, index: int, urls: list[str], out: TextIO
 ) -> bool:
@@ -43,17 +62,7 @@ async def _lane(
         ) as resp:
             status = resp.status
             body = await resp.read()
-        try:
-            data: Any = json.loads(body)
-        except ValueError:
-            data = None
-        code = data.get("code") if isinstance(data, dict) else None
-        ok = (
-            200 <= status <= 299
-            and isinstance(code, int)
-            and 200 <= code <= 299
-            and not data.get("error")
-        )
+        ok, code, _ = judge(status, body)
         out.write(
             json.dumps(
                 {
@@ -81,7 +90,7 @@ async def _worker(
     return failed
 
 
-def _allow_open_files() -> None:
+def allow_open_files() -> None:
     """Raise the soft limit of open files to the hard one: a connection per lane running
     outgrows the 1,024 many systems give (the least any tool with 2,000 lanes must do)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -110,6 +119,6 @@ if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         print("usage: bare.py JOB.json", file=sys.stderr)
         sys.exit(2)
-    _allow_open_files()
+    allow_open_files()
     with open(sys.argv[1], encoding="utf-8") as handle:
         sys.exit(asyncio.run(main(json.load(handle))))

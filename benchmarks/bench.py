@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
 BARE = BENCH_DIR / "bare.py"
+FLOOR = BENCH_DIR / "floor.py"
 EXAMPLE_PLAN = ROOT / "plans" / "example.yaml"
 
 #: The ``results`` values a campaign can list (one clear each), as in orchestrator.plan.
@@ -382,10 +383,12 @@ def make_workload(
     lanes = []
     server_base = base_url.replace("{server}", SERVER).rstrip("/")
     campaign_id = 100_000
+    seq = 0  # a clear's seq: its place in the plan, campaigns and results in order
     for i in range(1, tokens + 1):
         var = f"BENCH_TOKEN_{i}"
         env[var] = f"bench-{nonce}-{i:06d}"
         urls: list[str] = []
+        named: list[tuple[int, str, str]] = []
         left = clears
         while left > 0:
             campaign_id += 1
@@ -401,11 +404,20 @@ def make_workload(
                 f"&campaign_id={campaign_id}&result={result}"
                 for result in results
             ]
-        lanes.append({"token_env": var, "urls": urls})
+            for result in results:
+                seq += 1
+                named.append((seq, str(campaign_id), result))
+        lanes.append({"token_env": var, "urls": urls, "clears": named})
     plan = workdir / f"{name}.yaml"
     plan.write_text("\n".join(lines) + "\n", encoding="utf-8")
     job = workdir / f"{name}.job.json"
-    job.write_text(json.dumps({"max_parallel": parallel, "lanes": lanes}), encoding="utf-8")
+    document = {
+        "max_parallel": parallel,
+        "server": SERVER,
+        "type_campaign": TYPE_CAMPAIGN,
+        "lanes": lanes,
+    }
+    job.write_text(json.dumps(document), encoding="utf-8")
     return Workload(name, tokens, clears, parallel, plan, job, env)
 
 
@@ -472,7 +484,7 @@ def run_variant(
     wrap: list[str] | None = None,
     under: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One measured run of ``orchestrator`` or ``bare`` on ``work``; returns its figures.
+    """One measured run of ``orchestrator``, ``bare`` or ``floor`` on ``work``; its figures.
 
     ``wrap`` replaces orchestrator's launcher (a profiler's ``python -m ...
     orchestrator``); ``under`` runs either variant's Python under a tool (valgrind).
@@ -492,6 +504,9 @@ def run_variant(
             wrap = [sys.executable, "-m", "orchestrator"]
         if wrap is not None:  # a profiler: python -m orchestrator under it
             cmd = [*wrap, *cmd[1:]]
+    elif variant == "floor":
+        # Its own state directory, kept across runs like orchestrator's.
+        cmd = [sys.executable, str(FLOOR), str(work.job), str(workdir / f"{work.name}.floor")]
     else:
         cmd = [sys.executable, str(BARE), str(work.job)]
     if under is not None:
@@ -579,7 +594,7 @@ def _foreign_share(
 
 def _count_outcomes(path: Path, variant: str) -> tuple[int, int]:
     """(lines, success lines) of a run's stdout, counted without parsing every line."""
-    needle = b'"event": "clear.succeeded"' if variant == "orchestrator" else b'"event": "ok"'
+    needle = b'"event": "ok"' if variant == "bare" else b'"event": "clear.succeeded"'
     lines = outcomes = 0
     with open(path, "rb") as handle:
         for line in handle:
@@ -776,6 +791,12 @@ class Context:
     settle_s: float = 0.0
     results: dict[str, Any] = field(default_factory=dict)
     instructions: bool = False
+    #: Also run the floor (benchmarks/floor.py) in the latency and cpu scenarios.
+    floor: bool = False
+
+    def variants(self) -> tuple[str, ...]:
+        """What the latency and cpu scenarios run side by side."""
+        return ("orchestrator", "bare", "floor") if self.floor else ("orchestrator", "bare")
 
 
 @dataclass(frozen=True)
@@ -815,9 +836,10 @@ def side_by_side(
     timeline: bool = True,
     timeout_s: float = 300,
     warmup: bool = True,
+    variants: tuple[str, ...] = ("orchestrator", "bare"),
 ) -> dict[str, list[dict[str, Any]]]:
-    """``repeat`` runs of each variant, alternating which goes first, after one warm-up each."""
-    runs: dict[str, list[dict[str, Any]]] = {"orchestrator": [], "bare": []}
+    """``repeat`` runs of each variant, rotating which goes first, after one warm-up each."""
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     for variant in (
         runs if warmup and not ctx.smoke else ()
     ):  # warm the page cache and the simulator; not counted
@@ -832,8 +854,8 @@ def side_by_side(
             timeout_s=timeout_s,
         )
     for i in range(repeat):
-        order = ("orchestrator", "bare") if i % 2 == 0 else ("bare", "orchestrator")
-        for variant in order:
+        turn = i % len(variants)
+        for variant in variants[turn:] + variants[:turn]:
             for attempt in range(1 + DISTURBED_RETRIES):
                 settle(ctx.settle_s)
                 figures = run_variant(
@@ -885,7 +907,7 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
         work = make_workload(
             ctx.workdir, name, shape.tokens, shape.clears, shape.parallel, sim.base_url
         )
-        runs = side_by_side(ctx, work, sim, ctx.repeat)
+        runs = side_by_side(ctx, work, sim, ctx.repeat, variants=ctx.variants())
         fixed = fixed_cost(ctx, sim)
         if ctx.profile and name == "cpu":
             profile_run(ctx, work, sim)
@@ -937,7 +959,7 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
         )
     )
     print_rows(f"{title}; JSON log on, journal {journal}", rows)
-    return {
+    result: dict[str, Any] = {
         "shape": asdict(shape),
         "critical_path_s": critical,
         "fixed_cpu_s": fixed,
@@ -947,12 +969,89 @@ def scenario_run(ctx: Context, name: str) -> dict[str, Any]:
         "instructions": instructions,
         "rows": [_row_json(r) for r in rows],
     }
+    if "floor" in runs:
+        floor = result["medians"]["floor"] = medians(runs["floor"])
+        figures = floor_figures(orch, bare, floor, fixed, instructions, work.total)
+        print_floor(figures)
+        result["floor_rows"] = figures
+    return result
+
+
+def floor_figures(
+    orch: dict[str, float],
+    bare: dict[str, float],
+    floor: dict[str, float],
+    fixed: dict[str, float],
+    instructions: dict[str, int] | None,
+    total: int,
+) -> list[dict[str, Any]]:
+    """The floor's figures beside the bare loop's and orchestrator's (no targets)."""
+
+    def beyond(variant: dict[str, float], name: str) -> float:
+        return (variant["cpu_s"] - fixed[name]) / total * 1000
+
+    rows = [
+        ("API busy window (first in, last out)", "s", "busy_window_s"),
+        ("gap answer -> next request, median", "ms", "gap_median_ms"),
+        ("CPU s per 1,000 clears (user+sys)", "s", "cpu_per_1k_clears_s"),
+    ]
+    figures = [
+        {"figure": label, "unit": unit, **{n: v.get(key) for n, v in _named(orch, bare, floor)}}
+        for label, unit, key in rows
+    ]
+    figures += [
+        {"figure": "CPU s of a whole 1-clear run", "unit": "s", **fixed},
+        {
+            "figure": "  CPU s per 1,000 clears beyond that",
+            "unit": "s",
+            **{n: beyond(v, n) for n, v in _named(orch, bare, floor)},
+        },
+    ]
+    if instructions is not None:
+        figures.append(
+            {
+                "figure": "instructions, user space (callgrind, 1 run)",
+                "unit": "G",
+                **{n: count / 1e9 for n, count in instructions.items()},
+            }
+        )
+    return figures
+
+
+def _named(
+    orch: dict[str, float], bare: dict[str, float], floor: dict[str, float]
+) -> tuple[tuple[str, dict[str, float]], ...]:
+    return (("orchestrator", orch), ("bare", bare), ("floor", floor))
+
+
+def print_floor(figures: list[dict[str, Any]]) -> None:
+    """The floor's table: what the required work alone costs, and what orchestrator adds."""
+    print("\n== the floor: the bare loop plus the required work (benchmarks/floor.py), no targets")
+    head = (
+        f"{'figure':<44} {'floor':>10} {'bare':>10} {'floor/bare':>10}"
+        f" {'orchestrator':>12} {'orch/floor':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for f in figures:
+        floor, bare, orch = f.get("floor"), f.get("bare"), f.get("orchestrator")
+        print(
+            f"{f['figure']:<44} {_fmt(floor, f['unit']):>10} {_fmt(bare, f['unit']):>10}"
+            f" {_ratio(floor, bare):>10} {_fmt(orch, f['unit']):>12} {_ratio(orch, floor):>10}"
+        )
+    sys.stdout.flush()
+
+
+def _ratio(top: float | None, bottom: float | None) -> str:
+    if top is None or not bottom or math.isnan(top) or math.isnan(bottom):
+        return "-"
+    return f"{top / bottom:.3f}"
 
 
 def fixed_cost(ctx: Context, sim: SimulatorProcess) -> dict[str, float]:
     """Median CPU of a 1-token x 1-clear run of each variant: what a process costs at all."""
     work = make_workload(ctx.workdir, "fixed", 1, 1, 1, sim.base_url)
-    cpu: dict[str, list[float]] = {"orchestrator": [], "bare": []}
+    cpu: dict[str, list[float]] = {variant: [] for variant in ctx.variants()}
     for i in range(ctx.repeat):
         for variant in cpu:
             settle(ctx.settle_s)
@@ -1139,7 +1238,7 @@ def count_instructions(ctx: Context, work: Workload, sim: SimulatorProcess) -> d
     if shutil.which("valgrind") is None:
         raise HarnessError("--instructions needs valgrind (Debian: apt-get install valgrind)")
     counts: dict[str, int] = {}
-    for variant in ("orchestrator", "bare"):
+    for variant in ctx.variants():
         out = ctx.workdir / f"{work.name}-{variant}.callgrind"
         print(f"  {variant}: counting instructions under callgrind (slow)", flush=True)
         run_variant(
@@ -1386,6 +1485,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also count each variant's instructions under callgrind (latency and cpu; slow)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run benchmarks/floor.py (bare loop + required work) in latency and cpu",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (plans, logs)")
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 50:
@@ -1405,6 +1509,8 @@ def main(argv: list[str] | None = None) -> int:
             args.profile,
             args.settle,
             instructions=args.instructions,
+            # The smoke keeps the floor working too.
+            floor=args.floor or args.smoke,
         )
         info = machine()
         print(
