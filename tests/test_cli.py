@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sim_thread import ThreadedSimulator, running_simulator
 
+from orchestrator import cli
 from orchestrator.cli import main
 from orchestrator.plan import RESULT_FILTERS
 
@@ -311,6 +312,59 @@ def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path
     assert done.returncode == 0, done.stderr
     assert "5 succeeded, 0 failed, 0 skipped" in done.stderr
     assert all(json.loads(line)["event"] for line in done.stdout.splitlines())
+
+
+def test_the_command_exits_with_mains_code_after_freezing_what_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps: list[str] = []
+
+    def fake_main() -> int:
+        steps.append("main")
+        return 3
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(cli.gc, "freeze", lambda: steps.append("freeze"))
+    with pytest.raises(SystemExit) as exited:
+        cli.entry()
+    assert exited.value.code == 3
+    assert steps == ["main", "freeze"]
+
+
+def test_the_command_frees_as_usual_when_main_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    frozen: list[bool] = []
+
+    def broken_main() -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "main", broken_main)
+    monkeypatch.setattr(cli.gc, "freeze", lambda: frozen.append(True))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.entry()
+    assert frozen == []
+
+
+def test_the_command_passes_on_an_exit_code_and_flushes_its_output(tmp_path: Path) -> None:
+    # The heap is left to the OS at exit: stdout and stderr must still arrive whole.
+    example = Path(__file__).parent.parent / "plans" / "example.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WOLKVOX_")}
+    bad = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    good = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", str(example)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert (bad.returncode, good.returncode) == (2, 0)
+    assert "nothing was sent: the plan has errors" in bad.stderr
+    assert good.stdout.rstrip().endswith("#5     server 0038 predictive campaign 4001: failed")
 
 
 def test_the_simulator_lets_itself_keep_a_connection_per_token_however_many() -> None:
