@@ -1,17 +1,19 @@
-"""Benchmark orchestrator against the floor: the critical path and a bare aiohttp loop.
+"""Benchmark orchestrator against the critical path, a bare aiohttp loop and the floor.
 
     .venv/bin/python benchmarks/bench.py [--scenario latency|cpu|scale|startup|all]
                                          [--repeat N] [--smoke] [--profile pyinstrument|py-spy]
-                                         [--instructions] [--settle S] [--keep]
+                                         [--instructions] [--floor] [--settle S] [--keep]
 
 Every scenario starts the simulator in its own process (``orchestrator
 simulate --port 0 --latency-ms X``), writes a plan of L tokens x C clears
 (and the same calls as a job file for ``benchmarks/bare.py``) and runs, side by
 side in the same invocation, (a) ``orchestrator run PLAN --yes --log-format
-json`` as a user would and (b) the bare loop. Figures come from the
+json`` as a user would and (b) the bare loop; with ``--floor``, in the latency and
+cpu scenarios, also (c) ``benchmarks/floor.py``, the bare loop plus the work the
+issues require of every clear. Figures come from the
 simulator's stats (busy window, per-call timeline, connections per token) and
 from the child's own rusage (``os.wait4``: CPU, peak RSS). Each run is
-repeated (alternating which goes first) and medians are quoted; results go to
+repeated (rotating which goes first) and medians are quoted; results go to
 ``benchmarks/results/<scenario>.json``. See docs/performance.md.
 
 Exit status: 0 when every scenario could be measured (missed targets included),
