@@ -13,8 +13,8 @@ per-host limit, no cookie jar); one task per token while there are no more
 tokens than ``max_parallel`` (otherwise ``max_parallel`` tasks, each taking
 the next token when its lane ends); each token's calls strictly in order; the
 body is parsed and judged (code 200-299, empty error); one JSON line is
-printed per outcome. No retries, no journal, no plan parsing: a floor, not a
-tool.
+printed per outcome. No retries, no journal, no plan parsing: a baseline, not a
+tool. :func:`run_lanes` (the session and the tasks) is shared with ``floor.py``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import json
 import os
 import resource
 import sys
-from collections.abc import Iterator
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TextIO, TypeVar
 
 import aiohttp
 from yarl import URL
 
 TOKEN_HEADER = "wolkvox-token"
+
+_Lane = TypeVar("_Lane")
 
 
 def judge(status: int, body: bytes) -> tuple[bool, object, str | None]:
@@ -81,13 +83,38 @@ async def _lane(
 
 
 async def _worker(
-    session: aiohttp.ClientSession, lanes: Iterator[tuple[int, dict[str, Any]]], out: TextIO
+    session: aiohttp.ClientSession,
+    lanes: Iterator[_Lane],
+    run_lane: Callable[[aiohttp.ClientSession, _Lane], Awaitable[bool]],
 ) -> int:
     failed = 0
-    for index, lane in lanes:
-        if not await _lane(session, os.environ[lane["token_env"]], index, lane["urls"], out):
+    for lane in lanes:
+        if not await run_lane(session, lane):
             failed += 1
     return failed
+
+
+async def run_lanes(
+    lanes: list[_Lane],
+    max_parallel: int,
+    run_lane: Callable[[aiohttp.ClientSession, _Lane], Awaitable[bool]],
+) -> int:
+    """Run ``run_lane`` on every lane, at most ``max_parallel`` at once; 1 if any failed.
+
+    One session with orchestrator's connector limits; each task takes the next lane
+    when its own ends, as orchestrator's workers do.
+    """
+    running = max(1, min(max_parallel, len(lanes)))
+    connector = aiohttp.TCPConnector(limit=running, limit_per_host=0)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=90),
+    ) as session:
+        shared = iter(lanes)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_worker(session, shared, run_lane)) for _ in range(running)]
+    return 1 if any(t.result() for t in tasks) else 0
 
 
 def allow_open_files() -> None:
@@ -99,20 +126,15 @@ def allow_open_files() -> None:
 
 
 async def main(job: dict[str, Any]) -> int:
-    lanes: list[dict[str, Any]] = job["lanes"]
-    running = max(1, min(int(job["max_parallel"]), len(lanes)))
-    connector = aiohttp.TCPConnector(limit=running, limit_per_host=0)
     out = sys.stdout
-    async with aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=90),
-    ) as session:
-        shared = iter(enumerate(lanes, 1))
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_worker(session, shared, out)) for _ in range(running)]
+
+    async def run_lane(session: aiohttp.ClientSession, item: tuple[int, dict[str, Any]]) -> bool:
+        index, lane = item
+        return await _lane(session, os.environ[lane["token_env"]], index, lane["urls"], out)
+
+    code = await run_lanes(list(enumerate(job["lanes"], 1)), int(job["max_parallel"]), run_lane)
     out.flush()
-    return 1 if any(t.result() for t in tasks) else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ run`` and the bare loop, against the same simulator and the same calls::
 
     python benchmarks/floor.py JOB.json STATE_DIR
 
-It is :mod:`bare` (one session, one task per token, calls in order, answers
-judged) with, for every clear, what orchestrator must do by the issues and
-nothing else, each in the plainest way this stack allows:
+It is :mod:`bare` (its :func:`~bare.run_lanes`: one session, one task per token,
+calls in order; answers judged by its :func:`~bare.judge`) with, for every clear,
+what orchestrator must do by the issues and nothing else, each in the plainest way
+this stack allows:
 
 * the token's lock: an exclusive ``flock`` on ``STATE_DIR/locks/<token_id>.lock``
   around each call, the file opened when the lane starts and closed when it ends;
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bare import TOKEN_HEADER, allow_open_files, judge
+from bare import TOKEN_HEADER, allow_open_files, judge, run_lanes
 from yarl import URL
 
 _SCHEMA = (
@@ -219,16 +220,6 @@ def _open_journal(
     return conn
 
 
-async def _worker(
-    session: aiohttp.ClientSession, sinks: _Sinks, lanes: Any, job: dict[str, Any]
-) -> int:
-    failed = 0
-    for lane in lanes:
-        if not await _lane(session, sinks, lane, job):
-            failed += 1
-    return failed
-
-
 async def main(job: dict[str, Any], state_dir: Path) -> int:
     (state_dir / "locks").mkdir(parents=True, exist_ok=True)
     (state_dir / "runs").mkdir(exist_ok=True)
@@ -242,20 +233,12 @@ async def main(job: dict[str, Any], state_dir: Path) -> int:
     tail_path = state_dir / "runs" / f"{run_id}.tail"
     tail = os.open(tail_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC)
     sinks = _Sinks(conn, tail, run_id)
-    running = max(1, min(int(job["max_parallel"]), len(job["lanes"])))
-    connector = aiohttp.TCPConnector(limit=running, limit_per_host=0)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=90),
-    ) as session:
-        shared = iter(job["lanes"])
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(_worker(session, sinks, shared, job)) for _ in range(running)
-            ]
+
+    async def run_lane(session: aiohttp.ClientSession, lane: dict[str, Any]) -> bool:
+        return await _lane(session, sinks, lane, job)
+
+    exit_code = await run_lanes(job["lanes"], int(job["max_parallel"]), run_lane)
     sinks.apply()
-    exit_code = 1 if any(t.result() for t in tasks) else 0
     conn.execute(
         "UPDATE runs SET finished_at = ?, exit_code = ? WHERE run_id = ?",
         (clock.stamp(), exit_code, run_id),
