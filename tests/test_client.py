@@ -41,7 +41,7 @@ from orchestrator.client import (
 )
 from orchestrator.errors import CallTimeout, ConnectionFailed, leaves_outcome_unknown
 from orchestrator.plan import DEFAULT_BASE_URL, Clear, Secret, TokenRef
-from orchestrator.transport import AiohttpTransport
+from orchestrator.transport import AiohttpTransport, request_url
 
 TOKEN = "tk-9f8e7d6c5b4a-SECRET"
 SECRET = Secret(TOKEN)
@@ -505,6 +505,51 @@ async def test_transport_requests_the_built_url(
         _, url, _ = only_call(mocked)
     assert answer.verdict is Verdict.SUCCEEDED
     assert url == URL(expected).with_query(sorted(URL(expected).query.items()))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        URL_ALL,
+        URL_NO_ANSWER,
+        "http://127.0.0.1:8080/wv0001/api/v2/campaign.php?api=clear_campaign&campaign_id=0012",
+        "https://wv0014.example.com/api/v2/campaign.php?api=clear_campaign&result=a%20b",
+        "http://[::1]:8080/p?q=1",
+        "http://user:pw@h:1/p?x",
+        "http://H.EXAMPLE/p?x",
+        "http://h:80/p?x",
+        "https://h:443/p?x",
+        "http://h?x=1",
+        "http://h/?",
+        "http://h/a%2Fb/c?x=%41",
+        "http://h/p#f?x",
+        "http://h/p?x#f",
+        "http://h/p",
+    ],
+)
+def test_request_url_is_the_url_yarl_parses(text: str) -> None:
+    bases: dict[str, URL] = {}
+    expected = URL(text, encoded=True)
+    for _ in range(2):  # the first parses the base, the second reuses it
+        url = request_url(text, bases)
+        assert (str(url), url.host, url.port, url.raw_path, url.raw_query_string) == (
+            str(expected),
+            expected.host,
+            expected.port,
+            expected.raw_path,
+            expected.raw_query_string,
+        )
+        assert url == expected
+
+
+def test_request_url_parses_each_base_once_and_keeps_a_bounded_number() -> None:
+    bases: dict[str, URL] = {}
+    request_url("http://h/p?a=1", bases)
+    request_url("http://h/p?a=2", bases)
+    assert list(bases) == ["http://h/p"]
+    for i in range(300):
+        request_url(f"http://h/p{i}?a=1", bases)
+    assert 0 < len(bases) <= 256
 
 
 async def test_transport_does_not_follow_redirects(transport: AiohttpTransport) -> None:
