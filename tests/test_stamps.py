@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -27,3 +28,10 @@ def test_three_digits_read_as_sqlites_strftime(now: float) -> None:
 def test_a_new_second_is_formatted_anew() -> None:
     assert iso_utc(1_764_324_000.25, 3) == "2025-11-28T10:00:00.250Z"
     assert iso_utc(1_764_324_001.25, 3) == "2025-11-28T10:00:01.250Z"
+
+
+@pytest.mark.parametrize("second", [1.0, 1_764_324_001.0])
+def test_the_last_instant_of_a_second_stays_in_it(second: float) -> None:
+    just_before = math.nextafter(second, 0.0)
+    assert iso_utc(just_before, 6).endswith(".999999Z")
+    assert iso_utc(just_before, 3).endswith(".999Z")
