@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from .errors import OrchestratorError, TransportError
 from .plan import Clear, Secret
+from .values import quick_init
 
 #: The header that carries the token; the only place a token value ever goes.
 TOKEN_HEADER = "wolkvox-token"
@@ -48,6 +49,7 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The judged outcome of one attempt.
@@ -65,6 +67,7 @@ class Answer:
     outcome_unknown: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """One request as the transport sends it; the token travels as a :class:`Secret`."""
@@ -75,6 +78,7 @@ class HttpRequest:
     timeout_s: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """What came back: status, headers (looked up by lower-case name) and the raw body."""

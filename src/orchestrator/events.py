@@ -13,6 +13,7 @@ from typing import Protocol
 
 from .client import Answer
 from .plan import Clear
+from .values import quick_init
 
 
 class Outcome(StrEnum):
@@ -48,6 +49,7 @@ class Reason(StrEnum):
     RECORDING_FAILED = "recording_failed"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TokenWaiting:
     """Another process held the token's lock; ``clear`` waited ``waited_s`` for it."""
@@ -57,6 +59,7 @@ class TokenWaiting:
     waited_s: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearStarted:
     """An attempt of ``clear`` is about to be sent."""
@@ -66,6 +69,7 @@ class ClearStarted:
     attempt: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearRetrying:
     """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later."""
@@ -77,6 +81,7 @@ class ClearRetrying:
     answer: Answer
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearFinished:
     """The one terminal event of a clear.
