@@ -14,9 +14,9 @@ _last_text = ""
 
 
 def _second(second: int) -> str:
+    """Format ``second`` and keep it; iso_utc calls this only for a new second."""
     global _last_second, _last_text
-    if second != _last_second:
-        _last_second, _last_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    _last_second, _last_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
     return _last_text
 
 
