@@ -37,15 +37,15 @@ def quick_init(cls: type[_T]) -> type[_T]:
     for i, field in enumerate(params):
         name = field.name
         namespace[f"_set{i}"] = cls.__dict__[name].__set__  # the slot's descriptor
-        value = name
+        parameter, value = name, name
         if field.default is not dataclasses.MISSING:
             namespace[f"_default{i}"] = field.default
-            name = f"{name}=_default{i}"
+            parameter = f"{name}=_default{i}"
         elif field.default_factory is not dataclasses.MISSING:
             namespace[f"_factory{i}"] = field.default_factory
+            parameter = f"{name}=_NOT_GIVEN"
             value = f"_factory{i}() if {name} is _NOT_GIVEN else {name}"
-            name = f"{name}=_NOT_GIVEN"
-        arguments.append(name)
+        arguments.append(parameter)
         lines.append(f"    _set{i}(self, {value})\n")
     source = f"def __init__(self, {', '.join(arguments)}):\n{''.join(lines) or '    pass'}"
     exec(source, namespace)  # built only from field names, as dataclasses does
