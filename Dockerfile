@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY src ./src
+COPY orchestrator ./orchestrator
 RUN pip install . && rm -rf /src
 
 RUN useradd --create-home --uid 10001 orchestrator \

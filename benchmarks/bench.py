@@ -57,7 +57,7 @@ BARE = BENCH_DIR / "bare.py"
 FLOOR = BENCH_DIR / "floor.py"
 EXAMPLE_PLAN = ROOT / "plans" / "example.yaml"
 
-#: The ``results`` values a campaign can list (one clear each), as in orchestrator.plan.
+#: The ``results`` values a campaign can list (one clear each), as in orchestrator.plan.model.
 RESULTS = (
     "no-answer",
     "answer-machine",
@@ -113,9 +113,9 @@ def compile_sources() -> None:
     is set (as on the development VM): then every run compiled each module again,
     about 40 ms of start-up that no installed copy pays.
     """
-    if not compileall.compile_dir(ROOT / "src" / "orchestrator", quiet=1):
-        raise HarnessError("could not compile src/orchestrator")
-    print("bytecode: src/orchestrator compiled, as an installed copy has it")
+    if not compileall.compile_dir(ROOT / "orchestrator", quiet=1):
+        raise HarnessError("could not compile orchestrator")
+    print("bytecode: orchestrator compiled, as an installed copy has it")
 
 
 def orchestrator_cmd() -> list[str]:
@@ -1415,7 +1415,7 @@ def _module_of(frame: str) -> str:
 def source_digest() -> str:
     """A digest of orchestrator's source, to tie figures to the code they measured."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "orchestrator").glob("*.py")):
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -1440,7 +1440,7 @@ def machine() -> dict[str, Any]:
         return None
 
     rev = _git("rev-parse", "--short", "HEAD") or "?"
-    dirty = bool(_git("status", "--porcelain", "--", "src"))
+    dirty = bool(_git("status", "--porcelain", "--", "orchestrator"))
     return {
         "src_sha256": source_digest(),
         "cpus": os.cpu_count(),
@@ -1559,7 +1559,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             target = RESULTS_DIR / f"{name}{'-smoke' if args.smoke else ''}.json"
             if source_digest() != info["src_sha256"]:
-                document["warning"] = "src/orchestrator changed while this scenario ran"
+                document["warning"] = "orchestrator changed while this scenario ran"
                 print(f"warning: {document['warning']}", flush=True)
             target.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
             print(f"results: {target.relative_to(ROOT)}", flush=True)

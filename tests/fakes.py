@@ -7,8 +7,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.client import Answer, Verdict
-from orchestrator.plan import Clear, Lane, OnFailure, Secret, TokenRef
+from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, TokenRef
+from orchestrator.wolkvox.client import Answer, Verdict
 
 OK = Answer(Verdict.SUCCEEDED, http_status=200, code=202, msg="All records has been deleted")
 BUSY = Answer(

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from orchestrator.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
+from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
 
 
 class ThreadedSimulator:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orchestrator.backoff import RETRY_AFTER_CEILING_S, backoff_delay
+from orchestrator.run.backoff import RETRY_AFTER_CEILING_S, backoff_delay
 
 
 def one() -> float:

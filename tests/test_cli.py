@@ -16,7 +16,7 @@ from sim_thread import ThreadedSimulator, running_simulator
 
 from orchestrator import cli
 from orchestrator.cli import main
-from orchestrator.plan import RESULT_FILTERS
+from orchestrator.plan.model import RESULT_FILTERS
 
 TOKEN = "tok-main-0123456789"
 OPS_TOKEN = "tok-ops-9876543210"
@@ -93,7 +93,7 @@ def test_a_run_collects_garbage_less_often_and_restores_the_collector_after(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from orchestrator import runner
+    from orchestrator.run import execute as runner
 
     seen: list[tuple[int, bool]] = []
     real_execute = runner.execute
@@ -420,7 +420,8 @@ def test_a_run_with_the_json_log_loads_neither_structlog_nor_the_progress_displa
         "from orchestrator.cli import main\n"
         f"code = main(['run', {str(example)!r}, '--simulate', '--yes', '--log-format', 'json',"
         f" '--state-dir', {str(tmp_path / 'state')!r}])\n"
-        "loaded = [m for m in ('structlog', 'orchestrator.progress', 'rich') if m in sys.modules]\n"
+        "mods = ('structlog', 'orchestrator.output.progress', 'rich')\n"
+        "loaded = [m for m in mods if m in sys.modules]\n"
         "print(code, loaded, file=sys.stderr)\n"
     )
     done = subprocess.run(

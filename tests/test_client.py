@@ -22,7 +22,9 @@ from aioresponses import aioresponses
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from orchestrator.client import (
+from orchestrator.errors import CallTimeout, ConnectionFailed, leaves_outcome_unknown
+from orchestrator.plan.model import DEFAULT_BASE_URL, Clear, Secret, TokenRef
+from orchestrator.wolkvox.client import (
     MAX_BODY_BYTES,
     TOKEN_HEADER,
     Answer,
@@ -39,9 +41,7 @@ from orchestrator.client import (
     parse_token_info,
     token_info_url,
 )
-from orchestrator.errors import CallTimeout, ConnectionFailed, leaves_outcome_unknown
-from orchestrator.plan import DEFAULT_BASE_URL, Clear, Secret, TokenRef
-from orchestrator.transport import AiohttpTransport, request_url
+from orchestrator.wolkvox.transport import AiohttpTransport, request_url
 
 TOKEN = "tk-9f8e7d6c5b4a-SECRET"
 SECRET = Secret(TOKEN)

@@ -43,14 +43,14 @@ from typing import Any
 import pytest
 from redis_server import redis_url  # noqa: F401
 
-from orchestrator.events import ClearStarted, Event
-from orchestrator.journal import JournalError
-from orchestrator.log import make_logger
-from orchestrator.plan import token_fingerprint
-from orchestrator.runner import Engine, RunSpec, execute
-from orchestrator.simulator import Simulator, SimulatorConfig
-from orchestrator.tokens import build_lanes, read_tokens
-from orchestrator.validate import load_plan
+from orchestrator.output.log import make_logger
+from orchestrator.plan.model import token_fingerprint
+from orchestrator.plan.tokens import build_lanes, read_tokens
+from orchestrator.plan.validate import load_plan
+from orchestrator.run.events import ClearStarted, Event
+from orchestrator.run.execute import Engine, RunSpec, execute
+from orchestrator.state.journal import JournalError
+from orchestrator.wolkvox.simulator import Simulator, SimulatorConfig
 
 Json = dict[str, Any]
 

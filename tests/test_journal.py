@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import Answer, Verdict
 from orchestrator.errors import OrchestratorError
-from orchestrator.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
-from orchestrator.journal import (
+from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, TokenRef
+from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
+from orchestrator.state.journal import (
     _MARK_DONE,
     _SCHEMA,
     ClearRecord,
@@ -32,7 +32,7 @@ from orchestrator.journal import (
     plan_digest,
     resolve_state_dir,
 )
-from orchestrator.plan import Clear, Lane, OnFailure, Secret, TokenRef
+from orchestrator.wolkvox.client import Answer, Verdict
 
 RAW_TOKEN = "wv-raw-token-value-7f3c9e1d"
 OK = Answer(Verdict.SUCCEEDED, http_status=200, code=202, msg="All records has been deleted")
@@ -719,9 +719,9 @@ def sigkilled_script(state_dir: Path, body: str) -> str:
         f"""
         import asyncio, os, signal
         from pathlib import Path
-        from orchestrator.events import ClearStarted
-        from orchestrator.journal import Journal
-        from orchestrator.plan import Clear, Lane, TokenRef
+        from orchestrator.run.events import ClearStarted
+        from orchestrator.state.journal import Journal
+        from orchestrator.plan.model import Clear, Lane, TokenRef
         clear = Clear(1, "0014", "predictive", "3001", None, TokenRef("env", "T"))
         journal = Journal.open(Path({str(state_dir)!r}))
         journal.begin_run("r1", "p.yaml", "d", [Lane("tok", (), None, (clear,))], started_at="t")

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis_server import redis_url, start_redis_server  # noqa: F401
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.locks import (
+from orchestrator.state.locks import (
     FileLocks,
     Lease,
     LockError,

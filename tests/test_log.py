@@ -13,8 +13,8 @@ import pytest
 import structlog
 from fakes import OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 
-from orchestrator.client import Answer, Verdict
-from orchestrator.events import (
+from orchestrator.output.log import EventLog, JsonEventLog, make_logger, pick_format
+from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
     ClearStarted,
@@ -23,7 +23,7 @@ from orchestrator.events import (
     Reason,
     TokenWaiting,
 )
-from orchestrator.log import EventLog, JsonEventLog, make_logger, pick_format
+from orchestrator.wolkvox.client import Answer, Verdict
 
 LANE = make_lane("A", make_clear(7, campaign="0123", result=None))
 CLEAR = LANE.clears[0]

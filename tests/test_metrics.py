@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.metrics import MetricsError, render_metrics, write_metrics
+from orchestrator.output.metrics import MetricsError, render_metrics, write_metrics
 
 PLAN = "plans/nightly.yaml"
 RUN: dict[str, Any] = {

@@ -7,7 +7,7 @@ import resource
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.openfiles import (
+from orchestrator.run.openfiles import (
     BASE_FILES,
     allow_every_open_file,
     ensure_open_files,

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.plan import OnFailure, Plan
-from orchestrator.schema import SCHEMA_FILE
-from orchestrator.validate import load_plan, parse_plan
+from orchestrator.plan.model import OnFailure, Plan
+from orchestrator.plan.schema import SCHEMA_FILE
+from orchestrator.plan.validate import load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans"

@@ -11,7 +11,10 @@ import pytest
 from fakes import OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 from rich.console import Console
 
-from orchestrator.events import (
+from orchestrator.output.log import make_logger
+from orchestrator.output.progress import Progress, progress_wanted
+from orchestrator.plan.model import Lane
+from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
     ClearStarted,
@@ -20,9 +23,6 @@ from orchestrator.events import (
     Reason,
     TokenWaiting,
 )
-from orchestrator.log import make_logger
-from orchestrator.plan import Lane
-from orchestrator.progress import Progress, progress_wanted
 
 A = make_lane("A", make_clear(1, campaign="3001"), make_clear(2, campaign="3002"))
 B = make_lane("B", make_clear(3, campaign="4001", result=None), make_clear(4, campaign="4002"))
@@ -104,7 +104,7 @@ def test_a_closed_stderr_wants_no_progress() -> None:
 
 
 def test_importing_the_module_does_not_import_rich() -> None:
-    code = "import sys, orchestrator.progress; print('rich' in sys.modules)"
+    code = "import sys, orchestrator.output.progress; print('rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

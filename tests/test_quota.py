@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import TokenInfoError, WolkvoxClient
 from orchestrator.errors import OrchestratorError
-from orchestrator.locks import FileLocks
-from orchestrator.plan import Lane, Secret, token_fingerprint
-from orchestrator.quota import QuotaLine, check_quota, render_quota, worst_case
-from orchestrator.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
-from orchestrator.tokens import build_lanes, read_tokens
-from orchestrator.transport import AiohttpTransport
-from orchestrator.validate import parse_plan
+from orchestrator.plan.model import Lane, Secret, token_fingerprint
+from orchestrator.plan.tokens import build_lanes, read_tokens
+from orchestrator.plan.validate import parse_plan
+from orchestrator.state.locks import FileLocks
+from orchestrator.wolkvox.client import TokenInfoError, WolkvoxClient
+from orchestrator.wolkvox.quota import QuotaLine, check_quota, render_quota, worst_case
+from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
+from orchestrator.wolkvox.transport import AiohttpTransport
 
 TOKEN = "tok-main-SECRET-0123456789"
 OPS_TOKEN = "tok-ops-SECRET-9876543210"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fakes import OK, REJECTED, make_clear
 
-from orchestrator.events import ClearFinished, ClearStarted, Event, Outcome, Reason
-from orchestrator.report import ReportCollector
+from orchestrator.output.report import ReportCollector
+from orchestrator.run.events import ClearFinished, ClearStarted, Event, Outcome, Reason
 
 
 def ended(seq: int, token_id: str, outcome: Outcome, reason: Reason | None = None) -> ClearFinished:

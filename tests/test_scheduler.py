@@ -20,8 +20,8 @@ from fakes import (
     lane_of,
 )
 
-from orchestrator.client import Answer
-from orchestrator.events import (
+from orchestrator.plan.model import Clear, Lane, OnFailure, Secret
+from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
     ClearStarted,
@@ -31,9 +31,9 @@ from orchestrator.events import (
     Recorder,
     TokenWaiting,
 )
-from orchestrator.locks import Lease, LockError
-from orchestrator.plan import Clear, Lane, OnFailure, Secret
-from orchestrator.scheduler import Scheduler, Sender
+from orchestrator.run.scheduler import Scheduler, Sender
+from orchestrator.state.locks import Lease, LockError
+from orchestrator.wolkvox.client import Answer
 
 
 def make_scheduler(

@@ -32,11 +32,11 @@ import yaml
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend
 
-from orchestrator import schema as plan_schema_module
-from orchestrator import validate
 from orchestrator.errors import PlanError
-from orchestrator.plan import CAMPAIGN_TYPES, RESULT_FILTERS, OnFailure
-from orchestrator.schema import SCHEMA_FILE, plan_schema, render_schema
+from orchestrator.plan import schema as plan_schema_module
+from orchestrator.plan import validate
+from orchestrator.plan.model import CAMPAIGN_TYPES, RESULT_FILTERS, OnFailure
+from orchestrator.plan.schema import SCHEMA_FILE, plan_schema, render_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = sorted((ROOT / "plans").glob("*.yaml"))

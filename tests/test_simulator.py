@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.plan import RESULT_FILTERS, token_fingerprint
-from orchestrator.simulator import Simulator, SimulatorConfig, serve
+from orchestrator.plan.model import RESULT_FILTERS, token_fingerprint
+from orchestrator.wolkvox.simulator import Simulator, SimulatorConfig, serve
 
 TOKEN = "tok-alpha-secret"
 OTHER_TOKEN = "tok-beta-secret"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orchestrator.stamps import iso_utc
+from orchestrator.output.stamps import iso_utc
 
 MOMENTS = [0.0, 1_764_324_000.0, 1_764_324_000.5, 1_764_324_000.999999, 1_764_324_059.123456]
 

@@ -9,8 +9,8 @@ import pytest
 from fakes import make_clear
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import Plan, Settings, TokenRef
-from orchestrator.tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
+from orchestrator.plan.model import Plan, Settings, TokenRef
+from orchestrator.plan.tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
 
 MAIN = TokenRef("env", "WOLKVOX_TOKEN")
 OPS = TokenRef("env", "WOLKVOX_TOKEN_OPS")

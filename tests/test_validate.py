@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import validate
 from orchestrator.errors import PlanError
-from orchestrator.plan import RESULT_FILTERS, Clear, OnFailure, Plan, Settings, TokenRef
-from orchestrator.validate import check_base_url, load_plan, parse_plan
+from orchestrator.plan import validate
+from orchestrator.plan.model import RESULT_FILTERS, Clear, OnFailure, Plan, Settings, TokenRef
+from orchestrator.plan.validate import check_base_url, load_plan, parse_plan
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "plans" / "example.yaml"
 

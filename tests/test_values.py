@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from orchestrator.client import Answer, HttpRequest, HttpResponse
-from orchestrator.events import ClearFinished, ClearRetrying, ClearStarted, TokenWaiting
-from orchestrator.values import quick_init
+from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, TokenWaiting
+from orchestrator.run.values import quick_init
+from orchestrator.wolkvox.client import Answer, HttpRequest, HttpResponse
 
 
 def _point_class() -> type:

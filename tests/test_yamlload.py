@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import yamlload
 from orchestrator.errors import PlanError
-from orchestrator.yamlload import Node, Reader, compose
+from orchestrator.plan import loader as yamlload
+from orchestrator.plan.loader import Node, Reader, compose
 
 
 def root_of(text: str | bytes) -> Node:

@@ -1,0 +1,33 @@
+"""orchestrator: reset wolkvox dialer campaigns in bulk, safely.
+
+The public surface: load a plan, read its tokens, group it into lanes, run it.
+"""
+
+from orchestrator.errors import (
+    CallTimeout,
+    ConnectionFailed,
+    OrchestratorError,
+    PlanError,
+    Problem,
+    TransportError,
+    UsageError,
+)
+from orchestrator.plan.model import Clear, Lane, OnFailure, Plan, Secret, Settings, TokenRef
+
+__all__ = [
+    "CallTimeout",
+    "Clear",
+    "ConnectionFailed",
+    "Lane",
+    "OnFailure",
+    "OrchestratorError",
+    "Plan",
+    "PlanError",
+    "Problem",
+    "Secret",
+    "Settings",
+    "TokenRef",
+    "TransportError",
+    "UsageError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,412 @@
+"""The ``orchestrator`` command: a thin shell over plan loading and the runner.
+
+Exit codes: 0 every clear succeeded; 1 a clear failed or was skipped; 2 bad
+usage or plan, nothing sent; 130/143 interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
+
+from orchestrator.errors import OrchestratorError, PlanError, UsageError
+from orchestrator.plan.model import Lane, Plan
+from orchestrator.run.prepare import LATEST
+
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit code."""
+    # As PID 1 in a container, SIGTERM does nothing without a handler. Until a run takes
+    # the signal over, nothing has been sent, so stopping at once is right.
+    signal.signal(signal.SIGTERM, _terminate)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except PlanError as exc:
+        _say("\n".join(str(p) for p in exc.problems))
+        _say("nothing was sent: the plan has errors")
+        return EXIT_USAGE
+    except OrchestratorError as exc:
+        _say(f"orchestrator: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _say("interrupted before anything was sent")
+        return EXIT_SIGINT
+    except _Terminated:
+        _say("terminated before anything was sent")
+        return EXIT_SIGTERM
+
+
+def entry() -> NoReturn:
+    """The ``orchestrator`` command: :func:`main`, then exit without sweeping the heap.
+
+    When :func:`main` returns, every file, lock, journal and connection is closed and
+    the log is flushed; what is left is memory (the modules, the plan). Python's exit
+    would walk all of it with the cyclic garbage collector only to free what the OS
+    takes back anyway: about 35 ms of CPU in every invocation, more with a big plan
+    (docs/performance.md). Frozen objects are left out of that walk. Only the command
+    does this: :func:`main` called in a longer-lived process frees as usual.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived before a run took the signal over."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Reset wolkvox dialer campaigns in bulk, one call at a time per token.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a plan and print its schedule")
+    validate.add_argument("plan", help="path of the YAML plan")
+    _add_tag(validate)
+    validate.set_defaults(handler=_validate)
+
+    run = commands.add_parser("run", help="clear the campaigns of a plan")
+    run.add_argument("plan", help="path of the YAML plan")
+    _add_tag(run)
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const=LATEST,
+        metavar="RUN_ID",
+        help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
+    )
+    _add_run_options(run)
+    run.set_defaults(handler=_run)
+
+    clear = commands.add_parser(
+        "clear", help="clear one campaign now, without a plan file (for runbooks)"
+    )
+    clear.add_argument("--server", required=True, help="server code, e.g. 0014")
+    clear.add_argument("--type-campaign", required=True, help="predictive or preview")
+    clear.add_argument("--campaign-id", required=True, help="the campaign's numeric id")
+    clear.add_argument(
+        "--result",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="delete only records with this result (repeatable); without it: ALL records",
+    )
+    source = clear.add_mutually_exclusive_group(required=True)
+    source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    source.add_argument("--token-file", metavar="PATH", help="file holding the token")
+    clear.add_argument("--retries", help="retries of a retryable answer (default 3)")
+    clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
+    clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
+    _add_run_options(clear)
+    clear.set_defaults(handler=_clear, resume=None)
+
+    runs = commands.add_parser("runs", help="list recent runs from the journal")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.add_argument("--limit", type=_count, default=20, help="how many runs (default 20)")
+    _add_state_dir(runs)
+    runs.set_defaults(handler=_runs)
+
+    show = commands.add_parser("show", help="print every clear of a journaled run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _add_state_dir(show)
+    show.set_defaults(handler=_show)
+
+    schema = commands.add_parser("schema", help="print the plan's JSON Schema (for editors)")
+    schema.set_defaults(handler=_schema)
+
+    simulate = commands.add_parser("simulate", help="serve the wolkvox API simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=_port, default=8080)
+    simulate.add_argument("--latency-ms", type=_non_negative, default=50.0)
+    simulate.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503"
+    )
+    simulate.add_argument(
+        "--token-limit", type=_count, default=1_000_000, help="calls per token per day"
+    )
+    simulate.set_defaults(handler=_simulate)
+    return parser
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="journal and lock directory (default: $ORCHESTRATOR_STATE_DIR, "
+        "$XDG_STATE_HOME/orchestrator or ~/.local/state/orchestrator)",
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``clear`` share: one engine, one set of guards."""
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="send nothing; print what would be sent"
+    )
+    parser.add_argument("--base-url", help="URL template of the API (default from the plan)")
+    parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="JSON lines, or a readable rendering (auto: console on a terminal)",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against the built-in simulator on a free loopback port (no tokens needed)",
+    )
+    parser.add_argument(
+        "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
+    )
+    parser.add_argument(
+        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
+    )
+    parser.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write Prometheus metrics of the run to PATH (for node_exporter's textfile collector)",
+    )
+    parser.add_argument(
+        "--check-quota",
+        action="store_true",
+        help="before clearing, refuse to start when a token lacks the calls its lane may need",
+    )
+    _add_state_dir(parser)
+
+
+def _add_tag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only campaigns carrying TAG (repeatable)",
+    )
+
+
+def _say(text: str, stream: TextIO | None = None) -> None:
+    print(text, file=stream or sys.stderr, flush=True)
+
+
+def _load(path: str, tags: list[str]) -> Plan:
+    from orchestrator.plan.validate import load_plan
+
+    plan = load_plan(path)
+    if tags:
+        plan = plan.with_tags(frozenset(tags))
+        if not plan.clears:
+            raise UsageError(f"no campaign in {path} carries the tag(s) {', '.join(tags)}")
+    return plan
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orchestrator.output.views import render_schedule
+    from orchestrator.plan.tokens import build_lanes, missing_tokens
+
+    plan = _load(args.plan, args.tag)
+    for warning in missing_tokens(plan):
+        _say(warning)
+    _say(render_schedule(plan, build_lanes(plan.clears, None)), sys.stdout)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _execute(_load(args.plan, args.tag), args)
+
+
+def _clear(args: argparse.Namespace) -> int:
+    from orchestrator.plan.one_off import plan_from_options
+
+    return _execute(plan_from_options(args), args)
+
+
+def _execute(plan: Plan, args: argparse.Namespace) -> int:
+    from orchestrator.run.prepare import RunOptions, perform, prepare
+
+    options = RunOptions(
+        dry_run=args.dry_run,
+        base_url=args.base_url,
+        report=args.report,
+        log_format=args.log_format,
+        simulate=args.simulate,
+        max_clears=args.max_clears,
+        lock_url=args.lock_url,
+        state_dir=args.state_dir,
+        resume=args.resume,
+        metrics_file=args.metrics_file,
+        check_quota=args.check_quota,
+    )
+    prepared = prepare(plan, options, say=_say)
+    if not (args.dry_run or args.yes):
+        _confirm(prepared.lanes)
+    return asyncio.run(perform(prepared, say=_say))
+
+
+def _confirm(lanes: tuple[Lane, ...]) -> None:
+    from orchestrator.output.views import render_confirmation
+
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "refusing to delete records without confirmation: stdin is not a terminal; "
+            "pass --yes to run unattended"
+        )
+    _say(render_confirmation(lanes))
+    sys.stderr.write("Delete these records? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise UsageError("not confirmed; nothing was sent")
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from orchestrator.plan.schema import render_schema
+
+    sys.stdout.write(render_schema())
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from orchestrator.run.openfiles import allow_every_open_file
+    from orchestrator.wolkvox.simulator import SimulatorConfig, serve
+
+    allow_every_open_file()  # a connection per token calling it, however many
+    config = SimulatorConfig(
+        latency_ms=args.latency_ms, fail_rate=args.fail_rate, token_limit=args.token_limit
+    )
+    with contextlib.suppress(KeyboardInterrupt, _Terminated):
+        asyncio.run(
+            serve(
+                config,
+                args.host,
+                args.port,
+                on_ready=lambda url: _say(f"simulating wolkvox at {url}"),
+            )
+        )
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.state.journal import Journal, resolve_state_dir
+
+    with Journal.open(resolve_state_dir(args.state_dir)) as journal:
+        runs = journal.runs(args.limit)
+    if args.json:
+        print(json.dumps([_as_dict(run) for run in runs], indent=2))
+        return 0
+    print(
+        f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} "
+        f"{'SKIPPED':>7} {'PENDING':>7}  PLAN"
+    )
+    for run in runs:
+        t = run.totals
+        exit_code = "-" if run.exit_code is None else str(run.exit_code)
+        pending = t["pending"] + t["in_flight"]
+        print(
+            f"{run.run_id:<26} {run.started_at:<28} {exit_code:>4} {t['succeeded']:>6} "
+            f"{t['failed']:>6} {t['skipped']:>7} {pending:>7}  {run.plan}"
+            + ("  (dry run)" if run.dry_run else "")
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.state.journal import Journal, resolve_state_dir
+
+    with Journal.open(resolve_state_dir(args.state_dir)) as journal:
+        record = journal.run(args.run_id)
+        if record is None:
+            raise UsageError(f"no run {args.run_id} in {journal.path}")
+        clears = journal.clears(args.run_id)
+        calls = journal.calls_per_token(args.run_id)
+    if args.json:
+        document = _as_dict(record) | {
+            "calls_per_token": calls,
+            "clears": [_as_dict(c) for c in clears],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    exit_code = "unfinished" if record.exit_code is None else f"exit {record.exit_code}"
+    print(f"run {record.run_id}: {record.plan}, started {record.started_at}, {exit_code}")
+    for c in clears:
+        detail = ", ".join(
+            f"{k} {v}"
+            for k, v in (
+                ("reason", c.reason),
+                ("http", c.http_status),
+                ("code", c.code),
+                ("error", c.error),
+            )
+            if v is not None
+        )
+        print(
+            f"  #{c.seq:<5} {c.state:<10} server {c.server} {c.type_campaign} "
+            f"campaign {c.campaign_id}: {c.result} "
+            f"(attempts {c.attempts}{', ' + detail if detail else ''})"
+        )
+    return 0
+
+
+def _as_dict(value: object) -> dict[str, object]:
+    import dataclasses
+
+    return dataclasses.asdict(value)  # type: ignore[call-overload, no-any-return]

@@ -1,0 +1,425 @@
+"""Live progress of a run on a terminal: counts, each running lane's clear, time left.
+
+A :class:`Progress` is a scheduler listener and a context manager around a
+``rich.live.Live`` on stderr, so stdout stays the log. It is shown only where a
+person watches (:func:`progress_wanted`). When stdout is the same terminal,
+:meth:`Progress.log_stream` gives the logger a stream whose lines are printed
+above the display instead of through it.
+
+rich is imported only when a :class:`Progress` is made: importing this module
+stays cheap, because the start-up time of ``orchestrator run`` counts.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO, cast
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+    from rich.text import Text
+
+    from orchestrator.plan.model import Clear, Lane
+    from orchestrator.run.events import (
+        ClearFinished,
+        ClearRetrying,
+        ClearStarted,
+        Event,
+        TokenWaiting,
+    )
+
+#: Redraws per second: enough for a countdown, cheap beside the event loop.
+REFRESH_PER_SECOND = 4
+#: Running lanes listed at most; the others are summed up in one line.
+MAX_ROWS = 12
+#: Skip reasons that mean the whole run is stopping, not just one lane.
+_HALT_REASONS = frozenset({"interrupted", "aborted", "recording_failed"})
+#: Longest piece of an answer's error text shown in a lane's row.
+_MAX_WHY_CHARS = 40
+
+
+def progress_wanted(log_format: str, stderr: TextIO) -> bool:
+    """True when a live display should be shown: console log format and stderr a terminal.
+
+    ``log_format`` is the resolved format (``"json"`` or ``"console"``, as returned by
+    :func:`orchestrator.output.log.pick_format`), not ``"auto"``.
+    """
+    if log_format != "console":
+        return False
+    try:
+        return stderr.isatty()
+    except (ValueError, OSError):
+        # A closed or odd stream is no terminal.
+        return False
+
+
+class _State(Enum):
+    QUEUED = "queued"
+    WAITING = "waiting"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    BETWEEN = "between"
+    DONE = "done"
+
+
+#: States in which a clear of the lane is under way (time spent on it counts towards it).
+_WORKING = frozenset({_State.WAITING, _State.SENDING, _State.RETRYING})
+
+
+@dataclass(slots=True)
+class _LaneView:
+    """What the display knows about one lane; updated in place, never resized."""
+
+    token_id: str
+    total: int
+    done: int = 0
+    state: _State = _State.QUEUED
+    clear: Clear | None = None
+    attempt: int = 0
+    #: Clock time the current clear began (its first event).
+    began_at: float = 0.0
+    waited_s: float | None = None
+    retry_at: float = 0.0
+    why: str = ""
+    last: str = ""
+
+
+class Progress:
+    """A live display of a run: a scheduler listener and a context manager.
+
+    Each event updates a few counters in O(1); the display is drawn from them a few
+    times per second by rich's refresh thread (:meth:`render`). Only ``token_id``
+    fingerprints are shown, never a token.
+    """
+
+    def __init__(
+        self,
+        lanes: Sequence[Lane],
+        *,
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_parallel: int | None = None,
+    ) -> None:
+        from rich.console import Console
+
+        from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, TokenWaiting
+
+        self._console = console if console is not None else Console(file=sys.stderr)
+        self._clock = clock
+        self._lanes = [_LaneView(lane.token_id, len(lane.clears)) for lane in lanes]
+        # By seq, not token_id: a clear belongs to exactly one lane whatever the tokens.
+        self._lane_of = {
+            c.seq: view for lane, view in zip(lanes, self._lanes, strict=True) for c in lane.clears
+        }
+        self._total = sum(view.total for view in self._lanes)
+        slots = max_parallel if max_parallel is not None else len(self._lanes)
+        self._parallel = max(1, min(slots, len(self._lanes)))
+        self._counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+        self._timed = 0
+        self._timed_s = 0.0
+        self._halting: str | None = None
+        self._fault: str | None = None
+        self._started_at = clock()
+        self._live: Live | None = None
+        self._handlers: dict[type, Callable[[Event], None]] = {
+            TokenWaiting: self._on_waiting,  # type: ignore[dict-item]
+            ClearStarted: self._on_started,  # type: ignore[dict-item]
+            ClearRetrying: self._on_retrying,  # type: ignore[dict-item]
+            ClearFinished: self._on_finished,  # type: ignore[dict-item]
+        }
+
+    def __enter__(self) -> Progress:
+        """Start the live display on the console (stderr unless given)."""
+        from rich.live import Live
+
+        self._started_at = self._clock()
+        self._live = Live(
+            console=self._console,
+            get_renderable=self.render,
+            refresh_per_second=REFRESH_PER_SECOND,
+            transient=True,
+            redirect_stdout=False,
+            # Stray writes to stderr (warnings, messages) land above the display, not in it.
+            redirect_stderr=True,
+        )
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the display and erase it: the log and the summary tell the rest."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def __call__(self, event: Event) -> None:
+        """Take one scheduler event into account."""
+        if self._fault is not None:
+            return
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            return
+        try:
+            handler(event)
+        except Exception as exc:
+            # The scheduler halts the run when a listener raises; a display fault must not.
+            self._fault = f"{type(exc).__name__}: {exc}"
+
+    def log_stream(self, stdout: TextIO | None = None) -> TextIO:
+        """A stream for :func:`~orchestrator.output.log.make_logger` that keeps the display whole.
+
+        When ``stdout`` (default ``sys.stdout``) is a terminal, each line written is
+        printed through the live console, above the display; otherwise ``stdout`` itself
+        is returned, so a redirected log stays in its file.
+        """
+        target = stdout if stdout is not None else sys.stdout
+        if not _is_terminal(target):
+            return target
+        return cast(TextIO, _ConsoleLines(self._console))
+
+    def render(self) -> RenderableType:
+        """The display as it is now."""
+        from rich.text import Text
+
+        try:
+            return self._compose(self._clock())
+        except Exception as exc:
+            # rich's refresh thread dies on an exception; show the problem instead.
+            return Text(f"progress display failed: {type(exc).__name__}: {exc}")
+
+    # Events: each touches one lane and a few counters.
+
+    def _view(self, clear: Clear) -> _LaneView | None:
+        return self._lane_of.get(clear.seq)
+
+    def _begin(self, view: _LaneView, clear: Clear) -> None:
+        if view.clear is not None and view.clear.seq == clear.seq and view.state in _WORKING:
+            return
+        view.clear, view.attempt, view.waited_s, view.why = clear, 0, None, ""
+        view.began_at = self._clock()
+
+    def _on_waiting(self, event: TokenWaiting) -> None:
+        view = self._view(event.clear)
+        if view is None:
+            return
+        self._begin(view, event.clear)
+        view.state, view.waited_s = _State.WAITING, event.waited_s
+
+    def _on_started(self, event: ClearStarted) -> None:
+        view = self._view(event.clear)
+        if view is None:
+            return
+        self._begin(view, event.clear)
+        view.state, view.attempt = _State.SENDING, event.attempt
+
+    def _on_retrying(self, event: ClearRetrying) -> None:
+        view = self._view(event.clear)
+        if view is None:
+            return
+        self._begin(view, event.clear)
+        view.state, view.attempt = _State.RETRYING, event.attempt
+        view.retry_at = self._clock() + event.delay_s
+        answer = event.answer
+        view.why = f"HTTP {answer.http_status}" if answer.http_status else (answer.error or "")
+
+    def _on_finished(self, event: ClearFinished) -> None:
+        outcome = event.outcome.value
+        self._counts[outcome] = self._counts.get(outcome, 0) + 1
+        reason = event.reason.value if event.reason is not None else None
+        if event.attempts > 0:
+            # Only clears that were sent say how long a clear takes; skips take no time.
+            self._timed += 1
+            self._timed_s += event.duration_ms / 1000
+        elif reason in _HALT_REASONS and self._halting is None:
+            self._halting = reason
+        view = self._view(event.clear)
+        if view is None:
+            return
+        view.clear = event.clear
+        view.done += 1
+        view.last = outcome if reason is None else f"{outcome} ({reason})"
+        view.state = _State.DONE if view.done >= view.total else _State.BETWEEN
+
+    # Drawing: runs on rich's refresh thread; reads the counters, never changes them.
+
+    def _compose(self, now: float) -> RenderableType:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        done = sum(self._counts.values())
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            ProgressBar(total=max(self._total, 1), completed=done, width=30, complete_style="cyan"),
+            Text(f"{done}/{self._total} clears", style="bold"),
+            self._counts_text(),
+        )
+        parts: list[RenderableType] = [head, self._times_text(now)]
+        running = [view for view in self._lanes if view.state not in (_State.QUEUED, _State.DONE)]
+        if running:
+            parts.append(self._lanes_table(running[:MAX_ROWS], now))
+        if len(running) > MAX_ROWS:
+            parts.append(Text(f"… and {len(running) - MAX_ROWS} more lanes running", style="dim"))
+        if self._fault is not None:
+            parts.append(Text(f"progress display stopped: {self._fault}", style="red"))
+        return Group(*parts)
+
+    def _counts_text(self) -> Text:
+        from rich.text import Text
+
+        counts = self._counts
+        return Text.assemble(
+            (f"{counts['succeeded']} succeeded", "green"),
+            ", ",
+            (f"{counts['failed']} failed", "red" if counts["failed"] else ""),
+            ", ",
+            (f"{counts['skipped']} skipped", "yellow" if counts["skipped"] else ""),
+        )
+
+    def _times_text(self, now: float) -> Text:
+        from rich.text import Text
+
+        left = self.estimate_left(now)
+        queued = sum(1 for view in self._lanes if view.state is _State.QUEUED)
+        finished = sum(1 for view in self._lanes if view.state is _State.DONE)
+        running = len(self._lanes) - queued - finished
+        text = Text.assemble(
+            f"elapsed {_duration(now - self._started_at)}",
+            " · left ",
+            ("—" if left is None else f"~{_duration(left)}", "bold"),
+            f" · lanes: {running} running, {queued} queued, {finished} done",
+        )
+        if self._halting is not None:
+            text.append(f" · stopping ({self._halting}): calls in flight finish", style="yellow")
+        return text
+
+    def _lanes_table(self, views: Sequence[_LaneView], now: float) -> RenderableType:
+        from rich.table import Table
+
+        table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
+        table.add_column("token")
+        table.add_column("lane", justify="right")
+        table.add_column("campaign")
+        table.add_column("state")
+        for view in views:
+            current = min(view.done + 1, view.total) if view.state in _WORKING else view.done
+            table.add_row(
+                view.token_id,
+                f"{current}/{view.total}",
+                _campaign(view.clear) if view.clear is not None else "",
+                self._state_text(view, now),
+            )
+        return table
+
+    def _state_text(self, view: _LaneView, now: float) -> str:
+        of = f" of {view.clear.retries + 1}" if view.clear is not None else ""
+        waited = f", waited {view.waited_s:.1f} s for the token" if view.waited_s else ""
+        if view.state is _State.WAITING:
+            return f"waiting for token ({view.waited_s or 0:.1f} s)"
+        if view.state is _State.SENDING:
+            attempt = f", attempt {view.attempt}{of}" if view.attempt > 1 else ""
+            return f"sending{attempt}{waited}"
+        if view.state is _State.RETRYING:
+            seconds = math.ceil(max(0.0, view.retry_at - now))
+            why = f" ({view.why[:_MAX_WHY_CHARS]})" if view.why else ""
+            return f"attempt {view.attempt}{of} failed{why}, retrying in {seconds}s"
+        return f"between clears, last {view.last}"
+
+    def estimate_left(self, now: float | None = None) -> float | None:
+        """Seconds until every clear has ended, or ``None`` while there is nothing to go on.
+
+        Each lane's remaining clears take the mean duration of the clears sent so far, less
+        what its current clear already took. The run lasts as long as the longest lane (its
+        clears run one at a time), and no less than the whole remaining work spread over the
+        lanes that may run at once.
+        """
+        if self._halting is not None:
+            return None
+        if sum(self._counts.values()) >= self._total:
+            return 0.0
+        if self._timed == 0:
+            return None
+        at = self._clock() if now is None else now
+        mean = self._timed_s / self._timed
+        longest = total = 0.0
+        for view in self._lanes:
+            work = (view.total - view.done) * mean
+            if view.state in _WORKING:
+                work -= min(at - view.began_at, mean)
+            work = max(work, 0.0)
+            longest = max(longest, work)
+            total += work
+        return max(longest, total / self._parallel)
+
+
+class _ConsoleLines(io.TextIOBase):
+    """A text stream that prints whole lines through a rich console (above a live display)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.text import Text
+
+        super().__init__()
+        self._console = console
+        self._from_ansi = Text.from_ansi
+        self._partial = ""
+
+    def writable(self) -> bool:
+        """Always writable."""
+        return True
+
+    def isatty(self) -> bool:
+        """The console's answer, so a console log keeps its colours."""
+        return bool(self._console.is_terminal)
+
+    def write(self, text: str) -> int:
+        """Print every complete line of ``text``; keep the rest for the next write."""
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._print(line)
+        return len(text)
+
+    def flush(self) -> None:
+        """Print a pending partial line."""
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        # A console log line carries ANSI colours; rich must know them to measure the line.
+        self._console.print(self._from_ansi(line), soft_wrap=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def _campaign(clear: Clear) -> str:
+    return (
+        f"#{clear.seq} {clear.server}/{clear.type_campaign}/{clear.campaign_id}/"
+        f"{clear.result_label}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """``m:ss`` below an hour, ``h:mm:ss`` above."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,82 @@
+"""The run report: one JSON document per run, written atomically.
+
+It is written after every run that started, also after failures and
+interrupts, so a caller always finds a complete file or none at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.output.atomic import write_text_atomically
+from orchestrator.run.events import (
+    ClearFinished,
+    ClearStarted,
+    Event,
+    Outcome,
+    Reason,
+    clear_fields,
+    outcome_fields,
+)
+
+
+@dataclass(slots=True)
+class ReportCollector:
+    """A scheduler listener that counts how clears ended and the calls per token.
+
+    Calls are counted retries included: every call spends the token's daily quota.
+    With ``keep_clears`` (a run with ``--report``) it also keeps every clear's
+    terminal event for the report's ``clears``; without, it keeps none, since a
+    plan of 100,000 clears would hold them all to its end for nothing.
+    """
+
+    keep_clears: bool = True
+    finished: dict[int, ClearFinished] = field(default_factory=dict)
+    calls_per_token: dict[str, int] = field(default_factory=dict)
+    _counts: dict[Outcome, int] = field(
+        init=False, default_factory=lambda: dict.fromkeys(Outcome, 0)
+    )
+    _all_succeeded: bool = field(init=False, default=True)
+
+    def __call__(self, event: Event) -> None:
+        """Count ``event`` when it ends a clear (keep it, with ``keep_clears``) or starts a call."""
+        if isinstance(event, ClearFinished):
+            self._counts[event.outcome] += 1
+            if event.outcome is not Outcome.SUCCEEDED:
+                self._all_succeeded &= event.reason is Reason.ALREADY_SUCCEEDED
+            if self.keep_clears:
+                self.finished[event.clear.seq] = event
+        elif isinstance(event, ClearStarted):
+            self.calls_per_token[event.token_id] = self.calls_per_token.get(event.token_id, 0) + 1
+
+    def all_succeeded(self) -> bool:
+        """True when every clear succeeded, in this run or in the run it resumed."""
+        return self._all_succeeded
+
+    def totals(self) -> dict[str, int]:
+        """How many clears ended each way."""
+        return {outcome.value: count for outcome, count in self._counts.items()}
+
+    def clears(self) -> list[dict[str, object]]:
+        """One flat record per clear, in plan order; needs ``keep_clears``."""
+        if not self.keep_clears:
+            raise RuntimeError("this collector keeps no clears (keep_clears=False)")
+        return [
+            clear_fields(event.clear, event.token_id) | outcome_fields(event)
+            for _, event in sorted(self.finished.items())
+        ]
+
+
+def write_json_atomically(path: str | os.PathLike[str], document: object) -> None:
+    """Write ``document`` as JSON to ``path`` so readers see the old file or the new one."""
+    try:
+        write_text_atomically(path, json.dumps(document, indent=2) + "\n")
+    except OSError as exc:
+        raise ReportError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
+
+
+class ReportError(OrchestratorError):
+    """The report could not be written."""

@@ -1,0 +1,179 @@
+"""Frozen values that describe what a run will do: clears, grouped into lanes.
+
+A :class:`Plan` is produced by :func:`orchestrator.plan.validate.load_plan` and never
+changes afterwards. Tokens are not part of it: a clear names where its token
+comes from (:class:`TokenRef`); :mod:`orchestrator.plan.tokens` turns those into
+:class:`Secret` values and groups the clears into :class:`Lane` objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+#: The values wolkvox accepts in the ``result`` parameter, one per call.
+RESULT_FILTERS: tuple[str, ...] = (
+    "no-answer",
+    "answer-machine",
+    "abandon",
+    "busy",
+    "congestion",
+    "unknown",
+    "failed",
+    "do-not-call",
+    "chanunavail",
+    "answer",
+)
+
+#: The values wolkvox accepts in ``type_campaign``.
+CAMPAIGN_TYPES: tuple[str, ...] = ("predictive", "preview")
+
+#: The largest plan a run accepts, after expansion into clears.
+MAX_CLEARS = 100_000
+
+DEFAULT_BASE_URL = "https://wv{server}.wolkvox.com"
+DEFAULT_MAX_PARALLEL_TOKENS = 32
+DEFAULT_COOLDOWN_S = 60.0
+DEFAULT_TIMEOUT_S = 90.0
+DEFAULT_RETRIES = 3
+
+#: Label used in logs and reports for a clear without a result filter.
+ALL = "all"
+
+
+class OnFailure(StrEnum):
+    """What a lane does after one of its clears fails."""
+
+    STOP = "stop"
+    CONTINUE = "continue"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRef:
+    """Where a token is read from: an environment variable or a file."""
+
+    kind: str  # "env" or "file"
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+class Secret:
+    """A token value that refuses to be printed.
+
+    ``repr`` and ``str`` never show the value; only :meth:`reveal` does, and
+    only the HTTP layer calls it.
+    """
+
+    __slots__ = ("_token_id", "_value")
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self._token_id = token_fingerprint(value)
+
+    @property
+    def token_id(self) -> str:
+        """The short, non-reversible fingerprint that names this token in output."""
+        return self._token_id
+
+    def reveal(self) -> str:
+        """Return the token itself, for the ``wolkvox-token`` header only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(token_id={self._token_id!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._token_id)
+
+
+def token_fingerprint(value: str) -> str:
+    """The first 12 hex digits of the SHA-256 of ``value``."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """One ``clear_campaign`` call to make: one campaign, at most one result filter.
+
+    ``seq`` is the 1-based position in the expanded plan and stays the same when
+    ``--tag`` selects a subset, so logs always match ``orchestrator validate``.
+    ``result`` is ``None`` for an unfiltered clear that deletes every record.
+    """
+
+    seq: int
+    server: str
+    type_campaign: str
+    campaign_id: str
+    result: str | None
+    token: TokenRef
+    on_failure: OnFailure = OnFailure.STOP
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
+    tags: tuple[str, ...] = ()
+    line: int = 0
+
+    @property
+    def result_label(self) -> str:
+        """The filter, or ``"all"`` for an unfiltered clear."""
+        return self.result if self.result is not None else ALL
+
+    @property
+    def target(self) -> tuple[str, str, str]:
+        """The campaign this clear deletes from: (server, type_campaign, campaign_id)."""
+        return (self.server, self.type_campaign, self.campaign_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Run-wide settings from the plan's ``settings`` block."""
+
+    max_parallel_tokens: int = DEFAULT_MAX_PARALLEL_TOKENS
+    cooldown_s: float = DEFAULT_COOLDOWN_S
+    base_url: str = DEFAULT_BASE_URL
+    #: Campaign ids no clear may touch; a plan that would is refused.
+    protect: frozenset[str] = frozenset()
+    #: ``redis://`` URL of the shared token locks, or ``None`` for local file locks.
+    lock_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated plan: its source, settings and the clears in plan order."""
+
+    source: str
+    settings: Settings
+    clears: tuple[Clear, ...]
+    #: Problems that do not stop a run, such as tokens not set at validate time.
+    warnings: tuple[str, ...] = field(default=())
+
+    def token_refs(self) -> tuple[TokenRef, ...]:
+        """Every distinct token reference, in order of first use."""
+        return tuple(dict.fromkeys(c.token for c in self.clears))
+
+    def with_tags(self, tags: frozenset[str]) -> Plan:
+        """The plan restricted to clears of campaigns carrying any of ``tags``."""
+        kept = tuple(c for c in self.clears if tags.intersection(c.tags))
+        return Plan(self.source, self.settings, kept, self.warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """The clears that share one token, to be run strictly one at a time, in order.
+
+    ``token_id`` is the token's fingerprint, or, where tokens were not read
+    (``validate``), the name of the token reference.
+    """
+
+    token_id: str
+    token_names: tuple[str, ...]
+    secret: Secret | None
+    clears: tuple[Clear, ...]

@@ -1,0 +1,415 @@
+"""The JSON Schema of a plan (draft 2020-12), for editors and other tools.
+
+:func:`plan_schema` describes the same format :mod:`orchestrator.plan.validate`
+accepts, as far as a JSON Schema can. It is written for the way an editor
+sees a plan: the yaml-language-server (VS Code, Neovim, Helix...) reads YAML
+1.2 and types plain scalars, so ``server: 0014`` reaches the schema as the
+integer 14 while the loader reads the text ``"0014"``. Fields the loader reads
+as digits therefore accept an integer as well as a string, and a string that
+spells a number is held to the loader's exact rules (range included).
+
+What a schema cannot check is listed in the top-level description: the loader
+remains the judge, and ``orchestrator validate`` its voice. A copy of the
+schema is kept in ``docs/plan-v1.schema.json``; plans point at it with a first
+line ``# yaml-language-server: $schema=../docs/plan-v1.schema.json``.
+
+Every ``pattern`` is written ``^(?:...)$`` in the common subset of ECMA-262
+(what JSON Schema specifies) and Python regular expressions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from orchestrator.plan.model import (
+    CAMPAIGN_TYPES,
+    DEFAULT_BASE_URL,
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_MAX_PARALLEL_TOKENS,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    MAX_CLEARS,
+    RESULT_FILTERS,
+    OnFailure,
+)
+from orchestrator.plan.validate import ALL_RESULTS, MAX_SECONDS, PLAN_VERSION
+
+__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "plan_schema", "render_schema"]
+
+#: Where the schema says it lives.
+SCHEMA_ID: Final = "https://github.com/orchestrator/orchestrator/plan-v1.schema.json"
+
+#: The committed copy, relative to the repository root (plans/ point at it).
+SCHEMA_FILE: Final = "docs/plan-v1.schema.json"
+
+Schema = dict[str, object]
+
+# --- patterns -------------------------------------------------------------------
+
+#: Characters the loader refuses in a URL: controls, spaces.
+_NOT_URL = r"\x00-\x20\x7f-\x9f\s"
+#: One character of a host name (no user info, port, brackets or placeholder braces).
+_HOST_CHAR = rf"[^{_NOT_URL}/?#@{{}}:\[\]]"
+_IPV6_LITERAL = r"\[[0-9A-Fa-f:.]+\]"
+#: An optional port, 0 to 65535 (leading zeros allowed, as urllib reads it).
+_PORT = (
+    r"(?::0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])?)?"
+)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+
+
+def _anycase(word: str) -> str:
+    """``word`` matched in any letter case (URL schemes and ``localhost`` are)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+def _whole(pattern: str) -> str:
+    """A pattern that must match the whole text."""
+    return f"^(?:{pattern})$"
+
+
+_LOOPBACK = (
+    f"(?:{_anycase('localhost')}|127(?:\\.{_OCTET}){{3}}"
+    r"|\[::1\]|\[(?:0{1,4}:){7}0{0,3}1\])"
+)
+
+CAMPAIGN_ID_PATTERN: Final = _whole("[0-9]{1,20}")
+SERVER_PATTERN: Final = _whole("[A-Za-z0-9]{1,32}")
+ENV_NAME_PATTERN: Final = _whole("[A-Za-z_][A-Za-z0-9_]*")
+FILE_PATH_PATTERN: Final = _whole(r"[^\x00]*")
+#: Whole numbers as written: 1 to 20 digits (leading zeros allowed), then the range.
+MAX_PARALLEL_PATTERN: Final = _whole("(?=[0-9]{1,20}$)0*(?:[1-9][0-9]{0,3}|10000)")
+RETRIES_PATTERN: Final = _whole("(?=[0-9]{1,20}$)0*(?:[0-9]|10)")
+#: Seconds as written: digits, optionally a dot and digits, at most 3600.
+_SECONDS = (
+    r"(?=[0-9]{1,20}(?:\.[0-9]{1,20})?$)0*"
+    r"(?:(?:[0-9]{1,3}|[12][0-9]{3}|3[0-5][0-9]{2})(?:\.[0-9]+)?|3600(?:\.0+)?)"
+)
+COOLDOWN_PATTERN: Final = _whole(_SECONDS)
+TIMEOUT_PATTERN: Final = _whole(r"(?![0.]*$)" + _SECONDS)
+_HTTPS_HOST = f"(?:(?:{_HOST_CHAR}|\\{{server\\}})+|{_IPV6_LITERAL})"
+BASE_URL_PATTERN: Final = _whole(
+    f"(?:{_anycase('https')}://{_HTTPS_HOST}|{_anycase('http')}://{_LOOPBACK})"
+    f"{_PORT}(?:/(?:[^{_NOT_URL}?#{{}}]|\\{{server\\}})*)?"
+)
+LOCK_URL_PATTERN: Final = _whole(
+    f"{_anycase('redis')}[Ss]?://(?:[^{_NOT_URL}/?#\\[\\]]*@)?"
+    f"(?:[^{_NOT_URL}/?#@:\\[\\]]+|{_IPV6_LITERAL}){_PORT}(?:[/?#][^{_NOT_URL}]*)?"
+)
+
+#: The largest campaign id of 20 digits, for ids an editor reads as integers.
+_MAX_CAMPAIGN_ID = 10**20 - 1
+
+
+# --- building blocks ------------------------------------------------------------
+
+
+def _text_or_integer(
+    description: str, pattern: str, maximum: int, *, minimum: int = 0, default: object = None
+) -> Schema:
+    """A value the loader reads as digits: the text, or the integer an editor sees."""
+    schema: Schema = {
+        "description": description,
+        "anyOf": [
+            {"type": "string", "pattern": pattern},
+            {"type": "integer", "minimum": minimum, "maximum": maximum},
+        ],
+    }
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _seconds(description: str, pattern: str, *, allow_zero: bool, default: float) -> Schema:
+    number: Schema = {"type": "number", "maximum": _number(MAX_SECONDS)}
+    number |= {"minimum": 0} if allow_zero else {"exclusiveMinimum": 0}
+    return {
+        "description": description,
+        "anyOf": [{"type": "string", "pattern": pattern}, number],
+        "default": _number(default),
+    }
+
+
+def _number(value: float) -> int | float:
+    """``60.0`` as ``60``: the JSON a reader expects for a whole default."""
+    return int(value) if value.is_integer() else value
+
+
+_ANY_TEXT = "any text (a number or true/false is read as the text written)"
+
+
+def _campaign_id(description: str) -> Schema:
+    return _text_or_integer(description, CAMPAIGN_ID_PATTERN, _MAX_CAMPAIGN_ID)
+
+
+# --- the parts of a plan ------------------------------------------------------------
+
+
+def _settings() -> Schema:
+    return {
+        "description": "Run-wide settings. Every key is optional.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "max_parallel_tokens": _text_or_integer(
+                "How many tokens (lanes) run at once: a whole number from 1 to 10000.",
+                MAX_PARALLEL_PATTERN,
+                10_000,
+                minimum=1,
+                default=DEFAULT_MAX_PARALLEL_TOKENS,
+            ),
+            "cooldown_s": _seconds(
+                "Seconds a token rests after a call timed out, before it is used again "
+                f"(wolkvox may still be working on it): from 0 to {MAX_SECONDS:g}, "
+                "plain digits with an optional decimal fraction.",
+                COOLDOWN_PATTERN,
+                allow_zero=True,
+                default=DEFAULT_COOLDOWN_S,
+            ),
+            "base_url": {
+                "description": (
+                    "URL template of the wolkvox API; {server} is replaced by each clear's "
+                    "server (anywhere in the URL, or nowhere). https, or http to a loopback "
+                    "host only (localhost, 127.0.0.0/8, ::1), so a token never crosses a "
+                    "network in clear text. No query, fragment, user info, spaces or other "
+                    "placeholder."
+                ),
+                "type": "string",
+                "pattern": BASE_URL_PATTERN,
+                "default": DEFAULT_BASE_URL,
+                "examples": [DEFAULT_BASE_URL, "http://127.0.0.1:8080/wv{server}"],
+            },
+            "protect": {
+                "description": (
+                    "Campaign ids no clear may touch, on any server, of any type: a plan "
+                    "that clears one is refused. Compared ignoring leading zeros. (Checked "
+                    "by orchestrator validate, not by this schema.)"
+                ),
+                "type": "array",
+                "items": _campaign_id("A protected campaign id: 1 to 20 digits."),
+            },
+            "lock_url": {
+                "description": (
+                    "redis:// or rediss:// URL of the shared token locks, for runs on "
+                    "several hosts; without it, token locks are local files."
+                ),
+                "type": "string",
+                "pattern": LOCK_URL_PATTERN,
+                "examples": ["redis://127.0.0.1:6379/0"],
+            },
+        },
+    }
+
+
+def _campaign_fields() -> dict[str, Schema]:
+    """Every campaign field except ``campaign_id`` (the ones ``defaults`` may set)."""
+    filters = list(RESULT_FILTERS)
+    return {
+        "results": {
+            "description": (
+                f"Which records to delete: {ALL_RESULTS!r} (one call without a filter: "
+                "every record of the campaign), or a list of result filters (one call "
+                "per filter, in the order written). A single filter needs brackets: "
+                "[busy]. Required here or in defaults."
+            ),
+            "anyOf": [
+                {
+                    "const": ALL_RESULTS,
+                    "description": "Every record of the campaign: one unfiltered call.",
+                },
+                {
+                    "description": "One clear per filter; each filter once, at least one.",
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {
+                        "description": "A wolkvox result filter.",
+                        "enum": filters,
+                    },
+                },
+            ],
+            "examples": [ALL_RESULTS, ["no-answer", "busy", "abandon"]],
+        },
+        "type_campaign": {
+            "description": "The wolkvox campaign type. Required here or in defaults.",
+            "enum": list(CAMPAIGN_TYPES),
+        },
+        "server": {
+            "description": (
+                "The wolkvox server code, e.g. 0014: 1 to 32 letters and digits, sent "
+                "exactly as written (leading zeros kept). Required here or in defaults."
+            ),
+            "anyOf": [
+                {"type": "string", "pattern": SERVER_PATTERN},
+                # An editor reads a plain 0014 as the integer 14; the loader, as "0014".
+                {"type": "integer", "minimum": 0, "maximum": 10**32 - 1},
+            ],
+            "examples": ["0014"],
+        },
+        "token_env": {
+            "description": (
+                "Name of the environment variable holding the token, read when a run "
+                "starts. Exactly one token source (token_env or token_file) per "
+                "campaign, here or in defaults; a campaign's own replaces the default."
+            ),
+            "type": "string",
+            "pattern": ENV_NAME_PATTERN,
+            "examples": ["WOLKVOX_TOKEN"],
+        },
+        "token_file": {
+            "description": (
+                "File holding the token (a mounted secret, say), relative to the plan "
+                "file's directory; ~ is not expanded. Exactly one token source "
+                "(token_env or token_file) per campaign, here or in defaults; a "
+                f"campaign's own replaces the default. Text: {_ANY_TEXT}, no NUL."
+            ),
+            "anyOf": [
+                {"type": "string", "pattern": FILE_PATH_PATTERN},
+                {"type": ["number", "boolean"]},
+            ],
+        },
+        "on_failure": {
+            "description": (
+                "What the lane does after this campaign's clear fails: stop (skip the "
+                "rest of this token's clears), continue (go on with them) or abort "
+                "(start nothing new anywhere). A rejected token or spent quota always "
+                "stops the lane."
+            ),
+            "enum": [o.value for o in OnFailure],
+            "default": OnFailure.STOP.value,
+        },
+        "timeout_s": _seconds(
+            f"Seconds one call may take: above 0 and at most {MAX_SECONDS:g}, plain "
+            "digits with an optional decimal fraction.",
+            TIMEOUT_PATTERN,
+            allow_zero=False,
+            default=DEFAULT_TIMEOUT_S,
+        ),
+        "retries": _text_or_integer(
+            "Further attempts after a retryable answer (timeout, 5xx, 429, token busy): "
+            "a whole number from 0 to 10. Each attempt spends one call of the token's "
+            "daily quota.",
+            RETRIES_PATTERN,
+            10,
+            default=DEFAULT_RETRIES,
+        ),
+        "tags": {
+            "description": (
+                "Labels for --tag (run or validate only campaigns carrying a tag). A "
+                "campaign's tags replace the defaults' tags."
+            ),
+            "type": "array",
+            "items": {
+                "description": f"A tag: {_ANY_TEXT}, not empty.",
+                "anyOf": [{"type": "string", "minLength": 1}, {"type": ["number", "boolean"]}],
+            },
+            "examples": [["nightly"]],
+        },
+    }
+
+
+def _one_token_source() -> Schema:
+    return {"not": {"required": ["token_env", "token_file"]}}
+
+
+def _has(key: str) -> Schema:
+    """The condition "the plan has defaults, and they set ``key``"."""
+    return {"required": ["defaults"], "properties": {"defaults": {"required": [key]}}}
+
+
+def _each_campaign(rule: Schema) -> Schema:
+    return {"properties": {"campaigns": {"items": rule}}}
+
+
+def _required_here_or_in_defaults() -> list[Schema]:
+    """What each campaign needs unless the defaults give it."""
+    rules: list[Schema] = [
+        {"if": _has(key), "else": _each_campaign({"required": [key]})}
+        for key in ("results", "type_campaign", "server")
+    ]
+    token: Schema = {"anyOf": [{"required": ["token_env"]}, {"required": ["token_file"]}]}
+    has_token: Schema = {"anyOf": [_has("token_env"), _has("token_file")]}
+    rules.append({"if": has_token, "else": _each_campaign(token)})
+    return rules
+
+
+_CANNOT_CHECK = (
+    "What this schema cannot check, and `orchestrator validate` does: the same "
+    "clear twice (same server, type_campaign, campaign_id and result, or 'all' "
+    "beside a filter) across campaign entries; settings.protect against the "
+    f"campaign ids; at most {MAX_CLEARS} clears after expansion; duplicate keys, "
+    "non-standard tags, a second YAML document; numbers spelled other than plain "
+    "digits (+5, 0x1F, 0o17, 1e3, .5, 3.0) where an editor reads them as numbers; "
+    "every corner of base_url and lock_url."
+)
+
+
+def plan_schema() -> dict[str, object]:
+    """The JSON Schema (draft 2020-12) of a version 1 plan, as a fresh dict."""
+    fields = _campaign_fields()
+    defaults: Schema = {
+        "description": (
+            "Any campaign field except campaign_id; each campaign starts from these and "
+            "a field it writes replaces the default entirely (lists are not merged)."
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "properties": dict(fields),
+        **_one_token_source(),
+    }
+    campaign: Schema = {
+        "description": (
+            "One campaign to clear: one call per result filter, or one for 'all'. "
+            "Needs campaign_id, and results, type_campaign, server and a token source "
+            "here or in defaults."
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["campaign_id"],
+        "properties": {
+            "campaign_id": _campaign_id(
+                "The wolkvox campaign id: 1 to 20 digits, sent exactly as written "
+                "(leading zeros kept). Not allowed in defaults."
+            ),
+            **fields,
+        },
+        **_one_token_source(),
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "orchestrator plan, version 1",
+        "description": (
+            "A plan of wolkvox dialer campaigns whose records orchestrator deletes with "
+            "the clear_campaign API. Every value is read as the text written: "
+            "server: 0014 is sent as 0014. See docs/plan-format.md. " + _CANNOT_CHECK
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["version", "campaigns"],
+        "properties": {
+            "version": {
+                "description": "The plan format version: 1.",
+                "enum": [int(PLAN_VERSION), PLAN_VERSION],
+            },
+            "settings": _settings(),
+            "defaults": defaults,
+            "campaigns": {
+                "description": "The campaigns to clear, in order; at least one.",
+                "type": "array",
+                "minItems": 1,
+                "items": campaign,
+            },
+        },
+        "allOf": _required_here_or_in_defaults(),
+    }
+
+
+def render_schema() -> str:
+    """The schema as ``orchestrator schema`` prints it and ``docs/`` keeps it."""
+    return json.dumps(plan_schema(), indent=2) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m orchestrator.plan.schema > docs/...
+    print(render_schema(), end="")

@@ -1,0 +1,105 @@
+"""Read tokens and group clears into lanes, one lane per distinct token.
+
+Two token names holding the same value share one lane: wolkvox forbids using
+one token twice at once, whatever it is called in the plan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from orchestrator.errors import PlanError, Problem
+from orchestrator.plan.model import Clear, Lane, Plan, Secret, TokenRef
+
+Keyring = Mapping[TokenRef, Secret]
+
+
+def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[TokenRef, Secret]:
+    """Read every token the plan names; raise :class:`PlanError` naming each one missing.
+
+    Messages name the variable or file, never the value.
+    """
+    env = os.environ if environ is None else environ
+    keyring: dict[TokenRef, Secret] = {}
+    problems: list[Problem] = []
+    first_use = _first_use(plan)
+    for ref, clear in first_use.items():
+        value, why = _read(ref, env)
+        if why is None:
+            keyring[ref] = Secret(value)
+        else:
+            message = f"{why} (campaign {clear.campaign_id})"
+            problems.append(Problem(plan.source, clear.line, "", message))
+    if problems:
+        raise PlanError(problems)
+    return keyring
+
+
+def missing_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for tokens that cannot be read now (``validate`` does not need them)."""
+    env = os.environ if environ is None else environ
+    warnings = []
+    for ref, clear in _first_use(plan).items():
+        _, why = _read(ref, env)
+        if why is not None:
+            warnings.append(f"{plan.source}:{clear.line}: warning: {why}")
+    return warnings
+
+
+def placeholder_tokens(plan: Plan) -> dict[TokenRef, Secret]:
+    """One made-up token per token name, for ``--simulate``: lanes stay apart by name."""
+    return {ref: Secret(f"simulated-{ref}") for ref in plan.token_refs()}
+
+
+def build_lanes(clears: tuple[Clear, ...], keyring: Keyring | None) -> tuple[Lane, ...]:
+    """Group clears by token, in plan order; lanes come in order of their first clear.
+
+    Without a keyring, lanes are grouped by token name and named after it.
+    """
+    groups: dict[str, tuple[list[str], Secret | None, list[Clear]]] = {}
+    for clear in clears:
+        secret = keyring[clear.token] if keyring is not None else None
+        key = secret.token_id if secret is not None else str(clear.token)
+        names, _, members = groups.setdefault(key, ([], secret, []))
+        if str(clear.token) not in names:
+            names.append(str(clear.token))
+        members.append(clear)
+    return tuple(
+        Lane(token_id=key, token_names=tuple(names), secret=secret, clears=tuple(members))
+        for key, (names, secret, members) in groups.items()
+    )
+
+
+def _first_use(plan: Plan) -> dict[TokenRef, Clear]:
+    first: dict[TokenRef, Clear] = {}
+    for clear in plan.clears:
+        first.setdefault(clear.token, clear)
+    return first
+
+
+def _read(ref: TokenRef, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """Return (value, None), or ("", why it cannot be used)."""
+    if ref.kind == "env":
+        if ref.name not in env:
+            return "", f"environment variable {ref.name} is not set"
+        value, what = env[ref.name].strip(), f"environment variable {ref.name}"
+    else:
+        try:
+            value = Path(ref.name).read_text(encoding="utf-8").strip()
+            what = f"token file {ref.name}"
+        except (OSError, UnicodeDecodeError) as exc:
+            return "", f"token file {ref.name} cannot be read ({_os_reason(exc)})"
+    if not value:
+        return "", f"{what} is empty"
+    if not value.isprintable() or any(ch.isspace() for ch in value):
+        # A header value with spaces or control characters is malformed or an injection.
+        return "", f"{what} holds spaces or control characters"
+    return value, None
+
+
+def _os_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else type(exc).__name__

@@ -1,0 +1,439 @@
+"""Run lanes of clears: one call at a time per token, lanes side by side.
+
+A lane's next clear starts only after its previous one is confirmed
+successful (or, with ``on_failure: continue``, definitely finished). Up to
+``max_parallel`` lanes run at once. Time comes from an injected :class:`Clock`
+and backoff from an injected function, so tests run without sleeping.
+
+Stopping is graceful first: :meth:`Scheduler.interrupt` starts nothing new and
+lets calls in flight finish (a cut call leaves wolkvox working on the token);
+a second :meth:`Scheduler.interrupt` cancels the calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from orchestrator.plan.model import Clear, Lane, OnFailure, Secret
+from orchestrator.run.backoff import backoff_delay
+from orchestrator.run.events import (
+    ClearFinished,
+    ClearRetrying,
+    ClearStarted,
+    Event,
+    Listener,
+    Outcome,
+    Reason,
+    Recorder,
+    TokenWaiting,
+)
+from orchestrator.state.locks import LockError, NoLocks, TokenLocks
+from orchestrator.wolkvox.client import Answer, Verdict
+
+_T = TypeVar("_T")
+
+#: Sends one attempt of a clear with a token and judges the answer.
+Sender = Callable[[Clear, Secret], Awaitable[Answer]]
+
+#: ``(attempt, retry_after_s) -> seconds`` to wait before the next attempt.
+Backoff = Callable[[int, float | None], float]
+
+_LANE_ENDING = {
+    Verdict.TOKEN_REJECTED: Reason.TOKEN_REJECTED,
+    Verdict.QUOTA_EXHAUSTED: Reason.TOKEN_QUOTA_EXHAUSTED,
+}
+
+
+class Clock(Protocol):
+    """Monotonic time and sleeping, replaceable in tests."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds``."""
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        """``time.monotonic()``."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """``asyncio.sleep(seconds)``."""
+        await asyncio.sleep(seconds)
+
+
+def default_backoff(attempt: int, retry_after_s: float | None) -> float:
+    """Full-jitter exponential backoff, 1 s base, 60 s cap, honouring Retry-After."""
+    return backoff_delay(attempt, retry_after_s=retry_after_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """How many clears ended each way."""
+
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class _LaneState:
+    lane: Lane
+    #: The task running the lane: a second interrupt cancels it while it waits.
+    task: asyncio.Task[Any]
+    #: The token may be used again from this monotonic time (after a timeout).
+    free_at: float = 0.0
+    blocked: Reason | None = None
+    blocked_by: int | None = None
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+    answer: Answer | None = None
+    started: float = 0.0
+    error: str | None = None
+    reason: Reason | None = field(default=None)
+
+
+class Scheduler:
+    """Runs lanes of clears once; create one per run.
+
+    ``listeners`` receive every event synchronously, before the scheduler
+    goes on, so a journal can commit a clear's state before the next request.
+    """
+
+    def __init__(
+        self,
+        lanes: Sequence[Lane],
+        send: Sender,
+        *,
+        max_parallel: int,
+        cooldown_s: float,
+        listeners: Iterable[Listener] = (),
+        recorder: Recorder | None = None,
+        clock: Clock | None = None,
+        backoff: Backoff = default_backoff,
+        locks: TokenLocks | None = None,
+        already_succeeded: frozenset[int] = frozenset(),
+        cooling_tokens: frozenset[str] = frozenset(),
+    ) -> None:
+        self._lanes = lanes
+        self._send = send
+        self._max_parallel = max(1, max_parallel)
+        self._cooldown_s = cooldown_s
+        self._listeners = tuple(listeners)
+        self._recorder = recorder
+        self._clock = clock or SystemClock()
+        self._backoff = backoff
+        self._locks: TokenLocks = locks or NoLocks()
+        # A resumed run: clears that succeeded before are not sent again, and tokens whose
+        # call was in flight when the process died rest before their first use.
+        self._already_succeeded = already_succeeded
+        self._cooling_tokens = cooling_tokens
+        self._halt = asyncio.Event()
+        self._halt_reason: Reason | None = None
+        # Lane tasks waiting for an answer, or resting a token: a second interrupt cuts both.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._resting: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._interrupts = 0
+        self._recording_error: Exception | None = None
+        self._calls_sent = 0
+        self._totals = {outcome: 0 for outcome in Outcome}
+
+    @property
+    def interrupted(self) -> bool:
+        """True once :meth:`interrupt` was called."""
+        return self._interrupts > 0
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls are waiting for their answer right now."""
+        return len(self._in_flight)
+
+    @property
+    def resting(self) -> int:
+        """How many tokens are kept unused after a call whose outcome is unknown."""
+        return len(self._resting)
+
+    def interrupt(self) -> None:
+        """Stop starting clears; on the second call, also cut the calls in flight and rests."""
+        self._interrupts += 1
+        self._stop(Reason.INTERRUPTED)
+        if self._interrupts > 1:
+            for lane_task in (self._in_flight | self._resting) - self._cut:
+                self._cut.add(lane_task)
+                lane_task.cancel()
+
+    async def run(self) -> Totals:
+        """Run every lane to its end and return how the clears ended."""
+        lanes = iter(self._lanes)
+        workers = min(self._max_parallel, len(self._lanes))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(self._worker(lanes))
+        return Totals(
+            succeeded=self._totals[Outcome.SUCCEEDED],
+            failed=self._totals[Outcome.FAILED],
+            skipped=self._totals[Outcome.SKIPPED],
+        )
+
+    def _stop(self, reason: Reason) -> None:
+        # The first reason wins: an abort that came before a signal stays an abort.
+        if self._halt_reason is None:
+            self._halt_reason = reason
+        self._halt.set()
+
+    async def _worker(self, lanes: Iterator[Lane]) -> None:
+        # Workers share one iterator, so lanes start in plan order as slots free up.
+        task = asyncio.current_task()
+        assert task is not None
+        for lane in lanes:
+            state = _LaneState(lane, task)
+            if lane.token_id in self._cooling_tokens:
+                state.free_at = self._clock.monotonic() + self._cooldown_s
+            try:
+                await self._run_lane(state)
+            finally:
+                self._locks.forget(lane.token_id)  # its lock file is not needed again
+
+    async def _run_lane(self, state: _LaneState) -> None:
+        for clear in state.lane.clears:
+            if clear.seq in self._already_succeeded:
+                self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
+                continue
+            if state.blocked is None and self._halt_reason is None:
+                wait = state.free_at - self._clock.monotonic()
+                if wait > 0:  # the token rests after a call whose outcome is unknown
+                    await self._pause(wait)
+            skip = state.blocked or self._halt_reason
+            if skip is not None:
+                self._skip(state, clear, skip)
+                continue
+            finished = await self._run_clear(state, clear)
+            self._after(state, clear, finished)
+
+    def _after(self, state: _LaneState, clear: Clear, finished: ClearFinished) -> None:
+        if finished.outcome is not Outcome.FAILED or finished.reason is self._halt_reason:
+            # A clear cut by a halt is not the lane's failure: the halt's reason covers the rest.
+            return
+        if state.blocked is not None:
+            return
+        lane_ending = finished.reason in _LANE_ENDING.values()
+        if lane_ending:
+            state.blocked = finished.reason
+        elif clear.on_failure is OnFailure.STOP:
+            state.blocked, state.blocked_by = Reason.BLOCKED_BY_FAILURE, clear.seq
+        elif clear.on_failure is OnFailure.ABORT:
+            self._stop(Reason.ABORTED)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless the run halts first; return True when it halted."""
+        if self._halt.is_set():
+            return True
+        if seconds <= 0:
+            return False
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        halted = asyncio.ensure_future(self._halt.wait())
+        try:
+            await asyncio.wait((sleeper, halted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            halted.cancel()
+        return self._halt.is_set()
+
+    async def _run_clear(self, state: _LaneState, clear: Clear) -> ClearFinished:
+        tries = _Attempts(started=self._clock.monotonic())
+        while True:
+            answer = await self._locked_call(state, clear, tries)
+            if answer is None:
+                # Nothing sent at all is a skip; a clear with an attempt behind it has failed.
+                outcome = Outcome.FAILED if tries.count else Outcome.SKIPPED
+                return self._finish(state, clear, outcome, tries)
+            tries.answer = answer
+            if answer.verdict is Verdict.SUCCEEDED:
+                return self._finish(state, clear, Outcome.SUCCEEDED, tries)
+            if answer.verdict is not Verdict.RETRY or tries.count > clear.retries:
+                tries.reason = _failure_reason(answer)
+                return self._finish(state, clear, Outcome.FAILED, tries)
+            if state.blocked is Reason.LOCK_LOST:
+                tries.reason = Reason.LOCK_LOST
+                return self._finish(state, clear, Outcome.FAILED, tries)
+            if await self._wait_to_retry(state, clear, tries, answer):
+                tries.reason = self._halt_reason
+                return self._finish(state, clear, Outcome.FAILED, tries)
+
+    async def _locked_call(
+        self, state: _LaneState, clear: Clear, tries: _Attempts
+    ) -> Answer | None:
+        """Send one attempt while holding the token's lock; None when nothing came back."""
+        token_id = state.lane.token_id
+        try:
+            async with self._locks.hold(token_id) as lease:
+                if self._halt_reason is not None:
+                    # The run halted while this lane waited for another process's call.
+                    tries.reason = self._halt_reason
+                    return None
+                if lease.waited_s > 0:
+                    self._emit(TokenWaiting(clear, token_id, lease.waited_s))
+                tries.count += 1
+                started = ClearStarted(clear, token_id, tries.count)
+                if await self._record_start(started):
+                    self._emit(started, recorded=True)
+                if self._recording_error is not None:
+                    # The in-flight mark was not recorded: this attempt must not leave.
+                    tries.count -= 1
+                    tries.reason = Reason.RECORDING_FAILED
+                    return None
+                self._calls_sent += 1
+                answer = await self._call(state, clear, tries)
+                if answer is not None and answer.outcome_unknown:
+                    await self._rest(state)
+        except LockError as exc:
+            tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
+            state.blocked = Reason.LOCK_LOST
+            return None
+        if lease.lost:
+            # Someone else may now hold the token: stop the lane rather than risk two callers.
+            state.blocked = Reason.LOCK_LOST
+        return answer
+
+    async def _rest(self, state: _LaneState) -> None:
+        """Keep the token unused for the cooldown after a call whose outcome is unknown.
+
+        wolkvox may still be working on it. The rest is taken while the token's lock is
+        held, so other processes keep off the token too. A halt does not shorten it, since
+        the lock would pass to another process while the server still works on the token;
+        only a second interrupt cuts it, as it cuts the calls in flight.
+        """
+        state.free_at = self._clock.monotonic() + self._cooldown_s
+        await self._cuttable(state, self._clock.sleep(self._cooldown_s), self._resting)
+
+    async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
+        secret = state.lane.secret
+        assert secret is not None, "a lane without a token cannot send"
+        answer = await self._cuttable(state, self._send(clear, secret), self._in_flight)
+        if answer is None:  # the lane itself goes on, to skip what is left
+            tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
+        return answer
+
+    async def _cuttable(
+        self, state: _LaneState, step: Awaitable[_T], waiting: set[asyncio.Task[Any]]
+    ) -> _T | None:
+        """Await ``step`` in the lane's own task; ``None`` when a second interrupt cut it.
+
+        No Task per step: :meth:`interrupt` cancels the lane's task while it waits
+        here, and the cancellation is taken back, so the lane goes on. The task is the
+        lane's, kept since it started: on Python 3.11 ``asyncio.current_task()`` costs
+        a system call (``getpid``) each time.
+        """
+        task = state.task
+        waiting.add(task)
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if task not in self._cut or task.cancelling() > 1:
+                raise  # the run itself is being cancelled
+            task.uncancel()
+            return None
+        finally:
+            waiting.discard(task)
+            self._cut.discard(task)
+
+    async def _wait_to_retry(
+        self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
+    ) -> bool:
+        delay = self._backoff(tries.count, answer.retry_after_s)
+        delay = max(delay, state.free_at - self._clock.monotonic())
+        self._emit(ClearRetrying(clear, state.lane.token_id, tries.count, delay, answer))
+        return await self._pause(delay)
+
+    def _finish(
+        self, state: _LaneState, clear: Clear, outcome: Outcome, tries: _Attempts
+    ) -> ClearFinished:
+        elapsed_ms = round((self._clock.monotonic() - tries.started) * 1000)
+        finished = ClearFinished(
+            clear=clear,
+            token_id=state.lane.token_id,
+            outcome=outcome,
+            reason=tries.reason,
+            attempts=tries.count,
+            answer=tries.answer,
+            duration_ms=elapsed_ms,
+            error=tries.error,
+        )
+        self._emit(finished)
+        return finished
+
+    def _skip(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
+        blocked_by = state.blocked_by if reason is Reason.BLOCKED_BY_FAILURE else None
+        self._emit(
+            ClearFinished(
+                clear=clear,
+                token_id=state.lane.token_id,
+                outcome=Outcome.SKIPPED,
+                reason=reason,
+                attempts=0,
+                answer=None,
+                duration_ms=0,
+                blocked_by=blocked_by,
+            )
+        )
+
+    @property
+    def recording_error(self) -> Exception | None:
+        """The first error a listener raised; the run halted on it."""
+        return self._recording_error
+
+    @property
+    def calls_sent(self) -> int:
+        """How many calls left this process."""
+        return self._calls_sent
+
+    async def _record_start(self, started: ClearStarted) -> bool:
+        """Record the attempt durably before its request leaves; False when it cannot be."""
+        if self._recorder is None:
+            return True
+        try:
+            self._recorder(started)
+            await self._recorder.settle()
+        except Exception as exc:
+            self._recording_failed(exc)
+            return False
+        return True
+
+    def _emit(self, event: Event, *, recorded: bool = False) -> None:
+        if isinstance(event, ClearFinished):
+            self._totals[event.outcome] += 1
+        if self._recorder is not None and not recorded:
+            try:
+                self._recorder(event)
+            except Exception as exc:
+                self._recording_failed(exc)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception as exc:
+                self._recording_failed(exc)
+
+    def _recording_failed(self, exc: Exception) -> None:
+        # A clear whose state cannot be recorded must not be followed by another request:
+        # halt, and let the runner report the error once the lanes are done.
+        if self._recording_error is None:
+            self._recording_error = exc
+        self._stop(Reason.RECORDING_FAILED)
+
+
+def _failure_reason(answer: Answer) -> Reason:
+    if answer.verdict is Verdict.RETRY:
+        return Reason.RETRIES_EXHAUSTED
+    return _LANE_ENDING.get(answer.verdict, Reason.REJECTED)

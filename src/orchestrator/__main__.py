@@ -1,5 +1,0 @@
-"""``python -m orchestrator``."""
-
-from .cli import entry
-
-entry()
