@@ -50,9 +50,9 @@ from orchestrator.wolkvox.client import (
     classify,
     parse_retry_after,
     parse_token_info,
-    redact,
     token_info_url,
 )
+from orchestrator.wolkvox.redact import redact
 from orchestrator.wolkvox.transport import AiohttpTransport
 
 TOKEN = "tk-9f8e7d6c5b4a-SECRET"

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from orchestrator.errors import OrchestratorError, TransportError
 from orchestrator.plan.model import Clear, Secret
 from orchestrator.run.values import quick_init
+from orchestrator.wolkvox.redact import redact
 
 #: The header that carries the token; the only place a token value ever goes.
 TOKEN_HEADER = "wolkvox-token"
@@ -39,10 +40,6 @@ MAX_ERROR_CHARS = 200
 #: (``cap_s`` of :func:`orchestrator.run.backoff.backoff_delay`). A server asking
 #: for more (a year, a date in 2099) gets this, and its answer says it was capped.
 MAX_RETRY_AFTER_S = 60.0
-#: Server text is masked wherever it holds this many characters of a token in a row.
-MIN_TOKEN_FRAGMENT = 8
-#: What a token, or a fragment of one, is replaced by.
-TOKEN_MASK = "[token]"
 
 
 class Verdict(StrEnum):
@@ -314,42 +311,7 @@ def classify(response: HttpResponse, *, now: datetime | None = None) -> Answer:
     )
 
 
-# ------------------------------------------------------------------------ text
-
-
-def _fold(text: str) -> str:
-    """``text`` in lower case, one character for each (``str.lower`` lengthens a few)."""
-    return "".join(ch.lower()[0] for ch in text)
-
-
-def redact(text: str, token: str) -> str:
-    """``text`` with ``token`` masked wherever it shows, in any letter case, even in part.
-
-    A server may echo a token changed: upper-cased, cut short, run into other
-    text. Every run of :data:`MIN_TOKEN_FRAGMENT` or more characters that also
-    occurs in the token, ignoring case, is masked; a token shorter than that is
-    masked wherever it occurs whole.
-    """
-    if not token or not text:
-        return text
-    size = min(MIN_TOKEN_FRAGMENT, len(token))
-    folded_token = _fold(token)
-    fragments = {folded_token[i : i + size] for i in range(len(token) - size + 1)}
-    folded = _fold(text)
-    # Every common run of ``size`` or more characters is a chain of windows of ``size``.
-    hidden = [False] * len(text)
-    for start in range(len(text) - size + 1):
-        if folded[start : start + size] in fragments:
-            hidden[start : start + size] = [True] * size
-    if not any(hidden):
-        return text
-    kept: list[str] = []
-    for i, ch in enumerate(text):
-        if not hidden[i]:
-            kept.append(ch)
-        elif i == 0 or not hidden[i - 1]:
-            kept.append(TOKEN_MASK)
-    return "".join(kept)
+# -------------------------------------------------------------------- redaction
 
 
 def _redact_answer(answer: Answer, token: str) -> Answer:

@@ -19,8 +19,8 @@ from orchestrator.wolkvox.client import (
     HttpRequest,
     HttpResponse,
     one_line,
-    redact,
 )
+from orchestrator.wolkvox.redact import redact
 
 #: How much of an answer is read at a time, counted after decompression.
 _READ_CHUNK_BYTES = 64 * 1024
