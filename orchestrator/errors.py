@@ -8,6 +8,7 @@ Library errors (YAML, aiohttp, OS) are translated where they enter, with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class OrchestratorError(Exception):
@@ -46,35 +47,34 @@ class UsageError(OrchestratorError):
 
 
 class TransportError(OrchestratorError):
-    """A call did not get an HTTP answer.
+    """A call did not get a complete HTTP answer.
 
-    ``outcome_unknown`` is true when the request may have reached the server
-    (a timeout, a dropped connection): the server may still be working on the
-    token, so the caller must let it cool down before using it again.
+    Which subclass is raised is the fact the scheduler acts on: a
+    :class:`ConnectionFailed` never reached the server, an :class:`OutcomeUnknown`
+    may have. Messages never contain the token.
     """
 
-    def __init__(self, message: str, *, outcome_unknown: bool) -> None:
-        super().__init__(message)
-        self.outcome_unknown = outcome_unknown
-
-
-#: How the errors of calls whose outcome is unknown begin, as the journal keeps them:
-#: a timeout, a connection lost or an answer cut after the request may have left,
-#: and a call cut by a second interrupt.
-UNKNOWN_OUTCOME_PREFIXES = ("timeout", "connection lost", "bad answer", "interrupted")
-
-
-def leaves_outcome_unknown(error: str | None) -> bool:
-    """True when a recorded call error means wolkvox may still be working on the token."""
-    return error is not None and error.split(":", 1)[0] in UNKNOWN_OUTCOME_PREFIXES
-
-
-class CallTimeout(TransportError):
-    """The call got no complete answer within its ``timeout_s``."""
-
-    def __init__(self, message: str = "timeout") -> None:
-        super().__init__(message, outcome_unknown=True)
+    #: True when the request may have reached the server: it may still be working on
+    #: the token, so the caller must let the token cool down before using it again.
+    outcome_unknown: ClassVar[bool] = False
 
 
 class ConnectionFailed(TransportError):
-    """The connection could not be made or broke before an answer arrived."""
+    """No connection could be made (DNS, refused, TLS): nothing was sent."""
+
+
+class OutcomeUnknown(TransportError):
+    """The request may have been written, but no complete answer came back."""
+
+    outcome_unknown: ClassVar[bool] = True
+
+
+class CallTimeout(OutcomeUnknown):
+    """The call got no complete answer within its ``timeout_s``."""
+
+    def __init__(self, message: str = "timeout") -> None:
+        super().__init__(message)
+
+
+class ConnectionLost(OutcomeUnknown):
+    """The connection broke, or the answer was malformed, after the request may have left."""

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
+import inspect
 import json
 import socket
+import socketserver
+import threading
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
@@ -22,10 +30,13 @@ from aioresponses import aioresponses
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from orchestrator.errors import CallTimeout, ConnectionFailed, leaves_outcome_unknown
+from orchestrator.cli import main
+from orchestrator.errors import CallTimeout, ConnectionFailed, ConnectionLost, OutcomeUnknown
 from orchestrator.plan.model import DEFAULT_BASE_URL, Clear, Secret, TokenRef
+from orchestrator.run.backoff import backoff_delay
 from orchestrator.wolkvox.client import (
     MAX_BODY_BYTES,
+    MAX_RETRY_AFTER_S,
     TOKEN_HEADER,
     Answer,
     HttpRequest,
@@ -41,7 +52,8 @@ from orchestrator.wolkvox.client import (
     parse_token_info,
     token_info_url,
 )
-from orchestrator.wolkvox.transport import AiohttpTransport, request_url
+from orchestrator.wolkvox.redact import redact
+from orchestrator.wolkvox.transport import AiohttpTransport
 
 TOKEN = "tk-9f8e7d6c5b4a-SECRET"
 SECRET = Secret(TOKEN)
@@ -166,9 +178,22 @@ def test_success_without_error_key() -> None:
     assert classify(response(202, {"code": 200, "msg": "ok"})).verdict is Verdict.SUCCEEDED
 
 
-def test_success_needs_a_2xx_http_status() -> None:
-    answer = classify(response(500, wolkvox(202, msg="ok")))
-    assert answer.verdict is Verdict.FAILED
+@pytest.mark.parametrize("status", [408, 429, 500, 503, 599])
+@pytest.mark.parametrize(
+    "body",
+    [
+        wolkvox(202, msg="ok"),
+        wolkvox("202", msg="All records has been deleted"),
+        wolkvox(400, error="SOME PARAMETERS ARE REQUIRED"),
+        wolkvox(403, error="TOKEN LIMIT EXCEEDED"),
+        wolkvox(401, error="PLEASE VALIDATE TOKEN"),
+    ],
+)
+def test_a_retryable_http_status_is_retried_whatever_the_body_says(
+    status: int, body: dict[str, object]
+) -> None:
+    answer = classify(response(status, body))
+    assert (answer.verdict, answer.http_status) == (Verdict.RETRY, status)
 
 
 def test_2xx_with_error_set_is_failed() -> None:
@@ -226,9 +251,13 @@ def test_retryable_body_code_in_http_200(code: object) -> None:
     assert classify(response(200, wolkvox(code, error="x"))).verdict is Verdict.RETRY
 
 
-def test_body_code_wins_over_http_status() -> None:
-    answer = classify(response(500, wolkvox(400, error="SOME PARAMETERS ARE REQUIRED")))
-    assert (answer.verdict, answer.code, answer.http_status) == (Verdict.FAILED, 400, 500)
+def test_body_code_decides_when_the_http_status_asks_for_no_retry() -> None:
+    answer = classify(response(400, wolkvox(403, error="TOKEN LIMIT EXCEEDED")))
+    assert (answer.verdict, answer.code, answer.http_status) == (
+        Verdict.QUOTA_EXHAUSTED,
+        403,
+        400,
+    )
 
 
 def test_http_status_is_used_when_body_has_no_code() -> None:
@@ -340,14 +369,47 @@ def test_control_characters_are_blanked() -> None:
 
 
 def test_retry_after_seconds() -> None:
-    answer = classify(response(429, b"", {"retry-after": "120"}))
-    assert (answer.verdict, answer.retry_after_s) == (Verdict.RETRY, 120.0)
+    answer = classify(response(429, b"", {"retry-after": "45"}))
+    assert (answer.verdict, answer.retry_after_s, answer.retry_after_capped) == (
+        Verdict.RETRY,
+        45.0,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "61",
+        "31536000",  # a year
+        "Thu, 01 Jan 2099 00:00:00 GMT",
+        "9" * 20,
+        "9" * 400,  # beyond a float: infinite, still capped
+    ],
+)
+def test_retry_after_beyond_the_backoff_cap_is_capped_and_says_so(value: str) -> None:
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    answer = classify(response(503, b"", {"retry-after": value}), now=now)
+    assert (answer.verdict, answer.retry_after_s, answer.retry_after_capped) == (
+        Verdict.RETRY,
+        MAX_RETRY_AFTER_S,
+        True,
+    )
+
+
+def test_retry_after_cap_is_the_backoff_cap() -> None:
+    cap = inspect.signature(backoff_delay).parameters["cap_s"].default
+    assert cap == MAX_RETRY_AFTER_S
+    # What the scheduler waits at most for a server that asks for a year.
+    asked = classify(response(429, b"", {"retry-after": "31536000"})).retry_after_s
+    assert backoff_delay(1, retry_after_s=asked, rand=lambda: 1.0) == cap
 
 
 def test_retry_after_http_date_is_relative_to_now() -> None:
     now = datetime(2015, 10, 21, 7, 27, 0, tzinfo=UTC)
     headers = {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}
-    assert classify(response(503, b"", headers), now=now).retry_after_s == 60.0
+    answer = classify(response(503, b"", headers), now=now)
+    assert (answer.retry_after_s, answer.retry_after_capped) == (60.0, False)
 
 
 def test_retry_after_date_in_the_past_is_zero() -> None:
@@ -391,9 +453,20 @@ async def test_client_turns_a_timeout_into_retry_with_unknown_outcome() -> None:
 
 
 async def test_client_keeps_a_known_outcome_of_a_failed_connection() -> None:
-    transport = Recorder([ConnectionFailed("connection failed: refused", outcome_unknown=False)])
+    transport = Recorder([ConnectionFailed("connection failed: refused")])
     answer = await WolkvoxClient(transport, DEFAULT_BASE_URL).clear(make_clear(), SECRET)
     assert (answer.verdict, answer.outcome_unknown) == (Verdict.RETRY, False)
+
+
+async def test_the_error_class_not_its_text_says_the_outcome_is_unknown() -> None:
+    # The text of a lost connection read as a refused one, and the reverse: the class decides.
+    transport = Recorder(
+        [ConnectionLost("connection failed: refused"), ConnectionFailed("timeout")]
+    )
+    client = WolkvoxClient(transport, DEFAULT_BASE_URL)
+    lost = await client.clear(make_clear(), SECRET)
+    refused = await client.clear(make_clear(), SECRET)
+    assert (lost.outcome_unknown, refused.outcome_unknown) == (True, False)
 
 
 async def test_client_masks_a_token_echoed_by_the_server() -> None:
@@ -405,7 +478,7 @@ async def test_client_masks_a_token_echoed_by_the_server() -> None:
 
 
 async def test_client_masks_a_token_in_a_transport_error() -> None:
-    transport = Recorder([ConnectionFailed(f"lost {TOKEN}", outcome_unknown=True)])
+    transport = Recorder([ConnectionLost(f"lost {TOKEN}")])
     answer = await WolkvoxClient(transport, DEFAULT_BASE_URL).clear(make_clear(), SECRET)
     assert_no_token(answer)
 
@@ -507,51 +580,6 @@ async def test_transport_requests_the_built_url(
     assert url == URL(expected).with_query(sorted(URL(expected).query.items()))
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        URL_ALL,
-        URL_NO_ANSWER,
-        "http://127.0.0.1:8080/wv0001/api/v2/campaign.php?api=clear_campaign&campaign_id=0012",
-        "https://wv0014.example.com/api/v2/campaign.php?api=clear_campaign&result=a%20b",
-        "http://[::1]:8080/p?q=1",
-        "http://user:pw@h:1/p?x",
-        "http://H.EXAMPLE/p?x",
-        "http://h:80/p?x",
-        "https://h:443/p?x",
-        "http://h?x=1",
-        "http://h/?",
-        "http://h/a%2Fb/c?x=%41",
-        "http://h/p#f?x",
-        "http://h/p?x#f",
-        "http://h/p",
-    ],
-)
-def test_request_url_is_the_url_yarl_parses(text: str) -> None:
-    bases: dict[str, URL] = {}
-    expected = URL(text, encoded=True)
-    for _ in range(2):  # the first parses the base, the second reuses it
-        url = request_url(text, bases)
-        assert (str(url), url.host, url.port, url.raw_path, url.raw_query_string) == (
-            str(expected),
-            expected.host,
-            expected.port,
-            expected.raw_path,
-            expected.raw_query_string,
-        )
-        assert url == expected
-
-
-def test_request_url_parses_each_base_once_and_keeps_a_bounded_number() -> None:
-    bases: dict[str, URL] = {}
-    request_url("http://h/p?a=1", bases)
-    request_url("http://h/p?a=2", bases)
-    assert list(bases) == ["http://h/p"]
-    for i in range(300):
-        request_url(f"http://h/p{i}?a=1", bases)
-    assert 0 < len(bases) <= 256
-
-
 async def test_transport_does_not_follow_redirects(transport: AiohttpTransport) -> None:
     client = WolkvoxClient(transport, DEFAULT_BASE_URL)
     with mock_http() as mocked:
@@ -580,15 +608,19 @@ async def test_transport_cuts_the_body_at_the_cap() -> None:
         with mock_http() as mocked:
             mocked.delete(URL_ALL, body=body)
             got = await small(request)
-    assert got.body == body[:1024]
-    assert classify(got).verdict is Verdict.FAILED
+    assert (got.body, got.oversized) == (body[:1024], True)
+    answer = classify(got)
+    assert (answer.verdict, answer.error) == (
+        Verdict.FAILED,
+        "answer longer than 1024 bytes, not read: HTTP 200",
+    )
 
 
 async def test_transport_reads_a_body_under_the_cap_whole(transport: AiohttpTransport) -> None:
     with mock_http() as mocked:
         mocked.delete(URL_ALL, payload=OK_BODY)
         got = await transport(HttpRequest("DELETE", URL_ALL, SECRET, 5.0))
-    assert json.loads(got.body) == OK_BODY
+    assert (json.loads(got.body), got.oversized) == (OK_BODY, False)
 
 
 def dns_error() -> aiohttp.ClientConnectorDNSError:
@@ -626,9 +658,11 @@ async def test_library_errors_become_retry_answers(
         answer = await WolkvoxClient(transport, DEFAULT_BASE_URL).clear(make_clear(), SECRET)
     assert (answer.verdict, answer.outcome_unknown) == (Verdict.RETRY, outcome_unknown)
     assert answer.error is not None and answer.error.startswith(prefix)
-    # What a resumed run reads back from the journal to decide whether the token rests.
-    assert leaves_outcome_unknown(answer.error) is outcome_unknown
     assert_no_token(answer)
+    with mock_http() as mocked:
+        mocked.delete(URL_ALL, exception=make_error())
+        with pytest.raises(OutcomeUnknown if outcome_unknown else ConnectionFailed):
+            await transport(HttpRequest("DELETE", URL_ALL, SECRET, 5.0))
 
 
 async def test_library_timeout_is_translated_with_its_cause(transport: AiohttpTransport) -> None:
@@ -643,7 +677,7 @@ async def test_bad_answer_error_is_not_chained(transport: AiohttpTransport) -> N
     # The aiohttp error carries the request headers, and so the token.
     with mock_http() as mocked:
         mocked.delete(URL_ALL, exception=bad_answer_error())
-        with pytest.raises(ConnectionFailed) as caught:
+        with pytest.raises(ConnectionLost) as caught:
             await transport(HttpRequest("DELETE", URL_ALL, SECRET, 5.0))
     assert caught.value.__cause__ is None
     assert_no_token(caught.value)
@@ -751,7 +785,8 @@ async def test_default_cap_keeps_the_first_mebibyte(sim: Sim) -> None:
     url = build_url(sim.base_url, make_clear(server="0777"))
     async with AiohttpTransport(2) as t:
         got = await t(HttpRequest("DELETE", url, SECRET, 5.0))
-    assert len(got.body) == MAX_BODY_BYTES == 1024 * 1024
+    assert (len(got.body), got.oversized) == (MAX_BODY_BYTES, True)
+    assert MAX_BODY_BYTES == 1024 * 1024
 
 
 async def test_a_cut_body_does_not_spoil_the_next_call(sim: Sim) -> None:
@@ -884,3 +919,307 @@ def test_transport_satisfies_the_transport_type() -> None:
 def test_url_values_are_encoded_exactly_as_quote_would(value: str) -> None:
     url = build_url(DEFAULT_BASE_URL, make_clear(campaign_id=value, result=value))
     assert url.endswith(f"&campaign_id={quote(value, safe='')}&result={quote(value, safe='')}")
+
+
+# ------------------------------------------------ one DELETE per attempt, no resend
+
+
+@dataclass
+class Dropper:
+    """A raw HTTP server on 127.0.0.1 that reads each request and drops the connection
+    for the request numbers in ``drop`` (1-based), answering success to the others
+    on the same keep-alive connection."""
+
+    drop: set[int]
+    base_url: str = ""
+    request_lines: list[bytes] = field(default_factory=list)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = json.dumps(OK_BODY).encode()
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                # Recorded before the connection drops, so the client cannot see the
+                # drop before the count has the request.
+                self.request_lines.append(head.split(b"\r\n", 1)[0])
+                if len(self.request_lines) in self.drop:
+                    return
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def dropper(drop: set[int]) -> AsyncIterator[Dropper]:
+    state = Dropper(drop)
+    server = await asyncio.start_server(state.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state.base_url = f"http://127.0.0.1:{port}/wv{{server}}"
+    async with server:
+        yield state
+
+
+async def test_a_connection_dropped_after_the_delete_was_read_sends_it_once() -> None:
+    async with dropper({1}) as server, AiohttpTransport(1) as t:
+        answer = await WolkvoxClient(t, server.base_url).clear(make_clear(), SECRET)
+    assert len(server.request_lines) == 1
+    assert server.request_lines[0].startswith(b"DELETE /wv0014/api/v2/campaign.php?")
+    assert (answer.verdict, answer.outcome_unknown) == (Verdict.RETRY, True)
+    assert answer.error is not None and answer.error.startswith("connection lost:")
+
+
+async def test_a_reused_connection_dropped_after_the_delete_sends_it_once() -> None:
+    # The issue's case: a keep-alive connection that served one call breaks on the next.
+    async with dropper({2}) as server, AiohttpTransport(1) as t:
+        client = WolkvoxClient(t, server.base_url)
+        first = await client.clear(make_clear(seq=1), SECRET)
+        second = await client.clear(make_clear(seq=2), SECRET)
+    assert len(server.request_lines) == 2
+    assert (first.verdict, second.verdict, second.outcome_unknown) == (
+        Verdict.SUCCEEDED,
+        Verdict.RETRY,
+        True,
+    )
+
+
+async def test_each_attempt_after_a_drop_is_one_request() -> None:
+    # Two attempts the caller makes: two DELETEs arrive, never more.
+    async with dropper({1, 2}) as server, AiohttpTransport(1) as t:
+        client = WolkvoxClient(t, server.base_url)
+        answers = [await client.clear(make_clear(), SECRET) for _ in range(2)]
+    assert len(server.request_lines) == 2
+    assert [a.outcome_unknown for a in answers] == [True, True]
+
+
+async def test_the_transport_reports_a_dropped_connection_as_unknown_outcome() -> None:
+    async with dropper({1}) as server, AiohttpTransport(1) as t:
+        url = build_url(server.base_url, make_clear())
+        with pytest.raises(ConnectionLost) as caught:
+            await t(HttpRequest("DELETE", url, SECRET, 5.0))
+    assert caught.value.outcome_unknown is True
+    assert isinstance(caught.value.__cause__, aiohttp.ServerDisconnectedError)
+    assert_no_token(caught.value)
+
+
+# ---------------------------------------------------------------- gzip bombs
+
+#: What the bomb inflates to: far beyond the cap, small on the wire.
+_BOMB_INFLATED = 64 * 1024 * 1024
+
+
+def _bomb(encoding: str) -> bytes:
+    """``_BOMB_INFLATED`` zero bytes, gzip- or zlib-compressed (some 64 KiB)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+    block = bytes(1024 * 1024)
+    parts = [packer.compress(block) for _ in range(_BOMB_INFLATED // len(block))]
+    return b"".join([*parts, packer.flush()])
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    return {encoding: _bomb(encoding) for encoding in ("gzip", "deflate")}
+
+
+@contextlib.asynccontextmanager
+async def bomb_server(body: bytes, encoding: str) -> AsyncIterator[str]:
+    async def handle(request: web.Request) -> web.Response:
+        # Set by hand: aiohttp sends the compressed bytes as they are, with their length.
+        return web.Response(
+            body=body, headers={"Content-Encoding": encoding, "Content-Type": "application/json"}
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}/wv{{server}}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compression_bomb_is_cut_at_the_cap_in_bounded_memory(
+    bombs: dict[str, bytes], encoding: str
+) -> None:
+    assert len(bombs[encoding]) < MAX_BODY_BYTES  # under the cap on the wire
+    async with bomb_server(bombs[encoding], encoding) as base_url, AiohttpTransport(1) as t:
+        url = build_url(base_url, make_clear())
+        tracemalloc.start()
+        try:
+            got = await t(HttpRequest("DELETE", url, SECRET, 30.0))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert (len(got.body), got.oversized) == (MAX_BODY_BYTES, True)
+    # The cap plus a few reading buffers: never the inflated 64 MiB.
+    assert peak < 8 * MAX_BODY_BYTES
+
+
+async def test_a_compression_bomb_fails_its_attempt_with_a_clear_reason(
+    bombs: dict[str, bytes],
+) -> None:
+    async with bomb_server(bombs["gzip"], "gzip") as base_url, AiohttpTransport(1) as t:
+        client = WolkvoxClient(t, base_url)
+        bombed = await client.clear(make_clear(), SECRET)
+    assert (bombed.verdict, bombed.http_status, bombed.outcome_unknown) == (
+        Verdict.FAILED,
+        200,
+        False,
+    )
+    assert bombed.error == f"answer longer than {MAX_BODY_BYTES} bytes, not read: HTTP 200"
+
+
+def test_an_oversized_answer_with_a_retryable_status_is_retried() -> None:
+    got = HttpResponse(503, b"x" * 64, {"retry-after": "5"}, oversized=True)
+    answer = classify(got)
+    assert (answer.verdict, answer.retry_after_s, answer.error) == (
+        Verdict.RETRY,
+        5.0,
+        "answer longer than 64 bytes, not read: HTTP 503",
+    )
+
+
+async def test_a_small_compressed_answer_is_read_whole() -> None:
+    body = gzip.compress(json.dumps(OK_BODY).encode())
+    async with bomb_server(body, "gzip") as base_url, AiohttpTransport(1) as t:
+        answer = await WolkvoxClient(t, base_url).clear(make_clear(), SECRET)
+    assert (answer.verdict, answer.msg) == (Verdict.SUCCEEDED, OK_MSG)
+
+
+# ------------------------------------------------------------ token redaction
+
+
+def assert_no_fragment(text: str | None) -> None:
+    """No run of 8 characters of the token, in any letter case, is left in ``text``."""
+    if text is None:
+        return
+    folded = text.lower()
+    token = TOKEN.lower()
+    for start in range(len(token) - 7):
+        assert token[start : start + 8] not in folded, text
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        TOKEN,
+        TOKEN.upper(),
+        TOKEN.swapcase(),
+        TOKEN[:-1],  # one character short
+        TOKEN[1:],
+        TOKEN[5:13],  # any 8 characters of it
+        f"x{TOKEN.upper()[3:]}y",
+    ],
+)
+def test_redact_masks_the_token_in_any_case_and_any_fragment_of_eight(echo: str) -> None:
+    text = f"PLEASE VALIDATE TOKEN {echo} (code 403)"
+    masked = redact(text, TOKEN)
+    assert_no_fragment(masked)
+    assert masked.startswith("PLEASE VALIDATE TOKEN ")
+    assert masked.endswith(" (code 403)")
+    assert "[token]" in masked
+
+
+def test_redact_leaves_text_without_a_fragment_of_eight_alone() -> None:
+    text = f"campaign 123 deleted, ref {TOKEN[:7]}"
+    assert redact(text, TOKEN) == text
+
+
+def test_redact_masks_a_short_token_whole_in_any_case() -> None:
+    assert redact("bad token AbC1 here", "abc1") == "bad token [token] here"
+
+
+def test_redact_masks_two_echoes_apart() -> None:
+    masked = redact(f"{TOKEN} and {TOKEN.upper()[:-2]}", TOKEN)
+    assert masked == "[token] and [token]"
+
+
+@pytest.mark.parametrize("echo", [TOKEN.upper(), TOKEN[:-1], TOKEN.swapcase()[2:12]])
+async def test_client_masks_a_changed_echo_of_the_token(echo: str) -> None:
+    body = wolkvox(403, error=f"PLEASE VALIDATE TOKEN {echo}", msg=f"token was {echo}.")
+    transport = Recorder([response(200, body), ConnectionLost(f"connection lost: {echo}")])
+    client = WolkvoxClient(transport, DEFAULT_BASE_URL)
+    rejected = await client.clear(make_clear(), SECRET)
+    lost = await client.clear(make_clear(), SECRET)
+    assert rejected.verdict is Verdict.TOKEN_REJECTED
+    for text in (rejected.msg, rejected.error, lost.error):
+        assert_no_fragment(text)
+
+
+async def test_token_info_error_masks_a_changed_echo_of_the_token() -> None:
+    echo = TOKEN.upper()[:-1]
+    transport = Recorder([response(403, wolkvox(403, error=f"PLEASE VALIDATE TOKEN {echo}"))])
+    with pytest.raises(TokenInfoError) as caught:
+        await WolkvoxClient(transport, DEFAULT_BASE_URL).token_info("0014", SECRET, 4.0)
+    assert_no_fragment(str(caught.value))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+class _DropEveryRequest(socketserver.StreamRequestHandler):
+    """Reads one request, records its request line, and drops the connection."""
+
+    server: _DropServer
+
+    def handle(self) -> None:
+        first = self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        self.server.request_lines.append(first.rstrip())
+
+
+class _DropServer(socketserver.ThreadingTCPServer):
+    """A blocking server on 127.0.0.1, in threads, for a run driven by the CLI."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _DropEveryRequest)
+        self.request_lines: list[bytes] = []
+
+
+def test_a_run_sends_exactly_the_deletes_its_log_and_report_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("T_MAIN", TOKEN)
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "state"))
+    server = _DropServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "version: 1\n"
+        "settings:\n"
+        f'  base_url: "http://127.0.0.1:{port}/wv{{server}}"\n'
+        "  cooldown_s: 0\n"
+        "defaults: {server: 0014, token_env: T_MAIN, type_campaign: predictive, retries: 1}\n"
+        "campaigns:\n"
+        "  - {campaign_id: 3001, results: all}\n"
+    )
+    report = tmp_path / "report.json"
+    try:
+        code = main(["run", str(plan), "--yes", "--log-format", "json", "--report", str(report)])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert code == 1
+    # Two attempts (retries: 1), two DELETEs: aiohttp resent none of them.
+    assert [line.split(b" ")[0] for line in server.request_lines] == [b"DELETE", b"DELETE"]
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    started = [e for e in events if e["event"] == "clear.started"]
+    [failed] = [e for e in events if e["event"] == "clear.failed"]
+    assert (len(started), failed["attempts"]) == (2, 2)
+    assert str(failed["error"]).startswith("connection lost:")
+    [clear] = json.loads(report.read_text())["clears"]
+    assert clear["attempts"] == 2

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import OrchestratorError, UsageError, leaves_outcome_unknown
+from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan.model import Lane, Plan
+from orchestrator.run.events import Reason
 from orchestrator.state.locks import RunLock
 
 if TYPE_CHECKING:
@@ -282,10 +283,13 @@ def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wante
 
 
 def _maybe_running(clear: ClearRecord) -> bool:
-    # A failed clear whose last call got no answer may have been cut in its rest (a second
-    # signal, a crash): the journal cannot tell, so its token rests again before use.
+    # A failed clear whose last call got no HTTP answer (the transport could not tell
+    # whether it arrived) or was cut by a second signal may have been cut in its rest
+    # too: the journal cannot tell, so its token rests again before use.
     return clear.state == "in_flight" or (
-        clear.state == "failed" and leaves_outcome_unknown(clear.error)
+        clear.state == "failed"
+        and clear.attempts > 0
+        and (clear.http_status is None or clear.reason == Reason.INTERRUPTED)
     )
 
 

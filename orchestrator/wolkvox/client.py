@@ -1,8 +1,9 @@
 """The wolkvox ``clear_campaign`` client: build the call, send it, judge the answer.
 
 The HTTP layer is a replaceable :data:`Transport`: a plain async function from
-:class:`HttpRequest` to :class:`HttpResponse`. :class:`AiohttpTransport` is the
-real one; tests pass a handler function. :func:`classify` is pure.
+:class:`HttpRequest` to :class:`HttpResponse`. ``AiohttpTransport`` is the real
+one; tests pass a handler function. :func:`classify` is pure. Everything a server
+sends back is passed through :func:`redact` before anyone sees it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import quote
 from orchestrator.errors import OrchestratorError, TransportError
 from orchestrator.plan.model import Clear, Secret
 from orchestrator.run.values import quick_init
+from orchestrator.wolkvox.redact import redact
 
 #: The header that carries the token; the only place a token value ever goes.
 TOKEN_HEADER = "wolkvox-token"
@@ -27,12 +29,17 @@ TOKEN_HEADER = "wolkvox-token"
 CAMPAIGN_PATH = "/api/v2/campaign.php"
 #: Path of the information API (``token_info``), appended to the server's base URL.
 INFORMATION_PATH = "/api/v2/information.php"
-#: Bodies are read up to this size; a longer one is cut and so will not parse.
+#: Answers are read up to this size, counted after decompression; a longer one is
+#: not read further and fails its attempt.
 MAX_BODY_BYTES = 1024 * 1024
 #: Longest ``msg``/``error`` text kept from a body.
 MAX_TEXT_CHARS = 500
 #: Longest transport error message.
 MAX_ERROR_CHARS = 200
+#: The longest wait a ``Retry-After`` can impose: the cap of the backoff itself
+#: (``cap_s`` of :func:`orchestrator.run.backoff.backoff_delay`). A server asking
+#: for more (a year, a date in 2099) gets this, and its answer says it was capped.
+MAX_RETRY_AFTER_S = 60.0
 
 
 class Verdict(StrEnum):
@@ -56,6 +63,8 @@ class Answer:
 
     ``outcome_unknown`` is true when the request may have reached wolkvox but no
     answer came back (timeout, dropped connection): the token must cool down.
+    ``retry_after_capped`` is true when the server asked to wait longer than
+    :data:`MAX_RETRY_AFTER_S`; ``retry_after_s`` then holds that cap.
     """
 
     verdict: Verdict
@@ -65,6 +74,7 @@ class Answer:
     error: str | None = None
     retry_after_s: float | None = None
     outcome_unknown: bool = False
+    retry_after_capped: bool = False
 
 
 @quick_init
@@ -81,14 +91,20 @@ class HttpRequest:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """What came back: status, headers (looked up by lower-case name) and the raw body."""
+    """What came back: status, headers (looked up by lower-case name) and the raw body.
+
+    ``oversized`` is true when the answer was longer than the transport reads:
+    ``body`` then holds only its first bytes.
+    """
 
     status: int
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    oversized: bool = False
 
 
-#: Sends one request; raises :class:`orchestrator.errors.TransportError` when no answer came.
+#: Sends one request, once; raises :class:`orchestrator.errors.TransportError` when no
+#: answer came (an :class:`orchestrator.errors.OutcomeUnknown` when it may have arrived).
 Transport = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
@@ -105,16 +121,9 @@ def server_base(template: str, server: str) -> str:
     return template.replace("{server}", _quoted(server)).rstrip("/")
 
 
-# Characters that percent-encoding leaves as they are: checking for them first skips
-# quote() for every value a valid plan can hold (a plan of 100,000 clears builds as many URLs).
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
 def _quoted(value: str) -> str:
     """``value`` percent-encoded as a URL component (nothing is safe, not even ``/``)."""
-    if value.isascii() and value.isalnum():  # ids and most codes: no regex needed
-        return value
-    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
+    return quote(value, safe="")
 
 
 def build_url(template: str, clear: Clear) -> str:
@@ -136,7 +145,7 @@ def token_info_url(template: str, server: str) -> str:
 # --------------------------------------------------------------- classification
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
-_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def _as_int(value: object) -> int | None:
@@ -163,36 +172,14 @@ def one_line(value: object, limit: int = MAX_TEXT_CHARS) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_DECODER = json.JSONDecoder()
-
-
-def _compact_object(raw: bytes) -> dict[str, object] | None:
-    """A body that is one UTF-8 JSON object with nothing around it, decoded; else ``None``.
-
-    What ``json.loads`` gives for such a body, without its encoding detection and
-    whitespace handling (two thirds of its cost on an answer's few bytes). Anything
-    else (``None``) takes the full ``json.loads``.
-    """
-    if not (raw.startswith(b"{") and raw.endswith(b"}")):
-        return None
-    try:
-        text = raw.decode()
-        value, end = _DECODER.raw_decode(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if end == len(text) else None
-
-
 def _parse_body(raw: bytes) -> tuple[dict[str, object] | None, str | None]:
     """The body as a JSON object, or ``None`` and why it is not one."""
-    value = _compact_object(raw)
-    if value is None:
-        if not raw.strip():
-            return None, "empty body"
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError: ValueErrors
-            return None, "unreadable body"
+    if not raw.strip():
+        return None, "empty body"
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        return None, "unreadable body"
     if not isinstance(value, dict):
         return None, f"body is a JSON {type(value).__name__}, not an object"
     return value, None
@@ -212,7 +199,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date.
 
     A date is taken relative to ``now`` (default: the current time); one in the
-    past gives 0. Anything unparseable, negative or non-finite gives ``None``.
+    past gives 0. A count of seconds too long for a float is infinite: the wait is
+    capped by :func:`classify`, never ignored. Anything unparseable or negative
+    gives ``None``.
     """
     if value is None:
         return None
@@ -221,7 +210,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return float(text)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may lack a zone
         when = when.replace(tzinfo=UTC)
@@ -229,9 +218,22 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _retry_after(headers: Mapping[str, str], now: datetime | None) -> tuple[float | None, bool]:
+    """The wait an answer asks for, at most :data:`MAX_RETRY_AFTER_S`, and whether it was cut."""
+    asked = parse_retry_after(_header(headers, "retry-after"), now=now)
+    if asked is None:
+        return None, False
+    return min(asked, MAX_RETRY_AFTER_S), asked > MAX_RETRY_AFTER_S
+
+
+def _retryable(code: int) -> bool:
+    """Whether ``code`` (an HTTP status or a body's code) asks for another attempt."""
+    return code in (408, 429) or 500 <= code <= 599
+
+
 def _verdict_for(code: int, text: str) -> Verdict:
     """The verdict of a non-success answer whose effective code is ``code``."""
-    if code in (408, 429) or 500 <= code <= 599:
+    if _retryable(code):
         return Verdict.RETRY
     if code == 401:
         return Verdict.TOKEN_REJECTED
@@ -253,33 +255,46 @@ def classify(response: HttpResponse, *, now: datetime | None = None) -> Answer:
 
     Success needs all of: HTTP 2xx, a JSON object body, a ``code`` (int or
     numeric string) in 200-299 and an ``error`` that is null, empty or absent.
-    Otherwise the effective code (the body's ``code`` when usable, else the
-    HTTP status) and the body's text decide between RETRY, TOKEN_REJECTED,
-    QUOTA_EXHAUSTED and FAILED. A 3xx is always FAILED: redirects are not
-    followed, since one could carry the token to another host.
+    The HTTP status is read first: 408, 429 and 5xx are RETRY whatever the body
+    says (a proxy's 503 may wrap any body), and a 3xx is FAILED, since redirects
+    are not followed (one could carry the token to another host). Otherwise the
+    effective code (the body's ``code`` when usable, else the HTTP status) and
+    the body's text decide between RETRY, TOKEN_REJECTED, QUOTA_EXHAUSTED and
+    FAILED. An answer too long to read fails, unless its status asks for a retry.
     """
     status = response.status
+    if response.oversized:
+        verdict = Verdict.RETRY if _retryable(status) else Verdict.FAILED
+        retry_after, capped = _retry_after(response.headers, now)
+        return Answer(
+            verdict,
+            http_status=status,
+            code=status,
+            error=f"answer longer than {len(response.body)} bytes, not read: HTTP {status}",
+            retry_after_s=retry_after,
+            retry_after_capped=capped,
+        )
+
     body, problem = _parse_body(response.body)
     raw_msg = body.get("msg") if body is not None else None
     raw_error = body.get("error") if body is not None else None
     body_code = _as_int(body.get("code")) if body is not None else None
     code = body_code if body_code is not None else status
     msg = one_line(raw_msg)
-    error = one_line(raw_error)
+    error: str | None = one_line(raw_error)
     if error is not None and not error.strip():
         error = None
 
     if 200 <= status <= 299 and body_code is not None and 200 <= body_code <= 299:
         verdict = Verdict.SUCCEEDED if error is None else Verdict.FAILED
-        # A Retry-After means nothing on a success: not looked up for every clear.
         return Answer(verdict, http_status=status, code=code, msg=msg, error=error)
-    retry_after = parse_retry_after(_header(response.headers, "retry-after"), now=now)
+    retry_after, capped = _retry_after(response.headers, now)
     if 300 <= status <= 399:
         verdict = Verdict.FAILED
         error = error or f"redirect not followed: HTTP {status}"
     else:
         text = " ".join(str(t) for t in (raw_error, raw_msg) if t is not None)
-        verdict = _verdict_for(code, text)
+        verdict = Verdict.RETRY if _retryable(status) else _verdict_for(code, text)
         if problem is not None:
             error = f"{problem}: HTTP {status}"
         elif body_code is None and error is None:
@@ -292,15 +307,20 @@ def classify(response: HttpResponse, *, now: datetime | None = None) -> Answer:
         msg=msg,
         error=error,
         retry_after_s=retry_after,
+        retry_after_capped=capped,
     )
 
 
-# ------------------------------------------------------------------------ text
+# -------------------------------------------------------------------- redaction
 
 
-def redact(text: str, token: str) -> str:
-    """``text`` with every occurrence of ``token`` masked."""
-    return text.replace(token, "[token]") if token else text
+def _redact_answer(answer: Answer, token: str) -> Answer:
+    """``answer`` with the token masked in the texts a server sent."""
+    return replace(
+        answer,
+        msg=None if answer.msg is None else redact(answer.msg, token),
+        error=None if answer.error is None else redact(answer.error, token),
+    )
 
 
 # ----------------------------------------------------------------------- client
@@ -373,18 +393,6 @@ def parse_token_info(response: HttpResponse) -> TokenInfo:
     return info
 
 
-def _redact_answer(answer: Answer, token: str) -> Answer:
-    """``answer`` with the token masked in its texts, should a server echo it back."""
-    msg, error = answer.msg, answer.error
-    if not token or ((msg is None or token not in msg) and (error is None or token not in error)):
-        return answer
-    return replace(
-        answer,
-        msg=None if answer.msg is None else redact(answer.msg, token),
-        error=None if answer.error is None else redact(answer.error, token),
-    )
-
-
 class WolkvoxClient:
     """Makes wolkvox calls through a :data:`Transport` and judges the answers."""
 
@@ -395,9 +403,11 @@ class WolkvoxClient:
     async def clear(self, clear: Clear, token: Secret) -> Answer:
         """Send one ``clear_campaign`` call and return its judged :class:`Answer`.
 
-        A call that got no HTTP answer is a RETRY whose ``outcome_unknown`` says
-        whether it may have reached wolkvox. Cancellation propagates.
+        A call that got no HTTP answer is a RETRY whose ``outcome_unknown`` is the
+        transport's verdict on whether it may have reached wolkvox. The token is
+        masked in whatever text came back. Cancellation propagates.
         """
+        secret = token.reveal()
         request = HttpRequest(
             method="DELETE",
             url=build_url(self._base_url, clear),
@@ -407,9 +417,9 @@ class WolkvoxClient:
         try:
             response = await self._transport(request)
         except TransportError as exc:
-            error = one_line(redact(str(exc), token.reveal()), MAX_ERROR_CHARS) or "transport error"
+            error = one_line(redact(str(exc), secret), MAX_ERROR_CHARS) or "transport error"
             return Answer(Verdict.RETRY, error=error, outcome_unknown=exc.outcome_unknown)
-        return _redact_answer(classify(response), token.reveal())
+        return _redact_answer(classify(response), secret)
 
     async def token_info(self, server: str, token: Secret, timeout_s: float) -> TokenInfo:
         """The quota of ``token`` on ``server``; :class:`TokenInfoError` if unavailable."""
@@ -427,8 +437,7 @@ class WolkvoxClient:
         try:
             return parse_token_info(response)
         except TokenInfoError as exc:
-            if secret and secret in str(exc):
-                raise TokenInfoError(
-                    redact(str(exc), secret), http_status=exc.http_status, code=exc.code
-                ) from None
+            message = redact(str(exc), secret)
+            if message != str(exc):  # the server echoed the token: no chain to show it
+                raise TokenInfoError(message, http_status=exc.http_status, code=exc.code) from None
             raise

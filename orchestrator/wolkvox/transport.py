@@ -1,8 +1,7 @@
 """The real transport: wolkvox calls over one keep-alive aiohttp session.
 
-The only module that imports aiohttp, and only commands that send load it:
-``validate`` and dry runs never pay for its import. Library errors are
-translated here, where they enter.
+The only module that imports aiohttp. Library errors are translated here, where
+they enter, into the transport errors of :mod:`orchestrator.errors`.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from types import TracebackType
 import aiohttp
 from yarl import URL
 
-from orchestrator.errors import CallTimeout, ConnectionFailed
+from orchestrator.errors import CallTimeout, ConnectionFailed, ConnectionLost
 from orchestrator.wolkvox.client import (
     MAX_BODY_BYTES,
     MAX_ERROR_CHARS,
@@ -20,74 +19,74 @@ from orchestrator.wolkvox.client import (
     HttpRequest,
     HttpResponse,
     one_line,
-    redact,
 )
+from orchestrator.wolkvox.redact import redact
 
-#: asyncio's socket transports read with ``recv(256 KiB)`` and shrink the result.
-_READ_BUFFER_BYTES = 256 * 1024
-
-
-def _keep_read_buffers_off_mmap() -> None:
-    """Let the C allocator serve asyncio's read buffers from its heap.
-
-    Each answer is read into a fresh 256 KiB buffer. glibc maps a block that large
-    with ``mmap`` until freeing such a mapped block raises its threshold; without
-    that, every answer costs an ``mmap``, an ``mremap``, a ``munmap`` and page faults
-    (seen with ``strace -c``: three system calls per clear). Freeing one larger block
-    once raises the threshold for the rest of the process; other allocators just
-    allocate and free it.
-    """
-    block = bytearray(_READ_BUFFER_BYTES + 64 * 1024)
-    del block
-
-
-#: Distinct bases a transport keeps parsed; a run has one per server.
-_MAX_BASES = 256
-
-
-def request_url(text: str, bases: dict[str, URL]) -> URL:
-    """``text`` as the URL ``URL(text, encoded=True)`` gives, parsing its base once.
-
-    Every clear has a URL of its own, and parsing a new one costs three times as
-    much as building it from parts (yarl caches only what it has seen). All of a
-    server's URLs share what comes before the query, so that part is parsed once,
-    kept in ``bases``, and each URL is built from it and its raw query. A fragment
-    would change where the query ends: such a URL is parsed whole.
-    """
-    base, mark, query = text.partition("?")
-    if not mark or "#" in text:
-        return URL(text, encoded=True)
-    parsed = bases.get(base)
-    if parsed is None:
-        if len(bases) >= _MAX_BASES:
-            bases.clear()
-        parsed = bases[base] = URL(base, encoded=True)
-    return URL.build(
-        scheme=parsed.scheme,
-        authority=parsed.raw_authority,
-        path=parsed.raw_path,
-        query_string=query,
-        encoded=True,
-    )
+#: How much of an answer is read at a time, counted after decompression.
+_READ_CHUNK_BYTES = 64 * 1024
 
 
 def _error_message(prefix: str, exc: BaseException, token: str) -> str:
     """A short one-line message for a library error, never containing the token."""
     detail = str(exc).strip()
     text = f"{prefix}: {type(exc).__name__}" + (f": {detail}" if detail else "")
-    # Redact before cutting, so that a cut cannot leave half a token behind.
+    # Redact before cutting, so that a cut cannot leave part of a token behind.
     return one_line(redact(text, token), MAX_ERROR_CHARS) or prefix
 
 
+async def _send_once(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Send ``request`` exactly once: a connection that breaks is :class:`ConnectionLost`.
+
+    ``ClientSession._request`` in aiohttp/client.py sends an "idempotent" request
+    (DELETE is one) a second time when the first ends in ``ServerDisconnectedError``
+    or ``ClientOSError`` (its ``retry_persistent_connection`` loop), and the caller
+    never learns of it. The first DELETE may have reached wolkvox and still be
+    running: the second would be a call on a busy token that the scheduler neither
+    counts nor journals. That loop catches only those two aiohttp errors, around the
+    session's middlewares; raised as orchestrator's own error here, they leave the
+    session at once. A connector error (nothing was sent) passes unchanged.
+    """
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        token = request.headers.get(TOKEN_HEADER, "")
+        raise ConnectionLost(_error_message("connection lost", exc, token)) from exc
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """The body of ``resp`` up to ``cap`` bytes, and whether it was longer.
+
+    Read from the decompressed stream, so the cap holds for what a gzip or deflate
+    answer inflates to, not only for what crossed the wire; aiohttp inflates a
+    bounded amount at a time, so an answer is never inflated past the cap plus one
+    chunk. An answer cut short closes its connection: the rest is left unread on it.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            resp.close()
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
+
+
 class AiohttpTransport:
-    """The real :data:`Transport`: one keep-alive aiohttp session for the whole run.
+    """The real :data:`~orchestrator.wolkvox.client.Transport`: one keep-alive session.
 
     Use as ``async with AiohttpTransport(limit) as transport``. ``limit`` is the
     connector's total connection limit and must cover every lane that can be
     calling at once; there is no per-host limit, since many lanes may share a
-    server. Redirects are never followed and bodies are read up to
-    ``max_body_bytes``. Library errors become :class:`CallTimeout` or
-    :class:`ConnectionFailed`.
+    server. Each request leaves once (aiohttp's own resend is stopped, see
+    :func:`_send_once`), redirects are never followed and answers are read up to
+    ``max_body_bytes`` after decompression. Library errors become
+    :class:`ConnectionFailed` (nothing sent), :class:`CallTimeout` or
+    :class:`ConnectionLost` (the outcome is unknown).
     """
 
     def __init__(self, limit: int, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -98,18 +97,16 @@ class AiohttpTransport:
         self._limit = limit
         self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
-        # A run has few distinct timeouts: build each once.
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-        self._bases: dict[str, URL] = {}
 
     async def __aenter__(self) -> AiohttpTransport:
         if self._session is not None:
             raise RuntimeError("AiohttpTransport is already open")
-        _keep_read_buffers_off_mmap()
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0)
         # No cookie jar: every call stands alone, authenticated by its header only.
         self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            middlewares=(_send_once,),
         )
         return self
 
@@ -124,59 +121,30 @@ class AiohttpTransport:
             await session.close()
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
-        """Send ``request``; raise :class:`TransportError` when no HTTP answer came."""
+        """Send ``request``; raise a :class:`TransportError` when no HTTP answer came."""
         session = self._session
         if session is None:
             raise RuntimeError("AiohttpTransport used outside 'async with'")
         token = request.token.reveal()
-        # Encoded already: sent exactly as build_url encoded it.
-        url = request_url(request.url, self._bases)
-        timeout = self._timeouts.get(request.timeout_s)
-        if timeout is None:
-            timeout = self._timeouts[request.timeout_s] = aiohttp.ClientTimeout(
-                total=request.timeout_s
-            )
         try:
             async with session.request(
                 request.method,
-                url,
+                # Encoded already: sent exactly as build_url encoded it.
+                URL(request.url, encoded=True),
                 headers={TOKEN_HEADER: token},
                 allow_redirects=False,
-                timeout=timeout,
+                timeout=aiohttp.ClientTimeout(total=request.timeout_s),
             ) as resp:
-                length = resp.content_length
-                if length is not None and length <= self._max_body_bytes:
-                    # The parser reads exactly Content-Length bytes: no cap to enforce.
-                    body = await resp.read()
-                else:
-                    body = await self._read_capped(resp)
-                # A case-insensitive mapping already: no copy per answer.
-                return HttpResponse(resp.status, body, resp.headers)
+                body, oversized = await _read_capped(resp, self._max_body_bytes)
+                # A case-insensitive mapping already: looked up by lower-case name.
+                return HttpResponse(resp.status, body, resp.headers, oversized=oversized)
         except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError family
             raise CallTimeout() from exc
         except aiohttp.ClientConnectorError as exc:  # nothing was sent: DNS, refused, TLS
-            message = _error_message("connection failed", exc, token)
-            raise ConnectionFailed(message, outcome_unknown=False) from exc
+            raise ConnectionFailed(_error_message("connection failed", exc, token)) from exc
         except aiohttp.ClientResponseError as exc:
             # Its request_info holds the request headers, token included: do not
             # chain it, so no traceback or repr of the cause can show the token.
-            message = _error_message("bad answer", exc, token)
-            raise ConnectionFailed(message, outcome_unknown=True) from None
+            raise ConnectionLost(_error_message("bad answer", exc, token)) from None
         except (aiohttp.ClientError, OSError) as exc:  # the request may have been sent
-            message = _error_message("connection lost", exc, token)
-            raise ConnectionFailed(message, outcome_unknown=True) from exc
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The body of an answer without a Content-Length within the cap, cut at
-        ``max_body_bytes``; a cut closes the connection."""
-        cap = self._max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            chunks.append(chunk[: cap - size])
-            size += len(chunks[-1])
-            if size >= cap:
-                # Unread data is left on the socket: it cannot be reused.
-                resp.close()
-                break
-        return b"".join(chunks)
+            raise ConnectionLost(_error_message("connection lost", exc, token)) from exc
