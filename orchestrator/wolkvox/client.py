@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 from orchestrator.errors import OrchestratorError, TransportError
 from orchestrator.plan.model import Clear, Secret
-from orchestrator.run.values import quick_init
 
 #: The header that carries the token; the only place a token value ever goes.
 TOKEN_HEADER = "wolkvox-token"
@@ -49,7 +48,6 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The judged outcome of one attempt.
@@ -67,7 +65,6 @@ class Answer:
     outcome_unknown: bool = False
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """One request as the transport sends it; the token travels as a :class:`Secret`."""
@@ -78,7 +75,6 @@ class HttpRequest:
     timeout_s: float
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """What came back: status, headers (looked up by lower-case name) and the raw body."""
