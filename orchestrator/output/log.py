@@ -86,7 +86,9 @@ def make_logger(
     ``stream`` defaults to ``sys.stdout``; ``extra_processors`` run just before the
     renderer (tests capture the event dicts there).
     """
-    lines = stream if isinstance(stream, LineWriter) else LineWriter(stream or sys.stdout)
+    if stream is None:
+        stream = sys.stdout
+    lines = stream if isinstance(stream, LineWriter) else LineWriter(stream)
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -113,7 +115,7 @@ def make_log(fmt: LogFormat, run_id: str, stream: TextIO | None = None) -> tuple
     The two share one :class:`LineWriter`, so a line that cannot be written halts
     the run at its next clear event.
     """
-    lines = LineWriter(stream or sys.stdout)
+    lines = LineWriter(sys.stdout if stream is None else stream)
     logger = make_logger(fmt, run_id, lines)
     return logger, EventLog(logger, lines)
 
