@@ -1,19 +1,19 @@
-"""The structured log: whole captured lines for every event."""
+"""The structured log: the lines every event becomes, as structlog captures and renders them."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 import structlog
 from fakes import OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 
-from orchestrator.output.log import EventLog, JsonEventLog, make_logger, pick_format
+from orchestrator.output.log import EventLog, make_log, make_logger, pick_format
 from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
@@ -42,7 +42,7 @@ Logged = Callable[..., list[dict[str, object]]]
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
-def through_structlog(*events: Event) -> list[dict[str, object]]:
+def captured(*events: Event) -> list[dict[str, object]]:
     capture = structlog.testing.LogCapture()
     log = EventLog(make_logger("json", "run-1", io.StringIO(), extra_processors=(capture,)))
     for event in events:
@@ -53,9 +53,9 @@ def through_structlog(*events: Event) -> list[dict[str, object]]:
     return capture.entries
 
 
-def written_directly(*events: Event) -> list[dict[str, object]]:
+def json_lines(*events: Event) -> list[dict[str, object]]:
     out = io.StringIO()
-    log = JsonEventLog(out, "run-1")
+    _, log = make_log("json", "run-1", out)
     for event in events:
         log(event)
     entries = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -64,9 +64,9 @@ def written_directly(*events: Event) -> list[dict[str, object]]:
     return entries
 
 
-@pytest.fixture(params=[through_structlog, written_directly], ids=["structlog", "direct"])
+@pytest.fixture(params=[captured, json_lines], ids=["captured", "json"])
 def logged(request: pytest.FixtureRequest) -> Logged:
-    """Both ways a clear event becomes a log line: they must give the same lines."""
+    """The event dicts structlog's processors hand the renderer, and the JSON lines it writes."""
     return request.param  # type: ignore[no-any-return]
 
 
@@ -173,135 +173,106 @@ def test_auto_format_is_json_off_a_terminal() -> None:
 ODD_CLEAR = dataclasses.replace(
     CLEAR, seq=9, server='00"14', campaign_id='Campa\u00f1a \\ "3001"', result=None
 )
-EVERY_KIND = (
-    TokenWaiting(CLEAR, LANE.token_id, 2.5),
-    ClearStarted(CLEAR, LANE.token_id, 1),
-    ClearRetrying(CLEAR, LANE.token_id, 1, 1.23456, UNAVAILABLE),
-    ClearFinished(CLEAR, LANE.token_id, Outcome.SUCCEEDED, None, 2, OK, 52),
-    ClearFinished(CLEAR, LANE.token_id, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, 4, TIMEOUT, 9),
-    ClearFinished(
-        CLEAR, LANE.token_id, Outcome.SKIPPED, Reason.BLOCKED_BY_FAILURE, 0, None, 0, blocked_by=3
-    ),
-    ClearFinished(CLEAR, LANE.token_id, Outcome.FAILED, Reason.LOCK_LOST, 1, None, 7, "lost: x"),
-    ClearFinished(
-        CLEAR,
-        LANE.token_id,
+
+
+def test_json_lines_carry_names_that_need_escaping_unchanged() -> None:
+    event = ClearFinished(
+        ODD_CLEAR,
+        'tok "\u2028',
         Outcome.FAILED,
         Reason.REJECTED,
         1,
         Answer(Verdict.FAILED, http_status=400, code=400, msg='Campa\u00f1a "3001" \\ \u2028'),
         10**12,
-    ),
-    ClearStarted(ODD_CLEAR, 'tok "\u2028', 3),
-)
-
-
-def test_direct_lines_are_structlogs_lines_byte_for_byte_but_the_timestamp() -> None:
-    via_structlog, direct = io.StringIO(), io.StringIO()
-    slow, fast = (
-        EventLog(make_logger("json", 'run "1"', via_structlog)),
-        JsonEventLog(direct, 'run "1"'),
     )
-    for event in EVERY_KIND:
-        slow(event)
-        fast(event)
-
-    def unstamped(text: str) -> list[str]:
-        return [STAMP.sub("T", line) for line in text.splitlines()]
-
-    assert unstamped(direct.getvalue()) == unstamped(via_structlog.getvalue())
-    assert len(direct.getvalue().splitlines()) == len(EVERY_KIND)
+    [line] = json_lines(event)
+    assert line["server"] == '00"14'
+    assert line["campaign_id"] == 'Campa\u00f1a \\ "3001"'
+    assert line["token_id"] == 'tok "\u2028'
+    assert line["msg"] == 'Campa\u00f1a "3001" \\ \u2028'
+    assert line["duration_ms"] == 10**12
 
 
-class CountingStream(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.flushes = 0
+def test_the_timestamp_is_iso_8601_in_utc() -> None:
+    out = io.StringIO()
+    before = datetime.now(UTC)
+    make_logger("json", "run-1", out).info("run.empty")
+    stamp = datetime.fromisoformat(json.loads(out.getvalue())["timestamp"])
+    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert before <= stamp <= datetime.now(UTC)
 
-    def flush(self) -> None:
-        self.flushes += 1
-        super().flush()
 
-
-async def test_direct_lines_are_flushed_once_per_turn_of_the_event_loop() -> None:
-    out = CountingStream()
-    log = JsonEventLog(out, "run-1")
-    for event in EVERY_KIND:
-        log(event)
-    assert out.flushes == 0
-    await asyncio.sleep(0)
-    assert out.flushes == 1
-    log(EVERY_KIND[0])
-    await asyncio.sleep(0)
-    assert out.flushes == 2
+def test_run_lines_keep_their_fields() -> None:
+    out = io.StringIO()
+    logger = make_logger("json", 'run "1"', out)
+    logger.info("run.started", plan="n\u00f6ghtly.yaml", clears=3, tokens=2, dry_run=False)
+    logger.warning("run.interrupted", signal="SIGTERM", calls_in_flight=1, cut=True)
+    logger.error("run.finished", succeeded=1, calls_per_token={"ops": 2}, error="halted")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    for line in lines:
+        assert STAMP.fullmatch(line.pop("timestamp"))
+    assert lines == [
+        {
+            "event": "run.started",
+            "level": "info",
+            "run_id": 'run "1"',
+            "plan": "n\u00f6ghtly.yaml",
+            "clears": 3,
+            "tokens": 2,
+            "dry_run": False,
+        },
+        {
+            "event": "run.interrupted",
+            "level": "warning",
+            "run_id": 'run "1"',
+            "signal": "SIGTERM",
+            "calls_in_flight": 1,
+            "cut": True,
+        },
+        {
+            "event": "run.finished",
+            "level": "error",
+            "run_id": 'run "1"',
+            "succeeded": 1,
+            "calls_per_token": {"ops": 2},
+            "error": "halted",
+        },
+    ]
 
 
 class RecordingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
-        self.writes: list[str] = []
+        self.flushed: list[str] = []
 
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return super().write(text)
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+        super().flush()
 
 
-async def test_direct_lines_of_one_turn_reach_the_stream_in_one_write() -> None:
+async def test_each_line_is_written_and_flushed_as_it_happens() -> None:
     out = RecordingStream()
-    log = JsonEventLog(out, "run-1")
-    for event in EVERY_KIND:
-        log(event)
-    assert out.writes == []
-    await asyncio.sleep(0)
-    assert len(out.writes) == 1
-    assert len(out.writes[0].splitlines()) == len(EVERY_KIND)
+    logger, log = make_log("json", "run-1", out)
+    log(ClearStarted(CLEAR, LANE.token_id, 1))
+    # Checked before this coroutine yields: nothing waits for the end of a turn.
+    assert [json.loads(line)["event"] for line in out.flushed[-1].splitlines()] == ["clear.started"]
+    logger.warning("run.interrupted", signal="SIGINT")
+    log(ClearFinished(CLEAR, LANE.token_id, Outcome.SUCCEEDED, None, 1, OK, 52))
+    assert [json.loads(line)["event"] for line in out.flushed[-1].splitlines()] == [
+        "clear.started",
+        "run.interrupted",
+        "clear.succeeded",
+    ]
 
 
-async def test_run_lines_keep_their_place_among_the_direct_clear_lines() -> None:
-    out = RecordingStream()
-    log = JsonEventLog(out, "run-1")
-    log(EVERY_KIND[1])
-    log.warning("run.interrupted", signal="SIGINT")
-    log(EVERY_KIND[3])
-    await asyncio.sleep(0)
-    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
-    assert events == ["clear.started", "run.interrupted", "clear.succeeded"]
-    assert len(out.writes) == 1
-
-
-def test_direct_run_lines_are_structlogs_lines_byte_for_byte_but_the_timestamp() -> None:
-    via_structlog, direct = io.StringIO(), io.StringIO()
-    slow, fast = make_logger("json", 'run "1"', via_structlog), JsonEventLog(direct, 'run "1"')
-    for logger in (slow, fast):
-        logger.info("run.started", plan="n\u00f6ghtly.yaml", clears=3, tokens=2, dry_run=False)
-        logger.warning("run.interrupted", signal="SIGTERM", calls_in_flight=1, cut=True)
-        logger.error(
-            "run.finished",
-            succeeded=1,
-            calls_per_token={"ops": 2, 'a "b"': 1},
-            error="the run halted: journal full",
-        )
-        logger.info("run.empty")
-
-    def unstamped(text: str) -> list[str]:
-        return [STAMP.sub("T", line) for line in text.splitlines()]
-
-    assert unstamped(direct.getvalue()) == unstamped(via_structlog.getvalue())
-    assert len(direct.getvalue().splitlines()) == 4
-
-
-async def test_flush_writes_the_pending_direct_lines_before_the_turn_ends() -> None:
-    out = RecordingStream()
-    log = JsonEventLog(out, "run-1")
-    log(EVERY_KIND[1])
-    log.flush()
-    assert [json.loads(text)["event"] for text in out.writes] == ["clear.started"]
-
-
-def test_direct_lines_are_flushed_at_once_outside_an_event_loop() -> None:
-    out = CountingStream()
-    JsonEventLog(out, "run-1")(EVERY_KIND[1])
-    assert out.flushes == 1
+def test_console_lines_name_the_event_and_its_fields() -> None:
+    out = io.StringIO()
+    _, log = make_log("console", "run-1", out)
+    log(ClearStarted(CLEAR, LANE.token_id, 2))
+    [line] = out.getvalue().splitlines()
+    assert "clear.started" in line
+    assert "attempt=2" in line and "campaign_id=0123" in line and "run_id=run-1" in line
+    assert "\x1b[" not in line  # no colours off a terminal
 
 
 class BrokenPipe(io.StringIO):
@@ -309,9 +280,9 @@ class BrokenPipe(io.StringIO):
         raise BrokenPipeError(32, "Broken pipe")
 
 
-async def test_a_flush_that_fails_makes_the_next_event_raise() -> None:
-    log = JsonEventLog(BrokenPipe(), "run-1")
-    log(EVERY_KIND[1])
-    await asyncio.sleep(0)
+def test_a_line_that_cannot_be_written_halts_the_run_at_the_next_clear_event() -> None:
+    logger, log = make_log("json", "run-1", BrokenPipe())
+    logger.info("run.started", plan="p.yaml")  # the run's own lines never raise
     with pytest.raises(BrokenPipeError):
-        log(EVERY_KIND[3])
+        log(ClearStarted(CLEAR, LANE.token_id, 1))
+    logger.info("run.finished", exit_code=1)  # the run still ends and reports

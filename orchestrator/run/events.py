@@ -12,7 +12,6 @@ from enum import StrEnum
 from typing import Protocol
 
 from orchestrator.plan.model import Clear
-from orchestrator.run.values import quick_init
 from orchestrator.wolkvox.client import Answer
 
 
@@ -49,7 +48,6 @@ class Reason(StrEnum):
     RECORDING_FAILED = "recording_failed"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class TokenWaiting:
     """Another process held the token's lock; ``clear`` waited ``waited_s`` for it."""
@@ -59,7 +57,6 @@ class TokenWaiting:
     waited_s: float
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearStarted:
     """An attempt of ``clear`` is about to be sent."""
@@ -69,7 +66,6 @@ class ClearStarted:
     attempt: int
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearRetrying:
     """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later."""
@@ -81,7 +77,6 @@ class ClearRetrying:
     answer: Answer
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearFinished:
     """The one terminal event of a clear.

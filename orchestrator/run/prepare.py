@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan.model import Lane, Plan
@@ -124,7 +124,7 @@ async def perform(prepared: Prepared, *, say: Say) -> int:
 async def _run(
     prepared: Prepared, run_id: str, log_format: LogFormat, stack: contextlib.AsyncExitStack
 ) -> RunResult:
-    from orchestrator.output.log import JsonEventLog, make_logger
+    from orchestrator.output.log import make_log
     from orchestrator.run.execute import Engine, RunSpec, execute
 
     plan, options, durable = prepared.plan, prepared.options, prepared.durable
@@ -133,14 +133,7 @@ async def _run(
         base_url = await _start_simulator(stack)
     progress = _progress(prepared, log_format, stack)
     stream = progress.log_stream() if progress else None
-    logger: Any
-    event_log: JsonEventLog | None
-    if log_format == "json":
-        # Every line written directly: same lines as structlog's, less CPU and start-up.
-        logger = event_log = JsonEventLog(stream or sys.stdout, run_id)
-        stack.callback(event_log.flush)
-    else:
-        logger, event_log = make_logger(log_format, run_id, stream), None
+    logger, event_log = make_log(log_format, run_id, stream)
     spec = RunSpec(
         plan,
         prepared.lanes,

@@ -45,14 +45,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.output.jsontext import json_value
-from orchestrator.output.stamps import iso_utc
 from orchestrator.plan.model import Clear, Lane
 from orchestrator.run.events import (
     ClearFinished,
@@ -123,7 +122,7 @@ _SCHEMA: tuple[str, ...] = (
     """,
 )
 
-# begin_run stamps its rows in SQL; a recorder stamps its changes with stamps.iso_utc.
+# begin_run stamps its rows in SQL; a recorder stamps its changes in Python, alike.
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 _INSERT_RUN = "INSERT INTO runs (run_id, plan, digest, started_at, dry_run) VALUES (?, ?, ?, ?, ?)"
@@ -441,7 +440,8 @@ class JournalRecorder:
             return  # changes no clear
         if not self._now:
             # One updated_at for the changes of one turn: they reach SQLite together.
-            self._now = iso_utc(time.time(), 3)  # as SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')
+            # As SQLite's strftime('%Y-%m-%dT%H:%M:%fZ'): milliseconds, "Z" for UTC.
+            self._now = datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
         record = _record(event, self._prior_attempts, self._now)
         self._unwritten.append(_line(record))
         self._take(record)
@@ -623,7 +623,7 @@ def _line(record: tuple[str, list[Any]]) -> str:
         return f'["started",[{attempts},"{now}",{seq}]]\n'
     if kind == "done":
         return _done_line(*values)
-    return f'["{kind}",[{",".join(map(json_value, values))}]]\n'
+    return f'["{kind}",[{",".join(map(json.dumps, values))}]]\n'
 
 
 def _done_line(

@@ -20,7 +20,6 @@ from urllib.parse import quote
 
 from orchestrator.errors import OrchestratorError, TransportError
 from orchestrator.plan.model import Clear, Secret
-from orchestrator.run.values import quick_init
 from orchestrator.wolkvox.redact import redact
 
 #: The header that carries the token; the only place a token value ever goes.
@@ -56,7 +55,6 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The judged outcome of one attempt.
@@ -77,7 +75,6 @@ class Answer:
     retry_after_capped: bool = False
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """One request as the transport sends it; the token travels as a :class:`Secret`."""
@@ -88,7 +85,6 @@ class HttpRequest:
     timeout_s: float
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """What came back: status, headers (looked up by lower-case name) and the raw body.
