@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -279,6 +283,24 @@ def test_a_run_skips_the_lane_of_a_rejected_token(
     assert cleared == 0
 
 
+def test_a_quota_spent_mid_run_ends_that_lane_only(
+    plan: Callable[[str], str], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    faults = Faults(quota_spent=campaign("3002"))
+    with running_simulator(latency_ms=1, faults=faults) as sim:
+        code = main(
+            ["run", plan(sim.base_url), "--yes", "--log-format", "json", "--report", str(report)]
+        )
+    assert code == 1
+    clears = json.loads(report.read_text())["clears"]
+    assert [(c["outcome"], c["reason"]) for c in clears] == [
+        ("succeeded", None),
+        ("failed", "token_quota_exhausted"),
+        ("succeeded", None),
+    ]
+
+
 def test_check_quota_refuses_a_run_whose_token_is_spent(
     plan: Callable[[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -290,3 +312,41 @@ def test_check_quota_refuses_a_run_whose_token_is_spent(
     assert apis == {"token_info"}  # nothing cleared
     err = capsys.readouterr().err
     assert "not enough calls left today" in err and "NOT ENOUGH" in err
+
+
+def test_the_simulate_command_stages_the_faults_it_is_given() -> None:
+    command = [sys.executable, "-m", "orchestrator", "simulate", "--port", "0"]
+    command += ["--latency-ms", "0", "--token-rejected", "campaign=3001", "--quota-spent", "0"]
+    command += ["--burst-5xx", "campaign=77:1", "--burst-length", "2"]
+    command += ["--shared-limit", "--token-limit", "5", "--seed", "3"]
+    simulator = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        assert simulator.stderr is not None
+        line = simulator.stderr.readline().decode()
+        base = line.rsplit(" ", 1)[-1].strip().format(server="0014")
+
+        def call(campaign_id: str, token: str = TOKEN) -> tuple[int, str]:
+            query = f"api=clear_campaign&type_campaign=predictive&campaign_id={campaign_id}"
+            request = urllib.request.Request(
+                f"{base}/api/v2/campaign.php?{query}",
+                method="DELETE",
+                headers={"wolkvox-token": token},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        bursts = [call("77")[0], call("78")[0]]
+        rejected = call("3001")
+        after = [call("5", OTHER_TOKEN)[0] for _ in range(3)]
+    finally:
+        simulator.kill()
+        simulator.wait(10)
+    assert all(500 <= status <= 599 for status in bursts)
+    assert rejected[0] == 403 and json.loads(rejected[1])["msg"] == "PLEASE VALIDATE TOKEN"
+    # --shared-limit: the first five calls on the server, of either token, spend the limit of 5.
+    assert after == [200, 200, 403]

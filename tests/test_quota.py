@@ -396,3 +396,10 @@ async def test_other_tokens_use_does_not_count_when_each_token_has_its_own_limit
     # token's own use only: no shared line, and nothing refused for the outsider's calls.
     assert [line.shared for line in lines] == [False, False]
     assert [(line.left, line.enough) for line in lines] == [(29, True), (29, True)]
+
+
+async def test_a_description_that_echoes_the_token_never_shows_it() -> None:
+    main, _ops = lanes()
+    (line,) = await check_quota([main], fixed(answer(**{**REAL, "description": f"main {TOKEN}"})))
+    shown = render_quota([line]) + repr(line)
+    assert TOKEN not in shown and "main [token]" in shown

@@ -10,6 +10,13 @@ refused before it starts.
 One ``token_info`` call per lane, on the server of the lane's first clear (the
 quota belongs to the token, whichever server answers). Lanes are checked side
 by side; each lane is one token, so no token ever has two calls at once.
+
+wolkvox states what is left twice (``token_limit - token_use_today`` and
+``available_consumption_options``): the smaller is taken. A figure that cannot
+be read is a warning naming its field, never a refused run. Where the
+available count shows that the limit is shared by every token of the
+operation (it is ``token_limit - all_token_today``), the plan's tokens on that
+server are also checked together, on one ``shared`` line.
 """
 
 from __future__ import annotations
