@@ -83,7 +83,7 @@ def forbidden(detail: str) -> dict[str, Any]:
 
 
 def campaign(campaign_id: str, times: int | None = None) -> FaultSpec:
-    return FaultSpec(campaigns={campaign_id: times})
+    return FaultSpec(campaigns=((campaign_id, times),))
 
 
 # -- parsing the options ---------------------------------------------------------
@@ -94,7 +94,7 @@ def test_a_fault_is_a_rate_or_a_campaign_with_an_optional_count() -> None:
     assert parse_fault("campaign=03001") == campaign("3001")
     assert parse_fault("campaign=3001:2") == campaign("3001", 2)
     assert combined([parse_fault("0.1"), parse_fault("campaign=7"), parse_fault("0.3")]) == (
-        FaultSpec(rate=0.3, campaigns={"7": None})
+        FaultSpec(rate=0.3, campaigns=(("7", None),))
     )
     assert combined(None) == FaultSpec()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = ["Fault", "FaultPicker", "FaultSpec", "Faults", "combined", "parse_fault"]
@@ -44,13 +44,13 @@ class Fault(StrEnum):
 class FaultSpec:
     """When one fault strikes: ``rate`` of all calls, and every call of ``campaigns``.
 
-    ``campaigns`` maps a ``campaign_id`` (leading zeros dropped, as ``protect``
-    reads it) to how many of its calls are hit: ``None`` for all of them.
+    ``campaigns`` pairs a ``campaign_id`` (leading zeros dropped, as ``protect``
+    reads it) with how many of its calls are hit: ``None`` for all of them.
     Campaign targets apply to clears only; the rate to every call.
     """
 
     rate: float = 0.0
-    campaigns: dict[str, int | None] = field(default_factory=dict)
+    campaigns: tuple[tuple[str, int | None], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -62,7 +62,8 @@ class FaultSpec:
 
     def merged(self, other: FaultSpec) -> FaultSpec:
         """Both specs at once: the higher rate, the campaigns of both."""
-        return FaultSpec(max(self.rate, other.rate), {**self.campaigns, **other.campaigns})
+        targets = {**dict(self.campaigns), **dict(other.campaigns)}
+        return FaultSpec(max(self.rate, other.rate), tuple(sorted(targets.items())))
 
 
 NO_FAULT = FaultSpec()
@@ -86,7 +87,7 @@ def parse_fault(text: str) -> FaultSpec:
             raise ValueError(f"{text!r}: the campaign id must be digits")
         if times and not (times.isascii() and times.isdigit() and int(times) >= 1):
             raise ValueError(f"{text!r}: the count after ':' must be a whole number >= 1")
-        return FaultSpec(campaigns={campaign_key(target): int(times) if times else None})
+        return FaultSpec(campaigns=((campaign_key(target), int(times) if times else None),))
     try:
         rate = float(value)
     except ValueError:
@@ -164,10 +165,11 @@ class FaultPicker:
         spec = self.faults.spec(fault)
         if not spec.active:
             return False
+        targets = dict(spec.campaigns)
         if campaign_id is not None:
             key = campaign_key(campaign_id)
-            if key in spec.campaigns:
-                limit, done = spec.campaigns[key], self._hits.get((fault, key), 0)
+            if key in targets:
+                limit, done = targets[key], self._hits.get((fault, key), 0)
                 if limit is None or done < limit:
                     self._hits[(fault, key)] = done + 1
                     return True
