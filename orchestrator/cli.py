@@ -18,6 +18,7 @@ from typing import NoReturn, TextIO
 from orchestrator.errors import OrchestratorError, PlanError, UsageError
 from orchestrator.plan.model import Lane, Plan
 from orchestrator.run.prepare import LATEST
+from orchestrator.wolkvox.faults import FaultSpec, parse_fault
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
@@ -134,18 +135,63 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the plan's JSON Schema (for editors)")
     schema.set_defaults(handler=_schema)
 
-    simulate = commands.add_parser("simulate", help="serve the wolkvox API simulator")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=_port, default=8080)
-    simulate.add_argument("--latency-ms", type=_non_negative, default=50.0)
+    simulate = commands.add_parser(
+        "simulate",
+        help="serve the wolkvox API simulator",
+        description="Serve a stand-in for wolkvox's API. Each fault option takes a FAULT: RATE "
+        "(0-1, the share of calls it hits) or campaign=ID[:N] (every call of that "
+        "campaign, or its first N); repeat an option to hit several campaigns.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    simulate.add_argument("--port", type=_port, default=8080, help="port (0: a free one)")
+    simulate.add_argument(
+        "--latency-ms", type=_non_negative, default=50.0, help="time each clear takes"
+    )
     simulate.add_argument(
         "--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503"
     )
     simulate.add_argument(
         "--token-limit", type=_count, default=1_000_000, help="calls per token per day"
     )
+    simulate.add_argument(
+        "--shared-limit",
+        action="store_true",
+        help="the daily limit counts every token's calls on a server together",
+    )
+    simulate.add_argument(
+        "--seed", type=int, help="seed for --fail-rate and fault rates (same answers each run)"
+    )
+    for option, text in _FAULT_OPTIONS:
+        simulate.add_argument(option, type=_fault, action="append", metavar="FAULT", help=text)
+    simulate.add_argument(
+        "--slow-s", type=_non_negative, default=120.0, help="how long a --slow answer takes"
+    )
+    simulate.add_argument(
+        "--burst-length", type=_count, default=5, help="answers in each --burst-5xx"
+    )
     simulate.set_defaults(handler=_simulate)
     return parser
+
+
+_FAULT_OPTIONS = (
+    ("--token-rejected", "403 PLEASE VALIDATE TOKEN, and for every later call of that token"),
+    ("--quota-spent", "the token's daily quota is spent: 403 TOKEN LIMIT EXCEEDED from then on"),
+    ("--maintenance", "403 FORBIDDEN whose text speaks of maintenance"),
+    ("--simultaneous", "403 EXCEEDS THE LIMIT OF SIMULTANEOUS REQUESTS PER TOKEN"),
+    ("--slow", "answer after --slow-s seconds (past the plan's timeout_s), the clear done"),
+    ("--drop", "drop the connection without an answer; the clear is done all the same"),
+    (
+        "--burst-5xx",
+        "5xx answers (JSON and a proxy's HTML) for the server's next --burst-length calls",
+    ),
+)
+
+
+def _fault(text: str) -> FaultSpec:
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _number(text: str) -> float:
@@ -323,11 +369,28 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from orchestrator.run.openfiles import allow_every_open_file
+    from orchestrator.wolkvox.faults import Faults, combined
     from orchestrator.wolkvox.simulator import SimulatorConfig, serve
 
     allow_every_open_file()  # a connection per token calling it, however many
+    faults = Faults(
+        token_rejected=combined(args.token_rejected),
+        quota_spent=combined(args.quota_spent),
+        maintenance=combined(args.maintenance),
+        simultaneous=combined(args.simultaneous),
+        slow=combined(args.slow),
+        drop=combined(args.drop),
+        burst=combined(args.burst_5xx),
+        slow_s=args.slow_s,
+        burst_length=args.burst_length,
+    )
     config = SimulatorConfig(
-        latency_ms=args.latency_ms, fail_rate=args.fail_rate, token_limit=args.token_limit
+        latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate,
+        token_limit=args.token_limit,
+        seed=args.seed,
+        shared_limit=args.shared_limit,
+        faults=faults,
     )
     with contextlib.suppress(KeyboardInterrupt, _Terminated):
         asyncio.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,14 @@ from orchestrator.plan.model import Lane, Secret, token_fingerprint
 from orchestrator.plan.tokens import build_lanes, read_tokens
 from orchestrator.plan.validate import parse_plan
 from orchestrator.state.locks import FileLocks
-from orchestrator.wolkvox.client import TokenInfoError, WolkvoxClient
+from orchestrator.wolkvox.client import (
+    HttpRequest,
+    HttpResponse,
+    TokenInfo,
+    TokenInfoError,
+    WolkvoxClient,
+    parse_token_info,
+)
 from orchestrator.wolkvox.quota import QuotaLine, check_quota, render_quota, worst_case
 from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator, SimulatorConfig
 from orchestrator.wolkvox.transport import AiohttpTransport
@@ -70,8 +78,10 @@ async def test_enough_quota_one_token_info_call_per_token_and_nothing_cleared() 
         lines = await check_quota(lanes(), client)
         stats = sim.stats()
     assert lines == [
-        QuotaLine(MAIN_ID, ("env:T_MAIN",), "0014", 100, 1, 99, 13, True),
-        QuotaLine(OPS_ID, ("env:T_OPS",), "0038", 100, 1, 99, 2, True),
+        QuotaLine(
+            MAIN_ID, ("env:T_MAIN",), "0014", 100, 1, 99, 13, True, f"simulated token {MAIN_ID}"
+        ),
+        QuotaLine(OPS_ID, ("env:T_OPS",), "0038", 100, 1, 99, 2, True, f"simulated token {OPS_ID}"),
     ]
     assert stats["calls_per_token"] == {MAIN_ID: 1, OPS_ID: 1}
     assert {(c["api"], c["server"]) for c in stats["timeline"]} == {
@@ -251,3 +261,145 @@ async def test_lanes_without_tokens_or_sharing_one_are_refused_before_any_call()
             await check_quota([main, twin], client)
         assert await check_quota([Lane(MAIN_ID, ("env:T_MAIN",), main.secret, ())], client) == []
         assert sim.stats()["total_calls"] == 0
+
+
+# -------------------------------------------------- token_info as wolkvox sends it
+
+
+def answer(**record: object) -> bytes:
+    """A token_info answer in wolkvox's shape: code as text, the record in a data list."""
+    body = {"code": "200", "error": None, "msg": "1 records were found", "data": [record]}
+    return json.dumps(body).encode()
+
+
+REAL = {
+    "description": "Nightly recycling",
+    "token_limit": "4,800",
+    "token_use_today": "1,200",
+    "all_token_today": "2,000",
+    "available_consumption_options": "3,600",
+}
+
+
+def fixed(body: bytes) -> WolkvoxClient:
+    """A client whose every token_info call gets ``body``."""
+
+    async def transport(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, body)
+
+    return WolkvoxClient(transport, "https://wv{server}.example")
+
+
+def test_the_real_answer_is_read_whole() -> None:
+    assert parse_token_info(HttpResponse(200, answer(**REAL))) == TokenInfo(
+        token_limit=4800,
+        token_use_today=1200,
+        all_token_today=2000,
+        available_consumption_options=3600,
+        description="Nightly recycling",
+    )
+
+
+@pytest.mark.parametrize("value", ["", "  ", "4.800", "lots", "-5", "1,20", True])
+def test_a_value_that_cannot_be_read_is_named_not_guessed(value: object) -> None:
+    info = parse_token_info(HttpResponse(200, answer(**{**REAL, "token_limit": value})))
+    assert (info.token_limit, info.unreadable) == (None, ("token_limit",))
+    assert info.available_consumption_options == 3600
+
+
+async def test_an_unreadable_value_is_a_warning_naming_the_field_not_a_refusal() -> None:
+    main, _ops = lanes()
+    client = fixed(answer(**{**REAL, "token_use_today": ""}))
+    (line,) = await check_quota([main], client)
+    # available_consumption_options still says what is left: 3,600 less this check's call.
+    assert (line.limit, line.used_today, line.left, line.enough) == (4800, None, 3599, True)
+    assert line.warnings == (
+        f"env:T_MAIN (token {MAIN_ID}): token_info field token_use_today could not be read "
+        "(not a count)",
+    )
+    table = render_quota([line])
+    assert f"warning: env:T_MAIN (token {MAIN_ID}): token_info field token_use_today" in table
+    assert '"Nightly recycling"' in table
+
+
+async def test_a_field_missing_from_the_answer_is_a_warning_too() -> None:
+    main, _ops = lanes()
+    record = {k: v for k, v in REAL.items() if k != "all_token_today"}
+    (line,) = await check_quota([main], fixed(answer(**record)))
+    assert line.warnings == (
+        f"env:T_MAIN (token {MAIN_ID}): token_info answer has no all_token_today",
+    )
+    assert line.enough
+
+
+async def test_a_quota_that_cannot_be_read_at_all_is_not_checked_and_says_so() -> None:
+    main, _ops = lanes()
+    record = {**REAL, "token_limit": "", "available_consumption_options": "n/a"}
+    (line,) = await check_quota([main], fixed(answer(**record)))
+    assert (line.left, line.enough) == (None, True)
+    assert any("quota not checked" in w for w in line.warnings)
+    row = next(
+        r for r in render_quota([line]).splitlines() if "env:T_MAIN" in r and "warning" not in r
+    )
+    assert row.split()[-6:] == ["?", "1201", "?", "13", "NOT", "CHECKED"]
+
+
+async def test_the_smaller_of_the_two_statements_of_what_is_left_wins() -> None:
+    main, _ops = lanes()
+    record = {**REAL, "available_consumption_options": "10"}  # says less than 4,800 - 1,200
+    (line,) = await check_quota([main], fixed(answer(**record)))
+    assert (line.left, line.worst_case, line.enough) == (9, 13, False)
+
+
+SAME_SERVER = """\
+version: 1
+defaults: {server: 0014, type_campaign: predictive}
+campaigns:
+  - {campaign_id: 3001, token_env: T_MAIN, results: all}
+  - {campaign_id: 3002, token_env: T_MAIN, results: all}
+  - {campaign_id: 4001, token_env: T_OPS, results: all}
+"""
+
+
+async def _outsider_then_check(shared_limit: bool, outsider_calls: int) -> list[QuotaLine]:
+    """Another token of the operation spends ``outsider_calls`` first; then the check runs."""
+    outsider = Secret("tok-someone-else-SECRET-000")
+    async with simulated(token_limit=30, shared_limit=shared_limit) as (_, client):
+        for _ in range(outsider_calls):
+            await client.token_info("0014", outsider, 5.0)
+        return await check_quota(lanes(SAME_SERVER), client, max_parallel=1)
+
+
+async def test_a_shared_limit_is_checked_for_all_tokens_of_the_server_together() -> None:
+    main, ops, shared = await _outsider_then_check(shared_limit=True, outsider_calls=16)
+    # Each token alone fits (8 and 4 calls)...
+    assert (main.left, main.worst_case, main.enough) == (13, 8, True)
+    assert (ops.left, ops.worst_case, ops.enough) == (12, 4, True)
+    # ...but together they need 12 of the operation's calls, and 11 are left: 30 less the
+    # outsider's 16, the other check's call the later answer saw, and both check calls.
+    assert (shared.shared, shared.server, shared.token_id) == (True, "0014", "")
+    assert (shared.limit, shared.used_today, shared.left, shared.worst_case) == (30, 19, 11, 12)
+    assert not shared.enough
+    table = render_quota([main, ops, shared])
+    assert "all tokens (shared limit)" in table and "NOT ENOUGH" in table
+
+
+async def test_a_shared_limit_with_room_for_every_token_passes() -> None:
+    lines = await _outsider_then_check(shared_limit=True, outsider_calls=10)
+    assert [line.shared for line in lines] == [False, False, True]
+    assert all(line.enough for line in lines)
+
+
+async def test_other_tokens_use_does_not_count_when_each_token_has_its_own_limit() -> None:
+    lines = await _outsider_then_check(shared_limit=False, outsider_calls=16)
+    # all_token_today shows 16+ calls, but available_consumption_options counts this
+    # token's own use only: no shared line, and nothing refused for the outsider's calls.
+    assert [line.shared for line in lines] == [False, False]
+    assert [(line.left, line.enough) for line in lines] == [(29, True), (29, True)]
+
+
+async def test_a_description_that_echoes_the_token_never_shows_it() -> None:
+    main, _ops = lanes()
+    (line,) = await check_quota([main], fixed(answer(**{**REAL, "description": f"main {TOKEN}"})))
+    shown = render_quota([line]) + repr(line)
+    assert TOKEN not in shown and "main [token]" in shown

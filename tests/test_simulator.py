@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -68,7 +69,8 @@ async def token_info(http: aiohttp.ClientSession, sim: Simulator, token: str = T
 
 
 def error_body(code: int, text: str) -> dict[str, Any]:
-    return {"code": code, "error": text, "msg": text}
+    """wolkvox's error shape: the status name in ``error``, the detail in ``msg``."""
+    return {"code": code, "error": HTTPStatus(code).phrase.upper(), "msg": text}
 
 
 # -- answers -------------------------------------------------------------------
@@ -155,7 +157,7 @@ async def test_absent_campaign_id_is_400_parameters_required(
     url = f"{sim.url}/wv0014/api/v2/campaign.php"
     params = {"api": "clear_campaign", "type_campaign": "predictive"}
     async with http.delete(url, params=params, headers={"wolkvox-token": TOKEN}) as resp:
-        assert (resp.status, (await resp.json())["error"]) == (400, "SOME PARAMETERS ARE REQUIRED")
+        assert (resp.status, (await resp.json())["msg"]) == (400, "SOME PARAMETERS ARE REQUIRED")
 
 
 @pytest.mark.parametrize(
@@ -332,7 +334,7 @@ async def test_token_stays_busy_after_client_gives_up(
         async with asyncio.timeout(0.05):
             await clear(http, sim)
     status, body = await clear(http, sim)
-    assert (status, body["error"]) == (403, "EXCEEDS THE LIMIT OF SIMULTANEOUS REQUESTS PER TOKEN")
+    assert (status, body["msg"]) == (403, "EXCEEDS THE LIMIT OF SIMULTANEOUS REQUESTS PER TOKEN")
 
 
 # -- quota ---------------------------------------------------------------------
@@ -359,17 +361,26 @@ async def test_token_info_reports_limit_and_calls_before_this_one(
     sim = await start(token_limit=50)
     await clear(http, sim)
     await clear(http, sim, type_campaign="bogus")
+    await clear(http, sim, token=OTHER_TOKEN)
     assert await token_info(http, sim) == (
         200,
         {
-            "code": 200,
+            "code": "200",
             "error": None,
-            "msg": "OK",
-            "data": {"token_limit": 50, "token_use_today": 2},
+            "msg": "1 records were found",
+            "data": [
+                {
+                    "description": f"simulated token {token_fingerprint(TOKEN)}",
+                    "token_limit": "50",
+                    "token_use_today": "2",
+                    "all_token_today": "3",
+                    "available_consumption_options": "48",
+                }
+            ],
         },
     )
     # token_info costs a call too
-    assert (await token_info(http, sim))[1]["data"]["token_use_today"] == 3
+    assert (await token_info(http, sim))[1]["data"][0]["token_use_today"] == "3"
 
 
 # -- observation ---------------------------------------------------------------

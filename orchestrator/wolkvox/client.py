@@ -322,17 +322,46 @@ def _redact_answer(answer: Answer, token: str) -> Answer:
 # ----------------------------------------------------------------------- client
 
 
+#: The fields of wolkvox's ``token_info`` answer, in the order its page lists them.
+TOKEN_INFO_FIELDS = (
+    "description",
+    "token_limit",
+    "token_use_today",
+    "all_token_today",
+    "available_consumption_options",
+)
+
+# wolkvox sends counts as text, with thousands grouped by commas ("4,800"). A dot is
+# left unread: "4.800" may be four thousand eight hundred or four point eight.
+_COUNT = re.compile(r"[0-9]{1,12}|[0-9]{1,3}(?:,[0-9]{3}){1,3}")
+
+
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
-    """A token's daily quota and how much of it is used."""
+    """A token's daily quota as ``token_info`` reported it; ``None`` where a value was unusable.
 
-    token_limit: int
-    token_use_today: int
+    ``all_token_today`` is the use of every token of the operation today;
+    ``available_consumption_options`` is what wolkvox itself counts as left.
+    ``unreadable`` names the fields that were sent but could not be read (blank,
+    not a count); a field that was not sent at all is ``None`` and not named.
+    """
+
+    token_limit: int | None
+    token_use_today: int | None
+    all_token_today: int | None = None
+    available_consumption_options: int | None = None
+    description: str | None = None
+    unreadable: tuple[str, ...] = ()
 
     @property
-    def remaining(self) -> int:
-        """Calls left today (never negative)."""
-        return max(0, self.token_limit - self.token_use_today)
+    def remaining(self) -> int | None:
+        """Calls left today (never negative): the smaller of what the figures say; else ``None``."""
+        left = []
+        if self.token_limit is not None and self.token_use_today is not None:
+            left.append(self.token_limit - self.token_use_today)
+        if self.available_consumption_options is not None:
+            left.append(self.available_consumption_options)
+        return max(0, min(left)) if left else None
 
 
 class TokenInfoError(OrchestratorError):
@@ -346,34 +375,61 @@ class TokenInfoError(OrchestratorError):
         self.code = code
 
 
-def _info_fields(body: dict[str, object]) -> TokenInfo | None:
-    """The quota fields at the top level of ``body`` or under ``data``."""
-    candidates: list[object] = [body]
+def _as_count(value: object) -> int | None:
+    """A count: a JSON int or integral float, or text like ``"4,800"``; else ``None``."""
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text.replace(",", "")) if _COUNT.fullmatch(text) else None
+    count = _as_int(value)
+    return count if count is not None and count >= 0 else None
+
+
+def _info_record(body: dict[str, object]) -> dict[str, object] | None:
+    """Where the fields are: the first item of a ``data`` list, a ``data`` object, or the body."""
     data = body.get("data")
-    candidates.append(data[0] if isinstance(data, list) and data else data)
+    candidates = [data[0] if isinstance(data, list) and data else data, body]
     for candidate in candidates:
-        if not isinstance(candidate, dict):
-            continue
-        limit = _as_int(candidate.get("token_limit"))
-        used = _as_int(candidate.get("token_use_today"))
-        if limit is not None and used is not None and limit >= 0 and used >= 0:
-            return TokenInfo(token_limit=limit, token_use_today=used)
+        if isinstance(candidate, dict) and any(name in candidate for name in TOKEN_INFO_FIELDS):
+            return candidate
     return None
 
 
-def parse_token_info(response: HttpResponse) -> TokenInfo:
-    """Read a ``token_info`` answer; raise :class:`TokenInfoError` if it has no quota.
+def _info_fields(record: dict[str, object]) -> TokenInfo:
+    counts: dict[str, int | None] = {}
+    unreadable = []
+    for name in TOKEN_INFO_FIELDS[1:]:
+        raw = record.get(name)
+        counts[name] = None if raw is None else _as_count(raw)
+        if raw is not None and counts[name] is None:
+            unreadable.append(name)
+    description = one_line(record.get("description"), 80)
+    return TokenInfo(
+        token_limit=counts["token_limit"],
+        token_use_today=counts["token_use_today"],
+        all_token_today=counts["all_token_today"],
+        available_consumption_options=counts["available_consumption_options"],
+        description=description.strip() or None if description is not None else None,
+        unreadable=tuple(unreadable),
+    )
 
-    Accepts ``token_limit`` and ``token_use_today`` as ints or numeric strings,
-    at the top level of the JSON object or under ``data`` (an object, or a
-    list whose first item is one).
+
+def parse_token_info(response: HttpResponse) -> TokenInfo:
+    """Read a ``token_info`` answer; raise :class:`TokenInfoError` if it is not one.
+
+    wolkvox sends ``{"code": "200", ..., "data": [{...}]}`` with every value as
+    text; ints, a ``data`` object and fields at the top level are read too. A
+    value that cannot be read is ``None`` in the result and named in
+    ``unreadable``: the caller decides what it costs. An error answer, or one
+    without any of the :data:`TOKEN_INFO_FIELDS`, is a :class:`TokenInfoError`.
     """
     status = response.status
     body, problem = _parse_body(response.body)
     if body is None:
         raise TokenInfoError(f"token_info: {problem}: HTTP {status}", http_status=status)
     code = _as_int(body.get("code"))
-    text = one_line(body.get("error")) or one_line(body.get("msg")) or ""
+    # wolkvox puts the status name in error ("FORBIDDEN") and the reason in msg: keep both.
+    texts = [one_line(body.get(key)) for key in ("error", "msg")]
+    text = ": ".join(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
     if not 200 <= status <= 299 or (code is not None and not 200 <= code <= 299):
         shown = code if code is not None else status
         raise TokenInfoError(
@@ -381,12 +437,12 @@ def parse_token_info(response: HttpResponse) -> TokenInfo:
             http_status=status,
             code=code,
         )
-    info = _info_fields(body)
-    if info is None:
+    record = _info_record(body)
+    if record is None:
         raise TokenInfoError(
             "token_info: no token_limit/token_use_today in answer", http_status=status, code=code
         )
-    return info
+    return _info_fields(record)
 
 
 class WolkvoxClient:
@@ -431,9 +487,12 @@ class WolkvoxClient:
         except TransportError as exc:
             raise TokenInfoError(f"token_info: {redact(str(exc), secret)}") from exc
         try:
-            return parse_token_info(response)
+            info = parse_token_info(response)
         except TokenInfoError as exc:
             message = redact(str(exc), secret)
             if message != str(exc):  # the server echoed the token: no chain to show it
                 raise TokenInfoError(message, http_status=exc.http_status, code=exc.code) from None
             raise
+        if info.description is not None and secret and secret in info.description:
+            return replace(info, description=redact(info.description, secret))
+        return info

@@ -10,6 +10,13 @@ refused before it starts.
 One ``token_info`` call per lane, on the server of the lane's first clear (the
 quota belongs to the token, whichever server answers). Lanes are checked side
 by side; each lane is one token, so no token ever has two calls at once.
+
+wolkvox states what is left twice (``token_limit - token_use_today`` and
+``available_consumption_options``): the smaller is taken. A figure that cannot
+be read is a warning naming its field, never a refused run. Where the
+available count shows that the limit is shared by every token of the
+operation (it is ``token_limit - all_token_today``), the plan's tokens on that
+server are also checked together, on one ``shared`` line.
 """
 
 from __future__ import annotations
@@ -33,20 +40,28 @@ DEFAULT_MAX_PARALLEL = 32
 
 @dataclass(frozen=True, slots=True)
 class QuotaLine:
-    """One token's quota against its lane's worst case. Never holds the token itself.
+    """One token's quota (or one server's shared quota) against the worst case. Never a token.
 
-    ``used_today`` counts the check's own ``token_info`` call, so that
-    ``left == max(0, limit - used_today)`` are the calls really left for the run.
+    ``used_today`` counts the check's own ``token_info`` call, so that ``left``
+    (never negative) are the calls really left for the run. A figure wolkvox
+    sent in a form that could not be read is ``None``, and ``warnings`` say
+    which field; ``enough`` is false only when the figures show that the worst
+    case may not fit. A ``shared`` line is every token of ``server`` together,
+    when wolkvox's answers show that its limit counts the calls of all of them:
+    ``token_id`` is then empty.
     """
 
     token_id: str
     token_names: tuple[str, ...]
     server: str
-    limit: int
-    used_today: int
-    left: int
+    limit: int | None
+    used_today: int | None
+    left: int | None
     worst_case: int
     enough: bool
+    description: str | None = None
+    warnings: tuple[str, ...] = ()
+    shared: bool = False
 
 
 def worst_case(lane: Lane) -> int:
@@ -86,13 +101,13 @@ async def check_quota(
     holds: TokenLocks = locks or NoLocks()
     spent_by_check = 0 if usage_includes_check else 1
 
-    async def one(lane: Lane) -> QuotaLine | TokenInfoError:
+    async def one(lane: Lane) -> TokenInfo | TokenInfoError:
         assert lane.secret is not None  # _check_lanes
         server = lane.clears[0].server
         try:
             async with gate, holds.hold(lane.token_id):
                 try:
-                    info = await client.token_info(server, lane.secret, timeout_s)
+                    return await client.token_info(server, lane.secret, timeout_s)
                 except TokenInfoError as exc:
                     message = (
                         f"cannot read the daily quota of {_label(lane)} on server {server}: {exc}"
@@ -100,7 +115,6 @@ async def check_quota(
                     return TokenInfoError(message, http_status=exc.http_status, code=exc.code)
         finally:
             holds.forget(lane.token_id)  # thousands of tokens: no descriptor kept for each
-        return _line(lane, server, info, spent_by_check)
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(lane)) for lane in checked]
@@ -111,7 +125,11 @@ async def check_quota(
         raise TokenInfoError(
             "\n".join(str(f) for f in failures), http_status=first.http_status, code=first.code
         )
-    return [o for o in outcomes if isinstance(o, QuotaLine)]
+    answers = [
+        (lane, o) for lane, o in zip(checked, outcomes, strict=True) if isinstance(o, TokenInfo)
+    ]
+    lines = [_line(lane, info, spent_by_check) for lane, info in answers]
+    return lines + _shared_lines(checked, answers, spent_by_check)
 
 
 def _check_lanes(lanes: Sequence[Lane]) -> None:
@@ -125,20 +143,106 @@ def _check_lanes(lanes: Sequence[Lane]) -> None:
         seen.add(lane.secret.token_id)
 
 
-def _line(lane: Lane, server: str, info: TokenInfo, spent_by_check: int) -> QuotaLine:
-    used = info.token_use_today + spent_by_check
-    left = max(0, info.token_limit - used)
+def _line(lane: Lane, info: TokenInfo, spent_by_check: int) -> QuotaLine:
+    label = _label(lane)
+    warnings = [_field_warning(label, name, info) for name in _COUNT_FIELDS]
+    used = None if info.token_use_today is None else info.token_use_today + spent_by_check
+    # Both ways wolkvox states what is left are honoured: the smaller one wins.
+    candidates = []
+    if info.token_limit is not None and used is not None:
+        candidates.append(info.token_limit - used)
+    if info.available_consumption_options is not None:
+        candidates.append(info.available_consumption_options - spent_by_check)
+    left = max(0, min(candidates)) if candidates else None
     worst = worst_case(lane)
+    if left is None:
+        warnings.append(
+            f"{label}: quota not checked: neither token_limit with token_use_today "
+            "nor available_consumption_options could be read"
+        )
     return QuotaLine(
         token_id=lane.token_id,
         token_names=lane.token_names,
-        server=server,
+        server=lane.clears[0].server,
         limit=info.token_limit,
         used_today=used,
         left=left,
         worst_case=worst,
-        enough=worst <= left,
+        enough=left is None or worst <= left,
+        description=info.description,
+        warnings=tuple(w for w in warnings if w),
     )
+
+
+#: The counts of a ``token_info`` answer (its ``description`` is only shown).
+_COUNT_FIELDS = (
+    "token_limit",
+    "token_use_today",
+    "all_token_today",
+    "available_consumption_options",
+)
+
+
+def _field_warning(label: str, name: str, info: TokenInfo) -> str:
+    """Why field ``name`` of ``info`` cannot be used, or ``""`` when it can."""
+    if name in info.unreadable:
+        return f"{label}: token_info field {name} could not be read (not a count)"
+    if getattr(info, name) is None:
+        return f"{label}: token_info answer has no {name}"
+    return ""
+
+
+def _shares_limit(info: TokenInfo) -> bool:
+    """Whether wolkvox counts this token's limit against every token's use of the operation.
+
+    wolkvox's own ``available_consumption_options`` tells which use it subtracts
+    from ``token_limit``: ``all_token_today`` (shared) or ``token_use_today``.
+    When the two uses are equal the answer cannot tell; the token's own line
+    covers that case.
+    """
+    limit, shared_use, left = (
+        info.token_limit,
+        info.all_token_today,
+        info.available_consumption_options,
+    )
+    if limit is None or shared_use is None or left is None:
+        return False
+    return left == max(0, limit - shared_use) and shared_use != info.token_use_today
+
+
+def _shared_lines(
+    lanes: Sequence[Lane], answers: Sequence[tuple[Lane, TokenInfo]], spent_by_check: int
+) -> list[QuotaLine]:
+    """One line per server whose limit is shared: the worst case of all its tokens together."""
+    asked: dict[str, list[TokenInfo]] = {}
+    for lane, info in answers:
+        asked.setdefault(lane.clears[0].server, []).append(info)
+    lines = []
+    for server, infos in asked.items():
+        shared = [i for i in infos if _shares_limit(i)]
+        if not shared:
+            continue
+        limit = min(i.token_limit for i in shared if i.token_limit is not None)
+        # Each answer saw the operation's use at its own moment, some before the other
+        # checks' calls: count every check call on this server on top of the highest.
+        highest = max(i.all_token_today for i in shared if i.all_token_today is not None)
+        used = highest + len(infos) - 1 + spent_by_check
+        left = max(0, limit - used)
+        worst = sum(1 + c.retries for lane in lanes for c in lane.clears if c.server == server)
+        lines.append(
+            QuotaLine(
+                token_id="",
+                token_names=(),
+                server=server,
+                limit=limit,
+                used_today=used,
+                left=left,
+                worst_case=worst,
+                enough=worst <= left,
+                shared=True,
+            )
+        )
+    return lines
 
 
 def _label(lane: Lane) -> str:
@@ -162,19 +266,20 @@ _HEADERS = ("TOKEN", "SERVER", "LIMIT", "USED TODAY", "LEFT", "WORST CASE", "")
 def render_quota(lines: Sequence[QuotaLine]) -> str:
     """The quota check as a table for stderr, one row per token, and what it means.
 
-    Tokens are shown by name and ``token_id`` only.
+    Tokens are shown by name, ``token_id`` and wolkvox's description only.
+    Figures that could not be read show as ``?``; the warnings follow the table.
     """
     if not lines:
         return "quota check: no token to check"
     rows = [_HEADERS] + [
         (
-            _named(line.token_names, line.token_id),
+            _row_label(line),
             _printable(line.server),
-            str(line.limit),
-            str(line.used_today),
-            str(line.left),
+            _figure(line.limit),
+            _figure(line.used_today),
+            _figure(line.left),
             str(line.worst_case),
-            "OK" if line.enough else "NOT ENOUGH",
+            _verdict(line),
         )
         for line in lines
     ]
@@ -190,6 +295,12 @@ def render_quota(lines: Sequence[QuotaLine]) -> str:
         "  worst case: every clear once plus all its retries; "
         "used today includes this check's own token_info call"
     )
+    if any(line.shared for line in lines):
+        text.append(
+            "  all tokens: the server's limit counts the calls of every token of the "
+            "operation (all_token_today), so the plan's tokens there must fit together"
+        )
+    text.extend(f"warning: {w}" for line in lines for w in line.warnings)
     short = [line for line in lines if not line.enough]
     if short:
         text.append(
@@ -197,3 +308,20 @@ def render_quota(lines: Sequence[QuotaLine]) -> str:
             "split the plan, lower retries, or wait for the quota to reset"
         )
     return "\n".join(text)
+
+
+def _row_label(line: QuotaLine) -> str:
+    if line.shared:
+        return "all tokens (shared limit)"
+    label = _named(line.token_names, line.token_id)
+    return f'{label} "{_printable(line.description)}"' if line.description else label
+
+
+def _figure(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _verdict(line: QuotaLine) -> str:
+    if not line.enough:
+        return "NOT ENOUGH"
+    return "OK" if line.left is not None else "NOT CHECKED"
