@@ -78,3 +78,7 @@ class CallTimeout(TransportError):
 
 class ConnectionFailed(TransportError):
     """The connection could not be made or broke before an answer arrived."""
+
+
+class MetricsError(OrchestratorError):
+    """The metrics file could not be written."""
