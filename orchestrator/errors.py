@@ -80,5 +80,9 @@ class ConnectionFailed(TransportError):
     """The connection could not be made or broke before an answer arrived."""
 
 
+class LockError(OrchestratorError):
+    """Token locking cannot be set up or kept working; nothing is sent without it."""
+
+
 class MetricsError(OrchestratorError):
     """The metrics file could not be written."""
