@@ -880,6 +880,28 @@ def test_an_unreachable_redis_lock_url_exits_2_before_anything_is_sent(
     assert listed.code == 0 and json.loads(listed.out) == []
 
 
+def test_a_lock_url_without_the_redis_extra_exits_2_naming_it_and_sends_nothing(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+) -> None:
+    sim = simulators()
+    plan = write_plan(
+        tmp_path / "plan.yaml", sim.base_url, ['campaign_id: "3001", results: [busy]']
+    )
+    # An installation without the extra: `import redis` fails.
+    shim = tmp_path / "no-redis"
+    (shim / "redis").mkdir(parents=True)
+    (shim / "redis" / "__init__.py").write_text("raise ImportError('No module named redis')\n")
+    without_redis = Cli(cli.cwd, {**cli.env, "PYTHONPATH": str(shim)})
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    done = without_redis.run(
+        "run", plan, "--yes", "--state-dir", tmp_path / "state", "--lock-url", url
+    )
+    assert done.code == 2, done.err
+    assert "pip install 'orchestrator[redis]'" in done.err
+    assert "Traceback" not in done.err
+    assert sim.stats()["total_calls"] == 0
+
+
 def test_a_journal_that_cannot_be_created_exits_2_naming_it_and_sends_nothing(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
 ) -> None:

@@ -280,6 +280,15 @@ async def test_file_locks_unusable_state_dir_raise_lock_error(tmp_path: Path) ->
     assert isinstance(caught.value, OrchestratorError)
 
 
+async def test_a_lock_file_that_cannot_be_opened_is_a_lock_error_naming_it(
+    file_locks: FileLocks,
+) -> None:
+    file_locks.path("abc").mkdir()  # something else took the name
+    with pytest.raises(LockError, match=f"cannot open lock file {file_locks.path('abc')}: "):
+        async with file_locks.hold("abc"):
+            pytest.fail("held a lock it could not open")  # pragma: no cover
+
+
 async def test_file_lock_refuses_token_id_that_is_not_a_file_name(file_locks: FileLocks) -> None:
     with pytest.raises(ValueError, match="cannot name a lock file"):
         async with file_locks.hold("../escape"):
