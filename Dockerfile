@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY orchestrator ./orchestrator
-RUN pip install . && rm -rf /src
+RUN pip install ".[redis]" && rm -rf /src
 
 RUN useradd --create-home --uid 10001 orchestrator \
     && mkdir -p /plans /state \

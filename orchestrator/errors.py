@@ -78,3 +78,11 @@ class CallTimeout(OutcomeUnknown):
 
 class ConnectionLost(OutcomeUnknown):
     """The connection broke, or the answer was malformed, after the request may have left."""
+
+
+class LockError(OrchestratorError):
+    """Token locking cannot be set up or kept working; nothing is sent without it."""
+
+
+class MetricsError(OrchestratorError):
+    """The metrics file could not be written."""

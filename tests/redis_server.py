@@ -35,6 +35,18 @@ class RedisServer:
         """The server's URL, database 0."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def restart_empty(self) -> None:
+        """Stop the server and start a new one on the same port, without the old data.
+
+        What a Redis without persistence does when it is restarted: every key is gone.
+        """
+        self.stop()
+        fresh = _launch(redis_server_binary(), self.log.parent, self.port)
+        if not _wait_until_ready(fresh):
+            fresh.stop()
+            raise RuntimeError(f"redis-server did not come back on port {self.port}")
+        self.process = fresh.process
+
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
         if self.process.poll() is None:

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import pty
+import re
 import resource
 import select
 import signal
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from redis_server import redis_url  # noqa: F401
 
 from orchestrator.output.log import make_logger
@@ -50,6 +52,7 @@ from orchestrator.plan.validate import load_plan
 from orchestrator.run.events import ClearStarted, Event
 from orchestrator.run.execute import Engine, RunSpec, execute
 from orchestrator.state.journal import JournalError
+from orchestrator.state.redis_locks import EPOCH_KEY, KEY_PREFIX
 from orchestrator.wolkvox.simulator import Simulator, SimulatorConfig
 
 Json = dict[str, Any]
@@ -628,8 +631,14 @@ def test_resume_refuses_a_run_that_is_still_running_in_another_process(
 
 
 def two_runs_at_once(
-    cli: Cli, sim: SimProcess, tmp_path: Path, state_dirs: tuple[Path, Path], *extra: object
+    cli: Cli,
+    sim: SimProcess,
+    tmp_path: Path,
+    state_dirs: tuple[Path, Path],
+    *extra: object,
+    meanwhile: Callable[[list[Child]], None],
 ) -> None:
+    """Two runs of one plan on two tokens; ``meanwhile`` makes them meet, then lets go."""
     clears = 6
     results = "[no-answer, answer-machine, abandon, busy, congestion, unknown]"
     plan = write_plan(
@@ -646,6 +655,7 @@ def two_runs_at_once(
         )
         for n, state in enumerate(state_dirs)
     ]
+    meanwhile(runs)
     codes = [run.finish() for run in runs]
     stats = sim.wait_idle()
     detail = f"{[run.err for run in runs]}\n{stats['timeline']}"
@@ -662,12 +672,30 @@ def two_runs_at_once(
 
 
 def test_two_processes_sharing_a_state_dir_never_use_a_token_twice_at_once(
-    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
 ) -> None:
     state = tmp_path / "state"
     # The journal exists already: creating it at once from two processes is another test's.
     assert cli.run("runs", "--state-dir", state).code == 0
-    two_runs_at_once(cli, simulators(latency_ms=50), tmp_path, (state, state))
+    lock_file = state / "locks" / f"{ids(tokens)['T_A']}.lock"
+    lock_file.parent.mkdir()
+    held = os.open(lock_file, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+
+    def both_wait_then_release(runs: list[Child]) -> None:
+        # Each run keeps the lock file open while it waits for it: then both have met.
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while not all(has_open(run.proc.pid, lock_file) for run in runs):
+                assert all(run.proc.poll() is None for run in runs), [r.err for r in runs]
+                assert time.monotonic() < deadline, "the runs never waited for the token"
+                time.sleep(0.005)
+        finally:
+            os.close(held)
+
+    two_runs_at_once(
+        cli, simulators(latency_ms=50), tmp_path, (state, state), meanwhile=both_wait_then_release
+    )
 
 
 def test_a_run_waits_for_another_process_creating_the_journal_instead_of_exiting_2(
@@ -721,16 +749,43 @@ def test_two_processes_with_separate_state_dirs_are_kept_apart_by_redis_locks(
     simulators: Callable[..., SimProcess],
     cli: Cli,
     tmp_path: Path,
+    tokens: dict[str, str],
     redis_url: str,  # noqa: F811
 ) -> None:
-    two_runs_at_once(
-        cli,
-        simulators(latency_ms=50),
-        tmp_path,
-        (tmp_path / "state-1", tmp_path / "state-2"),
-        "--lock-url",
-        redis_url,
-    )
+    client = redis.Redis.from_url(redis_url, socket_timeout=WAIT_S)
+    # A Redis that kept its data since earlier runs: no fence to wait out first.
+    client.set(EPOCH_KEY, "kept-since-earlier-runs", nx=True)
+    lease = KEY_PREFIX + ids(tokens)["T_A"]
+    client.set(lease, "the-test", px=round(WAIT_S * 1000))
+
+    def both_wait_then_release(runs: list[Child]) -> None:
+        # Each attempt to take the lease names its owner, host:pid:nonce; once both
+        # processes have tried and found it taken, they have met.
+        pids = {str(run.proc.pid) for run in runs}
+        tried: set[str] = set()
+        deadline = time.monotonic() + WAIT_S
+        try:
+            with client.monitor() as monitor:
+                while tried != pids:
+                    assert time.monotonic() < deadline, "the runs never waited for the token"
+                    command = monitor.next_command()["command"]
+                    if lease in command and "'NX'" in command:
+                        tried |= pids & set(re.findall(r":(\d+):[0-9a-f]{16}\b", command))
+        finally:
+            client.delete(lease)
+
+    try:
+        two_runs_at_once(
+            cli,
+            simulators(latency_ms=50),
+            tmp_path,
+            (tmp_path / "state-1", tmp_path / "state-2"),
+            "--lock-url",
+            redis_url,
+            meanwhile=both_wait_then_release,
+        )
+    finally:
+        client.close()
 
 
 def contending_runs(cli: Cli, plan: Path, state: Path, token_id: str) -> list[Child]:
@@ -823,6 +878,28 @@ def test_an_unreachable_redis_lock_url_exits_2_before_anything_is_sent(
     assert sim.stats()["total_calls"] == 0
     listed = cli.run("runs", "--json", "--state-dir", state)
     assert listed.code == 0 and json.loads(listed.out) == []
+
+
+def test_a_lock_url_without_the_redis_extra_exits_2_naming_it_and_sends_nothing(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+) -> None:
+    sim = simulators()
+    plan = write_plan(
+        tmp_path / "plan.yaml", sim.base_url, ['campaign_id: "3001", results: [busy]']
+    )
+    # An installation without the extra: `import redis` fails.
+    shim = tmp_path / "no-redis"
+    (shim / "redis").mkdir(parents=True)
+    (shim / "redis" / "__init__.py").write_text("raise ImportError('No module named redis')\n")
+    without_redis = Cli(cli.cwd, {**cli.env, "PYTHONPATH": str(shim)})
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    done = without_redis.run(
+        "run", plan, "--yes", "--state-dir", tmp_path / "state", "--lock-url", url
+    )
+    assert done.code == 2, done.err
+    assert "pip install 'orchestrator[redis]'" in done.err
+    assert "Traceback" not in done.err
+    assert sim.stats()["total_calls"] == 0
 
 
 def test_a_journal_that_cannot_be_created_exits_2_naming_it_and_sends_nothing(

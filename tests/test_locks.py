@@ -1,37 +1,33 @@
-"""Token locks against the real things: flock between processes, and a live redis-server."""
+"""File locks against the real thing: flock between processes, files deleted mid-run."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
+import shutil
+import subprocess
 import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
-from redis_server import redis_url, start_redis_server  # noqa: F401
+from lock_helpers import (
+    BOUND_S,
+    STAYS_OUT_S,
+    assert_excludes,
+    hold_until,
+    stays_unset,
+)
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.state import locks as locks_module
 from orchestrator.state.locks import (
     FileLocks,
     Lease,
     LockError,
     NoLocks,
-    RedisLocks,
     RunLock,
-    TokenLocks,
-    describe_lock_url,
 )
-
-#: Upper bound on anything a test waits for; reached only when the code is broken.
-BOUND_S = 5.0
-#: How long a waiter must stay out to count as "kept waiting".
-STAYS_OUT_S = 0.05
-KEY_PREFIX = "orchestrator:token-lock:"
 
 # Holds an flock on argv[1] from a second process until a line arrives on stdin.
 HOLDER_SNIPPET = """
@@ -53,83 +49,10 @@ except BlockingIOError:
 
 
 @pytest.fixture
-def token() -> str:
-    """A token id no other test uses, so tests can share one Redis."""
-    return f"t{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
 async def file_locks(tmp_path: Path) -> AsyncIterator[FileLocks]:
     locks = FileLocks(tmp_path)
     yield locks
     await locks.aclose()
-
-
-@pytest.fixture
-async def connect_redis(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[RedisLocks]]]:  # noqa: F811
-    """Connect as many RedisLocks ("hosts") as a test needs; all closed afterwards."""
-    opened: list[RedisLocks] = []
-
-    async def connect(ttl_s: float = 30.0) -> RedisLocks:
-        locks = await RedisLocks.connect(redis_url, ttl_s=ttl_s)
-        opened.append(locks)
-        return locks
-
-    yield connect
-    for locks in opened:
-        await locks.aclose()
-
-
-@pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
-    """A third client that plays another party meddling with the keys."""
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-async def hold_until(
-    locks: TokenLocks, token_id: str, entered: asyncio.Event, leave: asyncio.Event
-) -> Lease:
-    """Hold ``token_id``, signal ``entered``, and stay until ``leave`` is set."""
-    async with locks.hold(token_id) as lease:
-        entered.set()
-        await leave.wait()
-    return lease
-
-
-async def stays_unset(event: asyncio.Event, seconds: float = STAYS_OUT_S) -> bool:
-    """True when ``event`` is still not set after ``seconds``."""
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return True
-    return False
-
-
-async def until(condition: Callable[[], bool], bound_s: float = BOUND_S) -> None:
-    """Wait, polling, until ``condition()`` holds; fail after ``bound_s``."""
-    # Lease.lost is a plain flag with no event to await, so polling it is the only way.
-    async with asyncio.timeout(bound_s):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
-async def assert_excludes(first: TokenLocks, second: TokenLocks, token_id: str) -> None:
-    """While ``first`` holds ``token_id``, ``second`` waits; then it gets in and says it waited."""
-    entered_first, leave_first = asyncio.Event(), asyncio.Event()
-    entered_second, leave_second = asyncio.Event(), asyncio.Event()
-    async with asyncio.timeout(BOUND_S):
-        one = asyncio.create_task(hold_until(first, token_id, entered_first, leave_first))
-        await entered_first.wait()
-        two = asyncio.create_task(hold_until(second, token_id, entered_second, leave_second))
-        assert await stays_unset(entered_second)
-        leave_first.set()
-        await entered_second.wait()
-        leave_second.set()
-        assert (await one).waited_s == 0.0
-        assert (await two).waited_s >= STAYS_OUT_S
 
 
 async def run_probe(path: Path) -> int:
@@ -137,14 +60,6 @@ async def run_probe(path: Path) -> int:
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", PROBE_SNIPPET, str(path))
     async with asyncio.timeout(BOUND_S):
         return await process.wait()
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (just freed by us)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 # --- NoLocks --------------------------------------------------------------------------
@@ -163,7 +78,7 @@ async def test_no_locks_yields_at_once() -> None:
 async def test_file_lock_free_at_once_waits_zero(file_locks: FileLocks, tmp_path: Path) -> None:
     async with file_locks.hold("abc123") as lease:
         assert lease == Lease("abc123", 0.0, lost=False)
-    assert (tmp_path / "locks" / "abc123.lock").is_file()
+        assert (tmp_path / "locks" / "abc123.lock").is_file()
     async with file_locks.hold("abc123") as again:
         assert again.waited_s == 0.0
 
@@ -277,6 +192,15 @@ async def test_file_locks_unusable_state_dir_raise_lock_error(tmp_path: Path) ->
     assert isinstance(caught.value, OrchestratorError)
 
 
+async def test_a_lock_file_that_cannot_be_opened_is_a_lock_error_naming_it(
+    file_locks: FileLocks,
+) -> None:
+    file_locks.path("abc").mkdir()  # something else took the name
+    with pytest.raises(LockError, match=f"cannot open lock file {file_locks.path('abc')}: "):
+        async with file_locks.hold("abc"):
+            pytest.fail("held a lock it could not open")  # pragma: no cover
+
+
 async def test_file_lock_refuses_token_id_that_is_not_a_file_name(file_locks: FileLocks) -> None:
     with pytest.raises(ValueError, match="cannot name a lock file"):
         async with file_locks.hold("../escape"):
@@ -307,17 +231,16 @@ async def test_no_locks_forget_is_harmless() -> None:
         assert lease.waited_s == 0.0
 
 
-async def test_file_locks_keep_a_descriptor_per_token_until_it_is_forgotten(
-    file_locks: FileLocks,
+async def test_file_locks_keep_no_descriptor_and_no_file_once_a_hold_is_over(
+    file_locks: FileLocks, tmp_path: Path
 ) -> None:
     before = open_descriptors()
     for token_id in ("one", "two", "three"):
         async with file_locks.hold(token_id):
-            pass
-    assert open_descriptors() == before + 3
-    file_locks.forget("two")
-    file_locks.forget("never-held")
-    assert open_descriptors() == before + 2
+            assert open_descriptors() == before + 1
+    assert open_descriptors() == before
+    # A state directory used for years keeps no file per token ever used.
+    assert list((tmp_path / "locks").iterdir()) == []
 
 
 async def test_file_lock_forgotten_is_taken_afresh_and_still_excludes(tmp_path: Path) -> None:
@@ -409,190 +332,120 @@ def test_a_run_lock_whose_file_was_removed_after_it_was_opened_is_taken_afresh(
     assert not path.exists()
 
 
-# --- RedisLocks -----------------------------------------------------------------------
+# --- Lock files deleted while held (issue 16, item 2) ----------------------------------
 
 
-async def test_redis_lease_is_set_with_ttl_and_removed_on_release(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
-) -> None:
-    locks = await connect_redis(ttl_s=30.0)
-    async with locks.hold(token) as lease:
-        assert lease == Lease(token, 0.0)
-        assert 0 < await raw_redis.pttl(KEY_PREFIX + token) <= 30_000
-    assert await raw_redis.exists(KEY_PREFIX + token) == 0
+def record_failed_tries(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set each time a FileLocks hold finds its file locked by someone else."""
+    failed = asyncio.Event()
+    real = locks_module._try_flock
+
+    def try_flock(fd: int, path: Path) -> bool:
+        taken = real(fd, path)
+        if not taken:
+            failed.set()
+        return taken
+
+    monkeypatch.setattr(locks_module, "_try_flock", try_flock)
+    return failed
 
 
-async def test_redis_forget_while_held_still_excludes_and_a_forgotten_token_is_taken_again(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], token: str
-) -> None:
-    locks = await connect_redis()
-    entered, leave = asyncio.Event(), asyncio.Event()
-    holder = asyncio.create_task(hold_until(locks, token, entered, leave))
-    await entered.wait()
-    locks.forget(token)  # held: the second hold below must still queue behind the first
-    second_in, second_leave = asyncio.Event(), asyncio.Event()
-    second = asyncio.create_task(hold_until(locks, token, second_in, second_leave))
-    assert await stays_unset(second_in)
-    leave.set()
-    await asyncio.wait_for(second_in.wait(), BOUND_S)
-    second_leave.set()
-    assert (await holder).waited_s == 0.0
-    assert (await second).waited_s >= STAYS_OUT_S
-    locks.forget(token)
-    async with asyncio.timeout(BOUND_S), locks.hold(token) as lease:
-        assert lease.waited_s == 0.0
-
-
-async def test_redis_locks_of_two_hosts_exclude_each_other(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], token: str
-) -> None:
-    await assert_excludes(await connect_redis(), await connect_redis(), token)
-
-
-async def test_redis_holds_through_one_instance_exclude_each_other(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], token: str
-) -> None:
-    locks = await connect_redis()
-    await assert_excludes(locks, locks, token)
-
-
-async def test_redis_renewal_keeps_lease_past_ttl(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
-) -> None:
-    first, second = await connect_redis(ttl_s=0.3), await connect_redis(ttl_s=0.3)
-    entered, leave = asyncio.Event(), asyncio.Event()
-    async with first.hold(token) as lease:
-        waiter = asyncio.create_task(hold_until(second, token, entered, leave))
-        # Over three ttls: without renewal the lease would have expired and let `second` in.
-        assert await stays_unset(entered, 1.0)
-        assert not lease.lost
-        assert await raw_redis.pttl(KEY_PREFIX + token) > 0
-    async with asyncio.timeout(BOUND_S):
-        await entered.wait()
-        leave.set()
-        await waiter
-    assert not lease.lost
-
-
-async def test_redis_lease_taken_over_is_lost_and_not_deleted(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
-) -> None:
-    locks = await connect_redis(ttl_s=0.3)
-    async with locks.hold(token) as lease:
-        # Another owner after an expiry, as far as Redis can tell.
-        await raw_redis.set(KEY_PREFIX + token, "someone-else", px=30_000)
-        await until(lambda: lease.lost)
-    assert await raw_redis.get(KEY_PREFIX + token) == b"someone-else"
-
-
-async def test_redis_lease_deleted_is_lost(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
-) -> None:
-    locks = await connect_redis(ttl_s=0.3)
-    async with locks.hold(token) as lease:
-        await raw_redis.delete(KEY_PREFIX + token)
-        await until(lambda: lease.lost)
-
-
-async def test_redis_lease_lost_when_redis_goes_away(tmp_path: Path, token: str) -> None:
-    server = start_redis_server(tmp_path)
+async def first_of(task: asyncio.Task[Lease], event: asyncio.Event) -> None:
+    """Wait until ``task`` ends or ``event`` is set, whichever comes first (bounded)."""
+    signal = asyncio.ensure_future(event.wait())
     try:
-        locks = await RedisLocks.connect(server.url, ttl_s=0.3)
-        try:
-            started = time.monotonic()
-            async with locks.hold(token) as lease:
-                server.stop()
-                await until(lambda: lease.lost)
-                # Not before the lease could really have expired.
-                assert time.monotonic() - started >= 0.3
-        finally:
-            await locks.aclose()
+        await asyncio.wait((task, signal), timeout=BOUND_S, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        server.stop()
+        signal.cancel()
+    assert task.done() or event.is_set(), "neither happened in time"
 
 
-async def test_redis_released_when_body_raises(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
+async def test_a_lock_file_deleted_while_held_is_taken_again_before_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    locks = await connect_redis()
-    with pytest.raises(RuntimeError, match="boom"):
-        async with locks.hold(token):
-            raise RuntimeError("boom")
-    assert await raw_redis.exists(KEY_PREFIX + token) == 0
+    # An operator cleans up locks/ while run A holds a token; run B starts with the
+    # same state directory and takes the token afresh. A's next call must wait for B's.
+    run_a, run_b = FileLocks(tmp_path), FileLocks(tmp_path)
+    failed = record_failed_tries(monkeypatch)
+    try:
+        async with run_a.hold("abc"):
+            shutil.rmtree(tmp_path / "locks")
+            (tmp_path / "locks").mkdir()
+            b_in, b_leave = asyncio.Event(), asyncio.Event()
+            b_holds = asyncio.create_task(hold_until(run_b, "abc", b_in, b_leave))
+            await asyncio.wait_for(b_in.wait(), BOUND_S)  # the deleted file excludes nobody
+        a_in, a_leave = asyncio.Event(), asyncio.Event()
+        a_again = asyncio.create_task(hold_until(run_a, "abc", a_in, a_leave))
+        await first_of(a_again, failed)
+        assert not a_in.is_set(), "run A took the token while run B held it"
+        b_leave.set()
+        await b_holds
+        await asyncio.wait_for(a_in.wait(), BOUND_S)
+        a_leave.set()
+        assert (await a_again).waited_s > 0
+    finally:
+        await run_a.aclose()
+        await run_b.aclose()
 
 
-async def test_redis_released_when_holder_cancelled(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
+async def test_a_waiter_that_locked_a_deleted_file_takes_the_one_its_path_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    locks = await connect_redis()
-    entered = asyncio.Event()
-    holder = asyncio.create_task(hold_until(locks, token, entered, asyncio.Event()))
-    await entered.wait()
-    holder.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await holder
-    assert await raw_redis.exists(KEY_PREFIX + token) == 0
+    # C opened the file and waits for A; the file is deleted and B takes a new one.
+    # When A lets go, C holds a file nobody else looks at: it must go for B's.
+    run_a, run_b, run_c = FileLocks(tmp_path), FileLocks(tmp_path), FileLocks(tmp_path)
+    failed = record_failed_tries(monkeypatch)
+    try:
+        a_in, a_leave = asyncio.Event(), asyncio.Event()
+        a_holds = asyncio.create_task(hold_until(run_a, "abc", a_in, a_leave))
+        await asyncio.wait_for(a_in.wait(), BOUND_S)
+        c_in, c_leave = asyncio.Event(), asyncio.Event()
+        c_waits = asyncio.create_task(hold_until(run_c, "abc", c_in, c_leave))
+        await asyncio.wait_for(failed.wait(), BOUND_S)  # C has the old file open, waiting
+        (tmp_path / "locks" / "abc.lock").unlink()
+        b_in, b_leave = asyncio.Event(), asyncio.Event()
+        b_holds = asyncio.create_task(hold_until(run_b, "abc", b_in, b_leave))
+        await asyncio.wait_for(b_in.wait(), BOUND_S)
+        failed.clear()
+        a_leave.set()
+        await a_holds
+        await first_of(c_waits, failed)  # C either got in (wrong) or found B's file held
+        assert not c_in.is_set(), "run C took the token while run B held it"
+        b_leave.set()
+        await b_holds
+        await asyncio.wait_for(c_in.wait(), BOUND_S)
+        c_leave.set()
+        await c_waits
+    finally:
+        for locks in (run_a, run_b, run_c):
+            await locks.aclose()
 
 
-async def test_redis_waiter_cancelled_does_not_take_the_lease(
-    connect_redis: Callable[..., Awaitable[RedisLocks]], raw_redis: aioredis.Redis, token: str
+async def test_releasing_a_deleted_lock_file_leaves_the_new_holders_file_alone(
+    tmp_path: Path,
 ) -> None:
-    first, second = await connect_redis(), await connect_redis()
-    async with first.hold(token):
-        owner = await raw_redis.get(KEY_PREFIX + token)
-        waiter = asyncio.create_task(hold_until(second, token, asyncio.Event(), asyncio.Event()))
-        await asyncio.sleep(STAYS_OUT_S)
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
-        assert await raw_redis.get(KEY_PREFIX + token) == owner
-    assert await raw_redis.exists(KEY_PREFIX + token) == 0
+    run_a, run_b = FileLocks(tmp_path), FileLocks(tmp_path)
+    try:
+        async with run_a.hold("abc"):
+            (tmp_path / "locks" / "abc.lock").unlink()
+            b_in, b_leave = asyncio.Event(), asyncio.Event()
+            b_holds = asyncio.create_task(hold_until(run_b, "abc", b_in, b_leave))
+            await asyncio.wait_for(b_in.wait(), BOUND_S)
+        # A's release must not remove B's file: a third process would create another
+        # and lock it while B still calls.
+        assert run_b.path("abc").exists()
+        assert await run_probe(run_b.path("abc")) == 1
+        b_leave.set()
+        await b_holds
+        assert not run_b.path("abc").exists()
+    finally:
+        await run_a.aclose()
+        await run_b.aclose()
 
 
-async def test_redis_connect_to_closed_port_fails_fast() -> None:
-    url = f"redis://127.0.0.1:{closed_port()}/0"
-    started = time.monotonic()
-    with pytest.raises(LockError, match=f"cannot reach Redis at {url}: "):
-        await RedisLocks.connect(url)
-    assert time.monotonic() - started < 2.0
-
-
-async def assert_password_hidden(port: int) -> None:
-    """Connecting with a password to ``port`` fails without showing the password."""
-    url = f"redis://ops:s3cret-pw@127.0.0.1:{port}/0"
-    with pytest.raises(LockError) as caught:
-        await RedisLocks.connect(url)
-    message = str(caught.value)
-    assert message.startswith(f"cannot reach Redis at redis://ops:***@127.0.0.1:{port}/0: ")
-    assert "s3cret-pw" not in message
-
-
-async def test_redis_connect_error_hides_the_password_when_unreachable() -> None:
-    await assert_password_hidden(closed_port())
-
-
-async def test_redis_connect_error_hides_the_password_when_refused(redis_url: str) -> None:  # noqa: F811
-    # The test server has no such user: Redis answers WRONGPASS.
-    await assert_password_hidden(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-
-
-async def test_redis_connect_refuses_a_url_that_is_not_redis() -> None:
-    with pytest.raises(LockError, match="invalid Redis URL"):
-        await RedisLocks.connect("http://user:pw@example.invalid/")
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-        ("redis://ops:pw@h:6379/0", "redis://ops:***@h:6379/0"),
-        ("redis://:pw@h:6379/2", "redis://***@h:6379/2"),
-        ("redis://lonely-secret@h/0", "redis://***@h/0"),
-        ("rediss://ops:p%40ss@h:6380/0", "rediss://ops:***@h:6380/0"),
-        ("redis://ops:pa#ss@h/0", "redis://ops:***@h/0"),
-        ("redis://h/0?password=pw&db=1", "redis://h/0?password=***&db=1"),
-        ("unix:///run/redis.sock?password=pw", "unix:///run/redis.sock?password=***"),
-    ],
-)
-def test_describe_lock_url_hides_passwords(url: str, shown: str) -> None:
-    assert describe_lock_url(url) == shown
+def test_a_run_without_a_lock_url_never_imports_redis() -> None:
+    code = (
+        "import sys, orchestrator.cli, orchestrator.run.prepare, orchestrator.run.execute;"
+        "sys.exit('redis' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -180,10 +180,8 @@ async def test_no_token_lock_file_stays_open_after_the_quota_check(
         assert open_lock_files(tmp_path) == []  # none kept for thousands of tokens
     finally:
         await locks.aclose()
-    assert {p.name for p in (tmp_path / "locks").iterdir()} == {
-        f"{MAIN_ID}.lock",
-        f"{OPS_ID}.lock",
-    }
+    # Each token's lock file is removed when its hold ends: none piles up either.
+    assert list((tmp_path / "locks").iterdir()) == []
 
 
 async def test_every_token_that_cannot_be_read_is_named() -> None:

@@ -566,6 +566,33 @@ async def test_a_lock_service_lost_mid_run_stops_the_lane_without_sending() -> N
     assert finished(events)[1].error == "lost contact with Redis"
 
 
+class VanishingLocks(ScriptedLocks):
+    """Leases that the lock service no longer vouches for by the time the call would go."""
+
+    @contextlib.asynccontextmanager
+    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
+        async def gone() -> bool:
+            return False
+
+        yield Lease(token_id, 0.0, recheck=gone)
+
+
+async def test_a_lease_that_cannot_be_confirmed_right_before_the_call_sends_nothing() -> None:
+    sender, events = ScriptedSender(), []
+    scheduler = Scheduler(
+        [lane_of("A", [1, 2])],
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[events.append],
+        clock=FakeClock(),
+        locks=VanishingLocks(),
+    )
+    await scheduler.run()
+    assert sender.calls == []
+    assert outcomes(events) == {1: ("skipped", "lock_lost"), 2: ("skipped", "lock_lost")}
+
+
 async def test_the_cooldown_after_a_timeout_is_taken_while_holding_the_token_lock() -> None:
     locks = ScriptedLocks()
     held_while_resting: list[bool] = []

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.plan.model import Lane, Plan
 from orchestrator.run.events import Reason
-from orchestrator.state.locks import RunLock
+from orchestrator.state.locks import RunLock, open_token_locks
 
 if TYPE_CHECKING:
     from orchestrator.output.log import LogFormat
@@ -302,7 +302,9 @@ async def _with_state(
     stack.callback(durable.journal.close)
     if durable.run_lock is not None:
         stack.callback(durable.run_lock.release)
-    locks = await _locks(durable.state_dir, options.lock_url or spec.plan.settings.lock_url)
+    locks = await _locks(
+        durable.state_dir, options.lock_url or spec.plan.settings.lock_url, spec.plan
+    )
     stack.push_async_callback(locks.aclose)
     if durable.resume is not None:
         spec = dataclasses.replace(spec, resume=durable.resume)
@@ -325,14 +327,13 @@ def _still_to_do(spec: RunSpec) -> tuple[Lane, ...]:
     return tuple(lane for lane in lanes if lane.clears)
 
 
-async def _locks(state_dir: Path, lock_url: str | None) -> TokenLocks:
-    if lock_url:
-        from orchestrator.state.locks import RedisLocks
-
-        return await RedisLocks.connect(lock_url)
-    from orchestrator.state.locks import FileLocks
-
-    return FileLocks(state_dir)
+async def _locks(state_dir: Path, lock_url: str | None, plan: Plan) -> TokenLocks:
+    # The longest a call can keep a token busy: Redis locks keep off every token that
+    # long when Redis cannot prove it kept the leases of calls that may still run.
+    fence_s = max((c.timeout_s for c in plan.clears), default=0.0) + plan.settings.cooldown_s
+    return await open_token_locks(
+        state_dir, lock_url, fence_s=fence_s, warn=lambda text: print(text, file=sys.stderr)
+    )
 
 
 def _finish_journal(durable: Durable, run_id: str, exit_code: int, say: Say) -> None:

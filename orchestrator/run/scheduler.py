@@ -294,6 +294,12 @@ class Scheduler:
                     tries.count -= 1
                     tries.reason = Reason.RECORDING_FAILED
                     return None
+                if not await lease.confirm():
+                    # Redis lost the lease, or cannot vouch for it: this attempt must not leave.
+                    tries.count -= 1
+                    tries.reason = Reason.LOCK_LOST
+                    state.blocked = Reason.LOCK_LOST
+                    return None
                 self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
                 if answer is not None and answer.outcome_unknown:

@@ -3,14 +3,19 @@
 wolkvox refuses two simultaneous calls on one token. The scheduler already
 keeps calls on a token apart inside one process; the locks here extend that
 to other processes on the same host (:class:`FileLocks`, an OS file lock per
-token) and to other hosts (:class:`RedisLocks`, a renewed lease in Redis).
+token) and to other hosts (``RedisLocks`` in :mod:`orchestrator.state.redis_locks`,
+a renewed lease in Redis, imported only when a ``lock_url`` is set).
 
 The scheduler wraps every call in ``async with locks.hold(token_id) as lease``.
-It reports waiting from ``lease.waited_s`` and stops the lane when
-``lease.lost`` is set, so this module logs nothing itself. When a token's lane
-has ended it calls ``locks.forget(token_id)``, so what a lock keeps between
-calls (a lock file's descriptor) is held for the lanes running, not for every
-token of the plan.
+It reports waiting from ``lease.waited_s``, calls ``await lease.confirm()``
+right before it sends, and stops the lane when ``lease.lost`` is set, so this
+module logs nothing itself. When a token's lane has ended it calls
+``locks.forget(token_id)``.
+
+Why not the ``filelock`` package: its lock cannot notice that its file was
+deleted and replaced at the same path (it keeps locking the orphan while a
+newcomer locks the new file), and it never removes a lock file safely on release.
+Both are what keeps two processes off one token when ``locks/`` is cleaned up.
 """
 
 from __future__ import annotations
@@ -19,62 +24,32 @@ import asyncio
 import fcntl
 import os
 import re
-import secrets
-import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-from urllib.parse import parse_qsl, unquote, urlencode
+from typing import Protocol
 
-if TYPE_CHECKING:  # redis is imported only by runs that use it: start-up time counts
-    import redis.asyncio as aioredis
-
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import LockError
 
 __all__ = [
     "FileLocks",
     "Lease",
     "LockError",
     "NoLocks",
-    "RedisLocks",
+    "RunLock",
     "TokenLocks",
-    "describe_lock_url",
+    "open_token_locks",
 ]
 
 #: Polling while another holder has the lock: start short so a hand-over is
 #: quick, grow so a long wait costs little.
-_FIRST_POLL_S = 0.005
-_MAX_POLL_S = 0.1
-
-#: Longest a single Redis command may take before we treat Redis as unreachable.
-_MAX_REDIS_OP_S = 5.0
+FIRST_POLL_S = 0.005
+MAX_POLL_S = 0.1
 
 #: Token ids name lock files, so they must be one plain path component.
 _SAFE_TOKEN_ID = re.compile(r"[A-Za-z0-9_.:-]+")
-
-_KEY_PREFIX = "orchestrator:token-lock:"
-
-# Compare-then-act in one atomic script: a lease that expired and was taken by
-# another owner is never extended or deleted by its former holder.
-_RENEW_LUA = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE_LUA = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-
-class LockError(OrchestratorError):
-    """Token locking cannot be set up or kept working; nothing is sent without it."""
 
 
 @dataclass(slots=True)
@@ -90,6 +65,18 @@ class Lease:
     token_id: str
     waited_s: float
     lost: bool = False
+    #: Asks the lock service whether the lease still stands (Redis only).
+    recheck: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False, repr=False)
+
+    async def confirm(self) -> bool:
+        """Right before a call: True when the lock is still ours; else mark it lost.
+
+        A lease can be lost between acquiring it and sending (Redis restarted empty
+        while the journal was written): the call must then not leave.
+        """
+        if not self.lost and self.recheck is not None and not await self.recheck():
+            self.lost = True
+        return not self.lost
 
 
 class TokenLocks(Protocol):
@@ -103,14 +90,47 @@ class TokenLocks(Protocol):
         """Free what is kept for ``token_id`` between holds; a later hold takes it afresh.
 
         Called once its holds are over (its lane has ended): a plan of thousands of
-        tokens must not keep a descriptor open for each. Does nothing while a hold
-        of ``token_id`` is active or queued.
+        tokens must not keep state for each. Does nothing while a hold of
+        ``token_id`` is active or queued.
         """
         ...
 
     async def aclose(self) -> None:
         """Free every resource; call once no hold is active."""
         ...
+
+
+async def open_token_locks(
+    state_dir: Path,
+    lock_url: str | None,
+    *,
+    fence_s: float,
+    warn: Callable[[str], None],
+) -> TokenLocks:
+    """Redis leases at ``lock_url`` when it is set, else file locks in ``state_dir``.
+
+    ``fence_s`` is the longest a call can keep a token busy (its ``timeout_s`` plus
+    ``cooldown_s``): how long to keep off every token when Redis cannot prove it
+    kept the leases of calls that may still run. ``warn`` is told of such a wait.
+    Raise :class:`LockError` when the locks cannot be used.
+    """
+    if not lock_url:
+        return FileLocks(state_dir)
+    try:
+        from orchestrator.state.redis_locks import RedisLocks, describe_lock_url
+    except ImportError as exc:
+        raise LockError(
+            "lock_url is set but the redis package is not installed: "
+            "pip install 'orchestrator[redis]'"
+        ) from exc
+    locks = await RedisLocks.connect(lock_url, fence_s=fence_s)
+    if locks.fence_left_s > 0:
+        warn(
+            f"orchestrator: Redis at {describe_lock_url(lock_url)} cannot prove it kept the "
+            f"token leases (new, or restarted without its data): no call for "
+            f"{locks.fence_left_s:.0f} s, the longest a call from before could still run"
+        )
+    return locks
 
 
 class NoLocks:
@@ -129,10 +149,10 @@ class NoLocks:
 
 
 @dataclass(slots=True)
-class _Slot:
-    """Per-token state of one lock object."""
+class Slot:
+    """Per-token state of one lock object, shared with ``RedisLocks``."""
 
-    #: The token's open lock file (FileLocks only).
+    #: The token's lock file while held (FileLocks only), else -1.
     fd: int = -1
     #: Serialises holds through this object: neither flock on one descriptor nor
     #: Redis can tell two of our own holds apart.
@@ -144,21 +164,23 @@ class _Slot:
 class FileLocks:
     """One host: an exclusive ``flock`` on ``state_dir/locks/<token_id>.lock``.
 
-    Each token's file is opened at its first hold and kept open until
-    :meth:`forget` (or :meth:`aclose`), so a free hold costs two ``flock`` system
-    calls, and a run keeps one descriptor per lane running, not per token.
+    Each hold opens the file the path names, locks it, and checks that the path
+    still names the file it locked: if the file was deleted (an operator cleaning
+    ``locks/``, or the previous holder releasing), another process may already
+    hold a new file at that path, so the hold starts over with that one. Release
+    removes the file while still holding it, if the path still names it, so
+    ``locks/`` keeps a file only per token in use, never one per token ever used.
+
     ``flock`` locks belong to the open file description: another process, or
     another :class:`FileLocks` in this one, is excluded by the kernel; an
     ``asyncio.Lock`` per token excludes concurrent holds through this same
     object. The kernel drops the lock when a process dies, so a crash never
-    leaves a token locked.
+    leaves a token locked (only its file, which the next holder reuses).
 
     While someone else holds the lock we poll with a non-blocking ``flock`` and
     a growing sleep (5 ms to 100 ms) rather than block in a thread: a thread
     stuck in ``flock`` cannot be cancelled, so a cancelled waiter would later
-    take the lock with nobody left to release it, and every waiter would occupy
-    an executor thread that DNS lookups also need. Polling adds at most 100 ms
-    to a hand-over, small next to a call and the cooldown after it.
+    take the lock with nobody left to release it.
     """
 
     def __init__(self, state_dir: Path) -> None:
@@ -172,102 +194,65 @@ class FileLocks:
             probe.unlink()
         except OSError as exc:
             raise LockError(f"cannot use lock directory {self._dir}: {_os_reason(exc)}") from exc
-        self._prefix = os.path.join(self._dir, "")
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
 
     def path(self, token_id: str) -> Path:
         """The lock file of ``token_id``."""
-        return Path(self._path(token_id))
+        return self._dir / f"{checked_token_id(token_id)}.lock"
 
-    def _path(self, token_id: str) -> str:
-        # A string, not a Path: every lane opens one, before its first request.
-        return f"{self._prefix}{_checked_token_id(token_id)}.lock"
-
-    def hold(self, token_id: str) -> AbstractAsyncContextManager[Lease]:
+    @asynccontextmanager
+    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
         """Wait for ``token_id``'s lock, yield the lease, release it on any exit."""
-        return _FileHold(self, token_id)
-
-    async def _acquire(self, token_id: str) -> tuple[_Slot, Lease]:
-        slot = self._slots.get(token_id) or self._open(token_id)
+        path = self.path(token_id)
+        slot = self._slots.setdefault(token_id, Slot())
         started = time.monotonic()
         contended = slot.users > 0
         slot.users += 1
         try:
-            await slot.guard.acquire()
-            try:
-                if not self._try_flock(slot.fd, token_id):  # held by another process
-                    await self._wait_for_flock(slot.fd, token_id)
-                    contended = True
-            except BaseException:
-                slot.guard.release()
-                raise
-        except BaseException:
-            slot.users -= 1
-            raise
-        return slot, Lease(token_id, time.monotonic() - started if contended else 0.0)
-
-    @staticmethod
-    def _release(slot: _Slot) -> None:
-        try:
-            fcntl.flock(slot.fd, fcntl.LOCK_UN)
+            async with slot.guard:
+                slot.fd, waited = await self._lock_named_file(path)
+                contended = contended or waited
+                try:
+                    yield Lease(token_id, time.monotonic() - started if contended else 0.0)
+                finally:
+                    fd, slot.fd = slot.fd, -1
+                    if fd >= 0:  # aclose() may have closed it already
+                        _remove_and_close(fd, path)
         finally:
-            slot.guard.release()
             slot.users -= 1
 
     def forget(self, token_id: str) -> None:
-        """Close ``token_id``'s lock file, unless a hold of it is active or queued."""
+        """Drop ``token_id``'s bookkeeping, unless a hold of it is active or queued."""
         slot = self._slots.get(token_id)
         if slot is not None and slot.users == 0:
             del self._slots[token_id]
-            os.close(slot.fd)
 
     async def aclose(self) -> None:
-        """Close every lock file, which also drops any lock still held."""
+        """Close every lock file still held, which also drops its lock."""
         slots, self._slots = self._slots, {}
         for slot in slots.values():
-            os.close(slot.fd)
+            fd, slot.fd = slot.fd, -1
+            if fd >= 0:
+                os.close(fd)
 
-    def _open(self, token_id: str) -> _Slot:
-        slot = self._slots[token_id] = _Slot(_open_lock_file(self._path(token_id)))
-        return slot
-
-    async def _wait_for_flock(self, fd: int, token_id: str) -> None:
-        """Poll until the exclusive lock on ``fd``, held elsewhere, is ours."""
-        delay = _FIRST_POLL_S
+    async def _lock_named_file(self, path: Path) -> tuple[int, bool]:
+        """Lock the file ``path`` names; return its descriptor and whether we waited."""
+        waited = False
         while True:
-            await asyncio.sleep(delay)
-            if self._try_flock(fd, token_id):
-                return
-            delay = min(delay * 2, _MAX_POLL_S)
-
-    def _try_flock(self, fd: int, token_id: str) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            raise LockError(f"cannot lock {self.path(token_id)}: {_os_reason(exc)}") from exc
-        return True
-
-
-class _FileHold:
-    """One ``async with FileLocks.hold(...)``: a plain class, as every call takes one."""
-
-    __slots__ = ("_locks", "_slot", "_token_id")
-
-    def __init__(self, locks: FileLocks, token_id: str) -> None:
-        self._locks = locks
-        self._token_id = token_id
-        self._slot: _Slot | None = None
-
-    async def __aenter__(self) -> Lease:
-        self._slot, lease = await self._locks._acquire(self._token_id)
-        return lease
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            FileLocks._release(slot)
+            fd = _open_lock_file(path)
+            try:
+                if not _try_flock(fd, path):  # held by another process
+                    waited = True
+                    await _wait_for_flock(fd, path)
+                if _still_named(fd, path):
+                    return fd, waited
+            except BaseException:
+                os.close(fd)
+                raise
+            # Locked an orphan: whoever holds the file the path names now would not
+            # see us. Take that one instead.
+            os.close(fd)
+            waited = True
 
 
 class RunLock:
@@ -287,7 +272,7 @@ class RunLock:
     def take(cls, state_dir: Path, run_id: str) -> RunLock | None:
         """Hold the run's lock, or return ``None`` when another process holds it."""
         folder = state_dir / "runs"
-        path = folder / f"{_checked_token_id(run_id)}.lock"
+        path = folder / f"{checked_token_id(run_id)}.lock"
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -295,16 +280,14 @@ class RunLock:
         while True:
             fd = _open_lock_file(path)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return None
-            try:
+                if not _try_flock(fd, path):
+                    os.close(fd)
+                    return None
                 if _still_named(fd, path):
                     return cls(fd, path)
-            except OSError as exc:
+            except BaseException:
                 os.close(fd)
-                raise LockError(f"cannot check lock file {path}: {_os_reason(exc)}") from exc
+                raise
             # Its holder removed the file after we opened it: locking that file says
             # nothing about the run. Take the file the path names now.
             os.close(fd)
@@ -313,13 +296,31 @@ class RunLock:
         """Let the run be resumed by another process; remove the lock file."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            # Removed while still locked: whoever opened it meanwhile sees it is gone.
-            with suppress(FileNotFoundError):
-                self._path.unlink()
-            os.close(fd)
+            _remove_and_close(fd, self._path)
 
 
-def _open_lock_file(path: str | Path) -> int:
+async def _wait_for_flock(fd: int, path: Path) -> None:
+    """Poll until the exclusive lock on ``fd``, held elsewhere, is ours."""
+    delay = FIRST_POLL_S
+    while True:
+        await asyncio.sleep(delay)
+        if _try_flock(fd, path):
+            return
+        delay = min(delay * 2, MAX_POLL_S)
+
+
+def _try_flock(fd: int, path: Path) -> bool:
+    """Take the exclusive lock on ``fd`` if it is free; True when taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise LockError(f"cannot lock {path}: {_os_reason(exc)}") from exc
+    return True
+
+
+def _open_lock_file(path: Path) -> int:
     """Open (creating) a lock file; raise :class:`LockError` when it cannot be."""
     try:
         # Read-only is enough for flock and lets another user's run share a file it
@@ -333,218 +334,32 @@ def _still_named(fd: int, path: Path) -> bool:
     """True when ``path`` still names the file open on ``fd``."""
     try:
         named = path.stat()
+        opened = os.fstat(fd)
     except FileNotFoundError:
         return False
-    opened = os.fstat(fd)
+    except OSError as exc:
+        raise LockError(f"cannot check lock file {path}: {_os_reason(exc)}") from exc
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-class RedisLocks:
-    """Many hosts: a lease per token in Redis, renewed while held.
+def _remove_and_close(fd: int, path: Path) -> None:
+    """Remove the lock file we hold on ``fd`` if ``path`` still names it, then let go.
 
-    Acquire is ``SET key owner NX PX ttl``, polled with a growing sleep while
-    another owner has it. While held, a background task extends the lease every
-    ``ttl/3``, only if it is still ours; release deletes it only if it is still
-    ours. When a renewal finds the lease gone or taken, or cannot get an answer
-    before the lease may have expired, ``lease.lost`` is set. If Redis stays
-    unreachable for longer than ``ttl_s`` while waiting to acquire,
-    :class:`LockError` is raised rather than wait blind.
+    Removed while still locked: whoever opened it meanwhile locks it only after we
+    close, and then sees that the path no longer names it. A file the path does not
+    name is someone else's (``locks/`` was cleaned up and another process took the
+    token afresh): it is left alone.
     """
-
-    def __init__(self, client: aioredis.Redis, url: str, ttl_s: float) -> None:
-        """Wrap a connected client; use :meth:`connect` instead."""
-        self._client = client
-        self._url = url
-        self._where = describe_lock_url(url)
-        self._ttl_s = ttl_s
-        self._ttl_ms = max(1, round(ttl_s * 1000))
-        self._slots: dict[str, _Slot] = {}
-        # Each hold appends a fresh nonce, so no two holds ever share an owner value;
-        # host and pid make `redis-cli GET` tell an operator who holds a token.
-        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
-
-    @classmethod
-    async def connect(cls, url: str, *, ttl_s: float = 30.0) -> RedisLocks:
-        """Connect to ``url`` and PING it; raise :class:`LockError` when that fails."""
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import RedisError
-
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
-        where = describe_lock_url(url)
-        # A renewal must be able to fail and be retried well within one ttl.
-        op_timeout = min(_MAX_REDIS_OP_S, ttl_s / 3)
-        try:
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=op_timeout,
-                socket_connect_timeout=op_timeout,
-                # Our own loops decide when to try again and when a lease is lost.
-                retry=Retry(NoBackoff(), 0),
-            )
-        except ValueError as exc:
-            raise LockError(f"invalid Redis URL {where}: {_scrub(str(exc), url)}") from exc
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            raise LockError(f"cannot reach Redis at {where}: {_scrub(str(exc), url)}") from exc
-        return cls(client, url, ttl_s)
-
-    @asynccontextmanager
-    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
-        """Wait for ``token_id``'s lease, yield it, keep it renewed, release it on exit."""
-        slot = self._slots.get(token_id)
-        if slot is None:
-            slot = self._slots[token_id] = _Slot()
-        key = _KEY_PREFIX + token_id
-        owner = self._owner_prefix + secrets.token_hex(8)
-        started = time.monotonic()
-        contended = slot.users > 0
-        slot.users += 1
-        try:
-            async with slot.guard:
-                valid_until, waited = await self._acquire(token_id, key, owner)
-                contended = waited or contended
-                lease = Lease(token_id, time.monotonic() - started if contended else 0.0)
-                keeper = asyncio.create_task(self._keep(lease, key, owner, valid_until))
-                try:
-                    yield lease
-                finally:
-                    # Cancelled before our release, it can no longer flag a lease we gave up.
-                    keeper.cancel()
-                    await self._release(key, owner)
-                    await asyncio.wait((keeper,))
-        finally:
-            slot.users -= 1
-
-    def forget(self, token_id: str) -> None:
-        """Drop ``token_id``'s bookkeeping, unless a hold of it is active or queued."""
-        slot = self._slots.get(token_id)
-        if slot is not None and slot.users == 0:
-            del self._slots[token_id]
-
-    async def aclose(self) -> None:
-        """Close the Redis connections."""
-        await self._client.aclose()
-
-    async def _acquire(self, token_id: str, key: str, owner: str) -> tuple[float, bool]:
-        """Take the lease; return until when it is surely ours, and whether we waited."""
-        from redis.exceptions import RedisError
-
-        delay = _FIRST_POLL_S
-        unreachable_since: float | None = None
-        waited = False
-        try:
-            while True:
-                sent = time.monotonic()
-                try:
-                    taken = await self._client.set(key, owner, nx=True, px=self._ttl_ms)
-                except (RedisError, OSError) as exc:
-                    if unreachable_since is None:
-                        unreachable_since = sent
-                    if time.monotonic() - unreachable_since > self._ttl_s:
-                        raise LockError(
-                            f"lost contact with Redis at {self._where} while waiting for "
-                            f"token {token_id}: {_scrub(str(exc), self._url)}"
-                        ) from exc
-                else:
-                    unreachable_since = None
-                    if taken:
-                        # Counted from sending: Redis cannot have started the ttl earlier.
-                        return sent + self._ttl_s, waited
-                waited = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_POLL_S)
-        except asyncio.CancelledError:
-            # A SET cut mid-flight may have succeeded: give the lease back rather than
-            # leave other hosts waiting for it to expire.
-            await self._release(key, owner)
-            raise
-
-    async def _keep(self, lease: Lease, key: str, owner: str, valid_until: float) -> None:
-        """Renew the lease every ttl/3 until cancelled; flag it lost when that fails."""
-        from redis.exceptions import RedisError
-
-        delay = self._ttl_s / 3
-        while True:
-            await asyncio.sleep(delay)
-            sent = time.monotonic()
-            try:
-                # A renewal that cannot answer before the lease may expire is no renewal.
-                async with asyncio.timeout(max(0.0, valid_until - sent)):
-                    kept = await self._client.eval(_RENEW_LUA, 1, key, owner, self._ttl_ms)
-            except (RedisError, OSError, TimeoutError):
-                if time.monotonic() >= valid_until:
-                    lease.lost = True
-                    return
-                # Redis blinked: try again soon, while the lease still stands.
-                delay = min(self._ttl_s / 10, max(0.0, valid_until - time.monotonic()))
-                continue
-            if not kept:
-                lease.lost = True
-                return
-            valid_until = sent + self._ttl_s
-            delay = self._ttl_s / 3
-
-    async def _release(self, key: str, owner: str) -> None:
-        """Delete the lease if it is still ours; a failure only leaves it to expire."""
-        from redis.exceptions import RedisError
-
-        with suppress(RedisError, OSError):
-            await self._client.eval(_RELEASE_LUA, 1, key, owner)
+    try:
+        with suppress(OSError, LockError):  # a file left behind costs only its name
+            if _still_named(fd, path):
+                path.unlink()
+    finally:
+        os.close(fd)
 
 
-def describe_lock_url(url: str) -> str:
-    """``url`` with any password (in the userinfo or the query) replaced by ``***``."""
-    head, userinfo, rest = _split_userinfo(url)
-    if userinfo is not None:
-        user, colon, _ = userinfo.partition(":")
-        # A lone userinfo (`redis://secret@host`) is often meant as a password: hide it too.
-        rest = f"{user}:***@{rest}" if colon and user else f"***@{rest}"
-    base, qmark, query = rest.partition("?")
-    query, hash_mark, fragment = query.partition("#")
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(_is_password_field(name) for name, _ in pairs):
-        query = urlencode([(n, "***" if _is_password_field(n) else v) for n, v in pairs], safe="*")
-    return f"{head}{base}{qmark}{query}{hash_mark}{fragment}"
-
-
-def _split_userinfo(url: str) -> tuple[str, str | None, str]:
-    """Split ``url`` into ``scheme://``, the userinfo (or None) and the rest.
-
-    Done by hand rather than with ``urlsplit``: an unescaped ``#``, ``?`` or ``/``
-    in a password makes ``urlsplit`` cut the netloc short and show part of it.
-    Splitting at the last ``@`` errs towards hiding too much, never too little.
-    """
-    scheme, sep, rest = url.partition("://")
-    head = scheme + sep if sep else ""
-    rest = rest if sep else url
-    if "@" not in rest:
-        return head, None, rest
-    userinfo, _, hostpart = rest.rpartition("@")
-    return head, userinfo, hostpart
-
-
-def _is_password_field(name: str) -> bool:
-    return name.lower() == "password"
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the URL's secrets from a library message, in case it quotes them."""
-    _, userinfo, rest = _split_userinfo(url)
-    user, colon, password = (userinfo or "").partition(":")
-    found = [unquote(password if colon else user)]
-    query = rest.partition("?")[2].partition("#")[0]
-    found += [v for n, v in parse_qsl(query) if _is_password_field(n)]
-    for secret in sorted(filter(None, found), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _checked_token_id(token_id: str) -> str:
+def checked_token_id(token_id: str) -> str:
+    """``token_id`` when it can name a file; raise :class:`ValueError` when not."""
     if not _SAFE_TOKEN_ID.fullmatch(token_id) or token_id in {".", ".."}:
         raise ValueError(f"token_id {token_id!r} cannot name a lock file")
     return token_id
