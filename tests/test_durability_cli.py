@@ -621,7 +621,7 @@ def test_resume_refuses_a_run_that_is_still_running_in_another_process(
     sent = calls_of(sim.wait_idle()["timeline"])
     assert second.code == 2, f"resumed a live run: {sent}\n{second.err}"
     assert set(sent.values()) == {1} and len(sent) == 8
-    assert list((state / "runs").iterdir()) == []  # no lock file or tail left behind
+    assert list((state / "runs").iterdir()) == []  # no lock file left behind
 
 
 # ------------------------------------------------ 3, 4. two processes at once
@@ -855,9 +855,9 @@ def test_a_journal_that_fills_up_mid_run_halts_it_before_another_unrecorded_requ
         ],
     )
     state = tmp_path / "state"
-    # A file size limit makes the journal's WAL stop growing a few commits into the run:
-    # SQLite fails its writes as on a full disk (CPython ignores SIGXFSZ). Log lines go
-    # to a pipe, which the limit does not cover. 28 commits would need ~115 kB of WAL.
+    # A file size limit makes the journal's WAL stop growing a few commits into the run
+    # (every change commits at least one page): SQLite fails its writes as on a full disk
+    # (CPython ignores SIGXFSZ). Log lines go to a pipe, which the limit does not cover.
     limit = 60_000
 
     def small_files() -> None:
