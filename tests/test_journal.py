@@ -452,6 +452,83 @@ def test_runs_lists_newest_first_with_totals(journal: Journal, lanes: list[Lane]
 # ------------------------------------------------------------------------ schema
 
 
+def test_resume_and_runs_follow_the_order_runs_were_recorded_not_the_wall_clock(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    # The clock was stepped back between the two runs: the second says it started first.
+    begin(journal, lanes, "first", "2026-11-28T02:00:00Z")
+    begin(journal, lanes, "second", "2026-11-27T02:00:00Z")
+    found = journal.find_resumable(plan_digest(lanes))
+    assert found is not None and found.run_id == "second"
+    assert [s.run_id for s in journal.runs()] == ["second", "first"]
+    assert [s.run_id for s in journal.runs(limit=1)] == ["second"]
+
+
+# The schema of version 1, as earlier journals have it.
+_VERSION_1 = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, plan TEXT NOT NULL, digest TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT, exit_code INTEGER,
+        dry_run INTEGER NOT NULL DEFAULT 0 CHECK (dry_run IN (0, 1))
+    )
+    """,
+    "CREATE INDEX runs_by_digest ON runs (digest, started_at)",
+    "CREATE INDEX runs_by_start ON runs (started_at)",
+    """
+    CREATE TABLE clears (
+        run_id TEXT NOT NULL REFERENCES runs (run_id), seq INTEGER NOT NULL,
+        token_id TEXT NOT NULL, server TEXT NOT NULL, type_campaign TEXT NOT NULL,
+        campaign_id TEXT NOT NULL, result TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (
+            state = 'pending' OR state = 'in_flight' OR state = 'succeeded'
+            OR state = 'failed' OR state = 'skipped'),
+        attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, code INTEGER, msg TEXT,
+        error TEXT, reason TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, seq)
+    )
+    """,
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_version_1_journal_keeps_its_runs_in_the_order_they_were_recorded(
+    tmp_path: Path, lanes: list[Lane]
+) -> None:
+    digest = plan_digest(lanes)
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
+        for statement in _VERSION_1:
+            conn.execute(statement)
+        for run_id, started_at in (
+            ("older", "2026-11-28T02:00:00Z"),
+            ("newer", "2026-11-20T02:00:00Z"),
+        ):
+            conn.execute(
+                "INSERT INTO runs (run_id, plan, digest, started_at) VALUES (?, 'p', ?, ?)",
+                (run_id, digest, started_at),
+            )
+    conn.close()
+    with Journal.open(tmp_path) as journal:
+        assert journal._conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        found = journal.find_resumable(digest)
+        assert found is not None and found.run_id == "newer"
+        begin(journal, lanes, "latest", "2000-01-01T00:00:00Z")
+        assert [s.run_id for s in journal.runs()] == ["latest", "newer", "older"]
+        upgraded = layout(journal)
+    with Journal.open(tmp_path / "new") as fresh:
+        assert upgraded == layout(fresh)  # one layout, however the journal was made
+
+
+def layout(journal: Journal) -> list[object]:
+    """The columns and indexes of the journal's tables."""
+    found: list[object] = []
+    for table in ("runs", "clears"):
+        found.append(journal._conn.execute(f"PRAGMA table_info({table})").fetchall())
+        for index in journal._conn.execute(f"PRAGMA index_list({table})").fetchall():
+            found.append((index[1:], journal._conn.execute(
+                f"PRAGMA index_info({index[1]})").fetchall()))  # fmt: skip
+    return found
+
+
 def test_a_journal_of_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")

@@ -59,8 +59,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (run_id, seq)
         )
         """,
-        "CREATE INDEX runs_by_digest ON runs (digest, started_at)",
-        "CREATE INDEX runs_by_start ON runs (started_at)",
+    ),
+    (
+        # Runs are ordered by when they were recorded, never by the wall clock, which can
+        # be stepped back. An explicit counter, because VACUUM may renumber the rowids of
+        # a table without an INTEGER PRIMARY KEY. A version-1 journal's runs keep the
+        # order of their rowids.
+        "ALTER TABLE runs ADD COLUMN recorded INTEGER NOT NULL DEFAULT 0",
+        "UPDATE runs SET recorded = rowid",
+        "CREATE UNIQUE INDEX runs_by_record ON runs (recorded)",
+        "DROP INDEX IF EXISTS runs_by_digest",
+        "DROP INDEX IF EXISTS runs_by_start",
+        "CREATE INDEX runs_of_digest ON runs (digest, recorded)",
     ),
 )
 #: ``PRAGMA user_version`` of the schema above; a newer file is refused, not altered.

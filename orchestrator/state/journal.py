@@ -58,7 +58,10 @@ __all__ = [
 #: The file inside the state directory.
 JOURNAL_FILE = "journal.sqlite3"
 
-_INSERT_RUN = "INSERT INTO runs (run_id, plan, digest, started_at, dry_run) VALUES (?, ?, ?, ?, ?)"
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, plan, digest, started_at, dry_run, recorded)"
+    " VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(recorded), 0) + 1 FROM runs))"
+)
 _INSERT_CLEAR = (
     "INSERT INTO clears (run_id, seq, token_id, server, type_campaign, campaign_id, result,"
     f" updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, {NOW})"
@@ -71,10 +74,9 @@ _SELECT_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
 # Dry runs sent nothing, so there is nothing to resume in them.
 _SELECT_RESUMABLE = (
     f"SELECT {_RUN_COLUMNS} FROM runs WHERE digest = ? AND dry_run = 0"
-    " AND (finished_at IS NULL OR exit_code != 0)"
-    " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+    " AND (finished_at IS NULL OR exit_code != 0) ORDER BY recorded DESC LIMIT 1"
 )
-_SELECT_RUNS = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?"
+_SELECT_RUNS = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY recorded DESC LIMIT ?"
 _SELECT_TOTALS = "SELECT state, COUNT(*) FROM clears WHERE run_id = ? GROUP BY state"
 _SELECT_CLEARS = (
     "SELECT seq, token_id, server, type_campaign, campaign_id, result, state, attempts,"
@@ -185,7 +187,12 @@ class Journal:
         started_at: str,
         dry_run: bool = False,
     ) -> None:
-        """Record a new run and every clear of ``lanes`` as ``pending``, in one transaction."""
+        """Record a new run and every clear of ``lanes`` as ``pending``, in one transaction.
+
+        The run is recorded after every run already in the journal, whatever
+        ``started_at`` says: that order is the one :meth:`find_resumable` and
+        :meth:`runs` follow.
+        """
         rows = [
             (
                 run_id,
@@ -246,9 +253,9 @@ class Journal:
         """The run to resume, or ``None``.
 
         With ``run_id``: that run, whatever its digest (the caller compares
-        digests and refuses a mismatch). Without: the latest-started run of
-        ``digest`` that is unfinished or ended with a non-zero exit code; dry
-        runs are never picked, since they sent nothing.
+        digests and refuses a mismatch). Without: of the runs of ``digest`` that
+        are unfinished or ended with a non-zero exit code, the one recorded last;
+        dry runs are never picked, since they sent nothing.
         """
         if run_id is not None:
             return self.run(run_id)
@@ -261,7 +268,7 @@ class Journal:
         return None if row is None else _run_record(row)
 
     def runs(self, limit: int = 20) -> list[RunSummary]:
-        """The ``limit`` latest-started runs, newest first, with their clears' totals."""
+        """The ``limit`` runs recorded last, the last first, with their clears' totals."""
         try:
             records = [_run_record(row) for row in self._conn.execute(_SELECT_RUNS, (limit,))]
             return [self._summary(record) for record in records]
