@@ -547,6 +547,72 @@ def test_a_resumed_run_rests_a_token_whose_last_call_timed_out_before_using_it(
     assert timeline[1]["arrived"] - resumed_at >= cooldown_s, timeline
 
 
+def kill_mid_call(run: Child, sim: SimProcess) -> Json:
+    """SIGKILL ``run`` while the simulator serves a clear started after the first success.
+
+    Returns that clear's ``clear.started`` line.
+    """
+    deadline = time.monotonic() + WAIT_S
+    succeeded = False
+    while True:
+        line = run.next_line(deadline)
+        assert line is not None, f"the run ended before it could be killed:\n{run.err}"
+        succeeded = succeeded or line["event"] == "clear.succeeded"
+        if line["event"] == "clear.started" and succeeded:
+            break
+    target = (line["campaign_id"], line["result"])
+    while not any((c["campaign_id"], c["result"]) == target for c in sim.stats()["timeline"]):
+        assert time.monotonic() < deadline, f"clear {line['seq']} never reached the simulator"
+        time.sleep(0.002)
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.proc.wait(WAIT_S) == -signal.SIGKILL
+    return line
+
+
+def test_a_resume_after_rotating_the_token_continues_the_run_with_the_new_value(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
+) -> None:
+    # The operator fixes a token by exporting a new value; the plan file does not change.
+    cooldown_s = 2.0
+    sim = simulators(latency_ms=150)
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        sim.base_url,
+        [f'campaign_id: "3001", results: {SIX}'],
+        cooldown_s=cooldown_s,
+    )
+    state = tmp_path / "state"
+    run = cli.start("run", plan, "--yes", "--state-dir", state, "--log-format", "json", name="k")
+    target = kill_mid_call(run, sim)
+    killed = sim.wait_idle()["timeline"]
+    before = cli.show(target["run_id"], state)
+    done_before = {c["seq"] for c in before["clears"] if c["state"] == "succeeded"}
+    assert {c["seq"] for c in before["clears"] if c["state"] == "in_flight"} == {target["seq"]}
+
+    rotated = f"{tokens['T_A']}-rotated"
+    cli.env["T_A"] = rotated
+    resumed_at = time.monotonic()
+    done = cli.run("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
+    assert done.code == 0, done.err
+    assert {line["run_id"] for line in done.lines} == {target["run_id"]}
+    skipped = events(done.lines, "clear.skipped")
+    assert {s["seq"] for s in skipped if s["reason"] == "already_succeeded"} == done_before
+    resent = {s["seq"] for s in events(done.lines, "clear.succeeded")}
+    assert resent == {c["seq"] for c in before["clears"]} - done_before
+
+    resumed = sim.wait_idle()["timeline"][len(killed) :]
+    new_id = token_fingerprint(rotated)
+    assert {c["token_id"] for c in resumed} == {new_id}
+    assert {c["token_id"] for c in killed} == {ids(tokens)["T_A"]}
+    # The clear in flight at the kill may still run at wolkvox: its lane rests first.
+    assert resumed[0]["arrived"] - resumed_at >= cooldown_s, resumed[0]
+    after = cli.show(target["run_id"], state)
+    assert after["exit_code"] == 0
+    assert {c["state"] for c in after["clears"]} == {"succeeded"}
+    assert {c["token_id"] for c in after["clears"] if c["seq"] in resent} == {new_id}
+    assert rotated not in done.out + done.err
+
+
 # ------------------------------------------------------------ 2. resume refusals
 
 

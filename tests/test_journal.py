@@ -18,7 +18,9 @@ import pytest
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, TokenRef
+from orchestrator.plan.validate import load_plan
 from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
+from orchestrator.run.prepare import RunOptions, prepare
 from orchestrator.state.journal import (
     SCHEMA_VERSION,
     ClearRecord,
@@ -168,8 +170,27 @@ def test_digest_changes_with_each_field(change: dict[str, object]) -> None:
     assert plan_digest(changed) != plan_digest(base)
 
 
-def test_digest_changes_with_token_id() -> None:
-    assert plan_digest([lane("token-a", clear(1))]) != plan_digest([lane("token-b", clear(1))])
+def test_digest_ignores_token_values_and_their_fingerprints() -> None:
+    # A rotated token: the plan names the same variable, which now holds another value.
+    before = [lane(RAW_TOKEN, clear(1), clear(2))]
+    rotated = [lane("wv-new-token-value-after-rotation", clear(1), clear(2))]
+    assert before[0].token_id != rotated[0].token_id
+    assert plan_digest(rotated) == plan_digest(before)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        TokenRef("env", "OTHER_TOKEN"),
+        TokenRef("file", "/run/secrets/wolkvox"),
+        TokenRef("file", "WOLKVOX_TOKEN"),
+    ],
+    ids=["env-name", "file-path", "env-to-file"],
+)
+def test_digest_changes_with_the_token_reference(ref: TokenRef) -> None:
+    base = [lane(RAW_TOKEN, clear(1))]
+    moved = [lane(RAW_TOKEN, clear(1, token=ref))]
+    assert plan_digest(moved) != plan_digest(base)
 
 
 def test_digest_treats_integral_timeout_as_float() -> None:
@@ -277,6 +298,29 @@ def test_in_flight_survives_a_sigkill_of_the_process(tmp_path: Path) -> None:
     with Journal.open(tmp_path) as journal:
         record = journal.resume_run("r1")[1]
     assert (record.state, record.attempts) == ("in_flight", 1)
+
+
+def test_an_attempt_with_a_rotated_token_names_the_new_token(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    a = lanes[0]
+    begin(journal, lanes)
+    rotated = lane("wv-new-token-value-after-rotation", *a.clears)
+    listen = journal.listener("r1")
+    listen(started(a, 0))
+    listen(finished(a, 0, Outcome.SUCCEEDED, answer=OK))
+    listen(started(rotated, 1))
+    listen(finished(rotated, 1, Outcome.SUCCEEDED, answer=OK))
+    assert [(r.seq, r.token_id) for r in journal.clears("r1")] == [
+        (1, a.token_id),
+        (2, lanes[1].token_id),
+        (3, rotated.token_id),
+    ]
+    assert journal.calls_per_token("r1") == {
+        a.token_id: 1,
+        rotated.token_id: 1,
+        lanes[1].token_id: 0,
+    }
 
 
 def test_retry_after_unknown_outcome_stays_in_flight(journal: Journal, lanes: list[Lane]) -> None:
@@ -449,7 +493,7 @@ def test_runs_lists_newest_first_with_totals(journal: Journal, lanes: list[Lane]
     assert [s.run_id for s in journal.runs(limit=1)] == ["new"]
 
 
-# ------------------------------------------------------------------------ schema
+# ------------------------------------------------------------ order and identity
 
 
 def test_resume_and_runs_follow_the_order_runs_were_recorded_not_the_wall_clock(
@@ -539,6 +583,55 @@ def test_a_journal_of_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
         assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
     conn.close()
+
+
+def write_plan(path: Path) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            settings: {cooldown_s: 30}
+            defaults: {server: "0014", type_campaign: predictive, token_env: WOLKVOX_TOKEN}
+            campaigns:
+              - {campaign_id: "3001", results: [busy, answer]}
+              - {campaign_id: "4001", results: [busy], token_env: OTHER_TOKEN}
+            """
+        )
+    )
+    return path
+
+
+def test_a_resume_after_a_token_rotation_finds_the_run_and_rests_its_lane_with_the_new_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = load_plan(write_plan(tmp_path / "plan.yaml"))
+    state = tmp_path / "state"
+    monkeypatch.setenv("WOLKVOX_TOKEN", RAW_TOKEN)
+    monkeypatch.setenv("OTHER_TOKEN", "token-b")
+    first = prepare(plan, RunOptions(state_dir=str(state)), say=lambda _: None)
+    assert first.durable is not None and first.durable.run_lock is not None
+    a, b = first.lanes
+    with first.durable.journal as journal:
+        journal.begin_run(first.durable.run_id, plan.source, first.durable.digest, first.lanes,
+                          started_at=T0)  # fmt: skip
+        listen = journal.listener(first.durable.run_id)
+        listen(started(a, 0))  # the process dies with this call in flight
+    first.durable.run_lock.release()
+
+    monkeypatch.setenv("WOLKVOX_TOKEN", "wv-new-token-value-after-rotation")
+    second = prepare(plan, RunOptions(state_dir=str(state), resume="latest"), say=lambda _: None)
+    assert second.durable is not None and second.durable.resume is not None
+    try:
+        assert second.durable.run_id == first.durable.run_id
+        rotated = second.lanes[0]
+        assert rotated.secret is not None
+        assert rotated.secret.reveal() == "wv-new-token-value-after-rotation"
+        assert second.durable.resume.cooling_tokens == {rotated.token_id}
+        assert rotated.token_id != a.token_id and second.lanes[1].token_id == b.token_id
+    finally:
+        second.durable.journal.close()
+        if second.durable.run_lock is not None:
+            second.durable.run_lock.release()
 
 
 # ---------------------------------------------------------------------- failures

@@ -284,7 +284,10 @@ class Journal:
         return [_clear_record(row) for row in rows]
 
     def calls_per_token(self, run_id: str) -> dict[str, int]:
-        """Calls made with each token in ``run_id``, over every session of it (resumes add up)."""
+        """Calls made with each token in ``run_id``, over every session of it (resumes add up).
+
+        A clear's attempts count for the token of its latest attempt.
+        """
         try:
             rows = self._conn.execute(_SELECT_CALLS, (run_id,)).fetchall()
         except sqlite3.Error as exc:

@@ -18,8 +18,9 @@ from orchestrator.run.events import (
 from orchestrator.state.database import NOW, transaction
 
 # A new attempt clears the reason of an earlier session's ending: it no longer applies.
+# It names the token it is sent with, which may have been rotated since the run began.
 _MARK_STARTED = (
-    "UPDATE clears SET state = 'in_flight', attempts = ?, reason = NULL,"
+    "UPDATE clears SET state = 'in_flight', token_id = ?, attempts = ?, reason = NULL,"
     f" updated_at = {NOW} WHERE run_id = ? AND seq = ?"
 )
 _MARK_RETRYING = (
@@ -89,7 +90,7 @@ class JournalRecorder:
         """The statement for ``event``, the values it sets, and whether it must find its row."""
         prior = self._prior_attempts.get(event.clear.seq, 0)
         if isinstance(event, ClearStarted):
-            return _MARK_STARTED, (prior + event.attempt,), True
+            return _MARK_STARTED, (event.token_id, prior + event.attempt), True
         if isinstance(event, ClearRetrying):
             answer = event.answer
             state = "in_flight" if answer.outcome_unknown else "pending"

@@ -37,7 +37,11 @@ class RunSummary:
 
 @dataclass(frozen=True, slots=True)
 class ClearRecord:
-    """One clear of a run: what it targets, where it got to and the last answer."""
+    """One clear of a run: what it targets, where it got to and the last answer.
+
+    ``token_id`` names the token of the clear's latest attempt (or of its lane when
+    the run began, before any attempt).
+    """
 
     seq: int
     token_id: str
