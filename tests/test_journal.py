@@ -782,7 +782,7 @@ def committed_states(journal: Journal) -> dict[int, str]:
 def sigkilled_script(state_dir: Path, body: str) -> str:
     return textwrap.dedent(
         f"""
-        import asyncio, os, signal
+        import os, signal
         from pathlib import Path
         from orchestrator.run.events import ClearStarted
         from orchestrator.state.journal import Journal
