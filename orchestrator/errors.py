@@ -46,6 +46,10 @@ class UsageError(OrchestratorError):
     """The command line asks for something that cannot be done; nothing was sent."""
 
 
+class JournalError(OrchestratorError):
+    """The journal cannot be opened, read or written; the message names the file and why."""
+
+
 class TransportError(OrchestratorError):
     """A call did not get a complete HTTP answer.
 

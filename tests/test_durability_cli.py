@@ -550,6 +550,72 @@ def test_a_resumed_run_rests_a_token_whose_last_call_timed_out_before_using_it(
     assert timeline[1]["arrived"] - resumed_at >= cooldown_s, timeline
 
 
+def kill_mid_call(run: Child, sim: SimProcess) -> Json:
+    """SIGKILL ``run`` while the simulator serves a clear started after the first success.
+
+    Returns that clear's ``clear.started`` line.
+    """
+    deadline = time.monotonic() + WAIT_S
+    succeeded = False
+    while True:
+        line = run.next_line(deadline)
+        assert line is not None, f"the run ended before it could be killed:\n{run.err}"
+        succeeded = succeeded or line["event"] == "clear.succeeded"
+        if line["event"] == "clear.started" and succeeded:
+            break
+    target = (line["campaign_id"], line["result"])
+    while not any((c["campaign_id"], c["result"]) == target for c in sim.stats()["timeline"]):
+        assert time.monotonic() < deadline, f"clear {line['seq']} never reached the simulator"
+        time.sleep(0.002)
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.proc.wait(WAIT_S) == -signal.SIGKILL
+    return line
+
+
+def test_a_resume_after_rotating_the_token_continues_the_run_with_the_new_value(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
+) -> None:
+    # The operator fixes a token by exporting a new value; the plan file does not change.
+    cooldown_s = 2.0
+    sim = simulators(latency_ms=150)
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        sim.base_url,
+        [f'campaign_id: "3001", results: {SIX}'],
+        cooldown_s=cooldown_s,
+    )
+    state = tmp_path / "state"
+    run = cli.start("run", plan, "--yes", "--state-dir", state, "--log-format", "json", name="k")
+    target = kill_mid_call(run, sim)
+    killed = sim.wait_idle()["timeline"]
+    before = cli.show(target["run_id"], state)
+    done_before = {c["seq"] for c in before["clears"] if c["state"] == "succeeded"}
+    assert {c["seq"] for c in before["clears"] if c["state"] == "in_flight"} == {target["seq"]}
+
+    rotated = f"{tokens['T_A']}-rotated"
+    cli.env["T_A"] = rotated
+    resumed_at = time.monotonic()
+    done = cli.run("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
+    assert done.code == 0, done.err
+    assert {line["run_id"] for line in done.lines} == {target["run_id"]}
+    skipped = events(done.lines, "clear.skipped")
+    assert {s["seq"] for s in skipped if s["reason"] == "already_succeeded"} == done_before
+    resent = {s["seq"] for s in events(done.lines, "clear.succeeded")}
+    assert resent == {c["seq"] for c in before["clears"]} - done_before
+
+    resumed = sim.wait_idle()["timeline"][len(killed) :]
+    new_id = token_fingerprint(rotated)
+    assert {c["token_id"] for c in resumed} == {new_id}
+    assert {c["token_id"] for c in killed} == {ids(tokens)["T_A"]}
+    # The clear in flight at the kill may still run at wolkvox: its lane rests first.
+    assert resumed[0]["arrived"] - resumed_at >= cooldown_s, resumed[0]
+    after = cli.show(target["run_id"], state)
+    assert after["exit_code"] == 0
+    assert {c["state"] for c in after["clears"]} == {"succeeded"}
+    assert {c["token_id"] for c in after["clears"] if c["seq"] in resent} == {new_id}
+    assert rotated not in done.out + done.err
+
+
 # ------------------------------------------------------------ 2. resume refusals
 
 
@@ -600,6 +666,38 @@ def test_resume_refuses_a_changed_plan_and_a_journal_with_nothing_to_resume(
     assert sim.stats()["total_calls"] == 2
 
 
+def test_resume_and_runs_follow_the_order_runs_were_recorded_when_the_clock_steps_back(
+    simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
+) -> None:
+    sim = simulators()
+    state = tmp_path / "state"
+    dead = f"http://127.0.0.1:{closed_port()}/wv{{server}}"
+    plan = write_plan(
+        tmp_path / "plan.yaml", dead, ['campaign_id: "3001", results: [busy], retries: 0']
+    )
+    first = cli.run("run", plan, "--yes", "--state-dir", state, "--log-format", "json")
+    second = cli.run("run", plan, "--yes", "--state-dir", state, "--log-format", "json")
+    assert (first.code, second.code) == (1, 1), first.err + second.err
+    first_id, second_id = first.lines[0]["run_id"], second.lines[0]["run_id"]
+    # The clock was stepped back before the second run: it says it started long before.
+    with contextlib.closing(sqlite3.connect(state / "journal.sqlite3")) as conn, conn:
+        conn.execute(
+            "UPDATE runs SET started_at = '2000-01-01T00:00:00.000Z' WHERE run_id = ?",
+            (second_id,),
+        )
+
+    listed = cli.run("runs", "--json", "--state-dir", state)
+    assert listed.code == 0, listed.err
+    assert [r["run_id"] for r in json.loads(listed.out)] == [second_id, first_id]
+    done = cli.run(
+        "run", plan, "--yes", "--state-dir", state, "--resume", "--base-url", sim.base_url,
+        "--log-format", "json",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert {line["run_id"] for line in done.lines} == {second_id}
+    assert sim.stats()["total_calls"] == 1
+
+
 def test_resume_refuses_a_run_that_is_still_running_in_another_process(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path
 ) -> None:
@@ -624,7 +722,7 @@ def test_resume_refuses_a_run_that_is_still_running_in_another_process(
     sent = calls_of(sim.wait_idle()["timeline"])
     assert second.code == 2, f"resumed a live run: {sent}\n{second.err}"
     assert set(sent.values()) == {1} and len(sent) == 8
-    assert list((state / "runs").iterdir()) == []  # no lock file or tail left behind
+    assert list((state / "runs").iterdir()) == []  # no lock file left behind
 
 
 # ------------------------------------------------ 3, 4. two processes at once
@@ -932,9 +1030,9 @@ def test_a_journal_that_fills_up_mid_run_halts_it_before_another_unrecorded_requ
         ],
     )
     state = tmp_path / "state"
-    # A file size limit makes the journal's WAL stop growing a few commits into the run:
-    # SQLite fails its writes as on a full disk (CPython ignores SIGXFSZ). Log lines go
-    # to a pipe, which the limit does not cover. 28 commits would need ~115 kB of WAL.
+    # A file size limit makes the journal's WAL stop growing a few commits into the run
+    # (every change commits at least one page): SQLite fails its writes as on a full disk
+    # (CPython ignores SIGXFSZ). Log lines go to a pipe, which the limit does not cover.
     limit = 60_000
 
     def small_files() -> None:
@@ -1287,7 +1385,6 @@ def test_runs_and_show_list_journaled_runs_with_totals_exit_codes_and_clear_stat
     )
     assert listed.code == 0, listed.err
     runs = json.loads(listed.out)
-    assert [r["started_at"] for r in runs] == sorted((r["started_at"] for r in runs), reverse=True)
     by_id = {r["run_id"]: r for r in runs}
     assert len(runs) == 2
     assert [(by_id[i]["exit_code"], by_id[i]["plan"], by_id[i]["dry_run"]) for i in ids_] == [

@@ -1,10 +1,9 @@
-"""The run journal: state-dir resolution, plan digest, clear states, resume, failures."""
+"""The run journal: state-dir resolution, run identity, clear states, resume, failures."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import re
 import signal
@@ -19,16 +18,15 @@ import pytest
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, TokenRef
+from orchestrator.plan.validate import load_plan
 from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
+from orchestrator.run.prepare import RunOptions, prepare
 from orchestrator.state.journal import (
-    _MARK_DONE,
-    _SCHEMA,
+    SCHEMA_VERSION,
     ClearRecord,
     Journal,
     JournalError,
     RunRecord,
-    _line,
-    _record,
     plan_digest,
     resolve_state_dir,
 )
@@ -172,8 +170,27 @@ def test_digest_changes_with_each_field(change: dict[str, object]) -> None:
     assert plan_digest(changed) != plan_digest(base)
 
 
-def test_digest_changes_with_token_id() -> None:
-    assert plan_digest([lane("token-a", clear(1))]) != plan_digest([lane("token-b", clear(1))])
+def test_digest_ignores_token_values_and_their_fingerprints() -> None:
+    # A rotated token: the plan names the same variable, which now holds another value.
+    before = [lane(RAW_TOKEN, clear(1), clear(2))]
+    rotated = [lane("wv-new-token-value-after-rotation", clear(1), clear(2))]
+    assert before[0].token_id != rotated[0].token_id
+    assert plan_digest(rotated) == plan_digest(before)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        TokenRef("env", "OTHER_TOKEN"),
+        TokenRef("file", "/run/secrets/wolkvox"),
+        TokenRef("file", "WOLKVOX_TOKEN"),
+    ],
+    ids=["env-name", "file-path", "env-to-file"],
+)
+def test_digest_changes_with_the_token_reference(ref: TokenRef) -> None:
+    base = [lane(RAW_TOKEN, clear(1))]
+    moved = [lane(RAW_TOKEN, clear(1, token=ref))]
+    assert plan_digest(moved) != plan_digest(base)
 
 
 def test_digest_treats_integral_timeout_as_float() -> None:
@@ -228,50 +245,6 @@ def test_begin_run_marks_every_clear_pending(journal: Journal, lanes: list[Lane]
     )
 
 
-def test_a_new_journal_keeps_clears_in_the_order_lanes_reach_them(
-    journal: Journal,
-) -> None:
-    # Lane A: 1, 3, 5; lane B: 2; lane C: 4, 6. A turn ends one clear of many lanes:
-    # every lane's first clear, then every lane's second, and so on, share pages.
-    three = [
-        lane("token-a", clear(1), clear(3), clear(5)),
-        lane("token-b", clear(2)),
-        lane("token-c", clear(4), clear(6)),
-    ]
-    begin(journal, three)
-    stored = journal._conn.execute("SELECT seq FROM clears ORDER BY rowid").fetchall()
-    assert [seq for (seq,) in stored] == [1, 2, 4, 3, 6, 5]
-    assert [record.seq for record in journal.clears("r1")] == [1, 2, 3, 4, 5, 6]
-
-
-def test_a_journal_that_keeps_clears_by_key_as_before_still_records_runs(
-    tmp_path: Path, lanes: list[Lane]
-) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    with sqlite3.connect(state / "journal.sqlite3") as conn:
-        for statement in _SCHEMA:
-            conn.execute(
-                statement.replace(
-                    "PRIMARY KEY (run_id, seq)\n    )",
-                    "PRIMARY KEY (run_id, seq)\n    ) WITHOUT ROWID",
-                )
-            )
-        conn.execute("PRAGMA user_version = 1")
-    with Journal.open(state) as journal:
-        (ddl,) = journal._conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'clears'"
-        ).fetchone()
-        assert "WITHOUT ROWID" in ddl
-        begin(journal, lanes)
-        record = journal.listener("r1", hold_starts_s=0)
-        record(started(lanes[0], 0))
-        record(finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK))
-        record(finished(lanes[1], 0, Outcome.FAILED, Reason.REJECTED, answer=BAD))
-        record.flush()
-        assert committed_states(journal) == {1: "succeeded", 2: "failed", 3: "pending"}
-
-
 def test_in_flight_is_committed_before_the_listener_returns(
     journal: Journal, lanes: list[Lane]
 ) -> None:
@@ -284,6 +257,32 @@ def test_in_flight_is_committed_before_the_listener_returns(
     finally:
         other.close()
     assert row == ("in_flight", 1)
+
+
+def test_the_journal_is_in_wal_mode_with_synchronous_normal(journal: Journal) -> None:
+    assert journal._conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert journal._conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+
+
+def test_each_change_is_one_transaction_committed_before_the_listener_returns(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    statements: list[str] = []
+    journal._conn.set_trace_callback(statements.append)
+    listen = journal.listener("r1")
+    seen = []
+    for event, state in (
+        (started(lanes[1], 0), "in_flight"),
+        (retrying(lanes[1], 0, BUSY), "pending"),
+        (started(lanes[1], 0, attempt=2), "in_flight"),
+        (finished(lanes[1], 0, Outcome.SUCCEEDED, answer=OK, attempts=2), "succeeded"),
+    ):
+        listen(event)
+        seen.append(committed_states(journal)[2])
+        assert seen[-1] == state
+    transactions = [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")]
+    assert transactions == ["BEGIN IMMEDIATE", "COMMIT"] * 4
 
 
 def test_in_flight_survives_a_sigkill_of_the_process(tmp_path: Path) -> None:
@@ -299,6 +298,29 @@ def test_in_flight_survives_a_sigkill_of_the_process(tmp_path: Path) -> None:
     with Journal.open(tmp_path) as journal:
         record = journal.resume_run("r1")[1]
     assert (record.state, record.attempts) == ("in_flight", 1)
+
+
+def test_an_attempt_with_a_rotated_token_names_the_new_token(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    a = lanes[0]
+    begin(journal, lanes)
+    rotated = lane("wv-new-token-value-after-rotation", *a.clears)
+    listen = journal.listener("r1")
+    listen(started(a, 0))
+    listen(finished(a, 0, Outcome.SUCCEEDED, answer=OK))
+    listen(started(rotated, 1))
+    listen(finished(rotated, 1, Outcome.SUCCEEDED, answer=OK))
+    assert [(r.seq, r.token_id) for r in journal.clears("r1")] == [
+        (1, a.token_id),
+        (2, lanes[1].token_id),
+        (3, rotated.token_id),
+    ]
+    assert journal.calls_per_token("r1") == {
+        a.token_id: 1,
+        rotated.token_id: 1,
+        lanes[1].token_id: 0,
+    }
 
 
 def test_retry_after_unknown_outcome_stays_in_flight(journal: Journal, lanes: list[Lane]) -> None:
@@ -471,6 +493,147 @@ def test_runs_lists_newest_first_with_totals(journal: Journal, lanes: list[Lane]
     assert [s.run_id for s in journal.runs(limit=1)] == ["new"]
 
 
+# ------------------------------------------------------------ order and identity
+
+
+def test_resume_and_runs_follow_the_order_runs_were_recorded_not_the_wall_clock(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    # The clock was stepped back between the two runs: the second says it started first.
+    begin(journal, lanes, "first", "2026-11-28T02:00:00Z")
+    begin(journal, lanes, "second", "2026-11-27T02:00:00Z")
+    found = journal.find_resumable(plan_digest(lanes))
+    assert found is not None and found.run_id == "second"
+    assert [s.run_id for s in journal.runs()] == ["second", "first"]
+    assert [s.run_id for s in journal.runs(limit=1)] == ["second"]
+
+
+# The schema of version 1, as earlier journals have it.
+_VERSION_1 = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, plan TEXT NOT NULL, digest TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT, exit_code INTEGER,
+        dry_run INTEGER NOT NULL DEFAULT 0 CHECK (dry_run IN (0, 1))
+    )
+    """,
+    "CREATE INDEX runs_by_digest ON runs (digest, started_at)",
+    "CREATE INDEX runs_by_start ON runs (started_at)",
+    """
+    CREATE TABLE clears (
+        run_id TEXT NOT NULL REFERENCES runs (run_id), seq INTEGER NOT NULL,
+        token_id TEXT NOT NULL, server TEXT NOT NULL, type_campaign TEXT NOT NULL,
+        campaign_id TEXT NOT NULL, result TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (
+            state = 'pending' OR state = 'in_flight' OR state = 'succeeded'
+            OR state = 'failed' OR state = 'skipped'),
+        attempts INTEGER NOT NULL DEFAULT 0, http_status INTEGER, code INTEGER, msg TEXT,
+        error TEXT, reason TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, seq)
+    )
+    """,
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_version_1_journal_keeps_its_runs_in_the_order_they_were_recorded(
+    tmp_path: Path, lanes: list[Lane]
+) -> None:
+    digest = plan_digest(lanes)
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
+        for statement in _VERSION_1:
+            conn.execute(statement)
+        for run_id, started_at in (
+            ("older", "2026-11-28T02:00:00Z"),
+            ("newer", "2026-11-20T02:00:00Z"),
+        ):
+            conn.execute(
+                "INSERT INTO runs (run_id, plan, digest, started_at) VALUES (?, 'p', ?, ?)",
+                (run_id, digest, started_at),
+            )
+    conn.close()
+    with Journal.open(tmp_path) as journal:
+        assert journal._conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        found = journal.find_resumable(digest)
+        assert found is not None and found.run_id == "newer"
+        begin(journal, lanes, "latest", "2000-01-01T00:00:00Z")
+        assert [s.run_id for s in journal.runs()] == ["latest", "newer", "older"]
+        upgraded = layout(journal)
+    with Journal.open(tmp_path / "new") as fresh:
+        assert upgraded == layout(fresh)  # one layout, however the journal was made
+
+
+def layout(journal: Journal) -> list[object]:
+    """The columns and indexes of the journal's tables."""
+    found: list[object] = []
+    for table in ("runs", "clears"):
+        found.append(journal._conn.execute(f"PRAGMA table_info({table})").fetchall())
+        for index in journal._conn.execute(f"PRAGMA index_list({table})").fetchall():
+            found.append((index[1:], journal._conn.execute(
+                f"PRAGMA index_info({index[1]})").fetchall()))  # fmt: skip
+    return found
+
+
+def test_a_journal_of_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(JournalError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        Journal.open(tmp_path)
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+    conn.close()
+
+
+def write_plan(path: Path) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            settings: {cooldown_s: 30}
+            defaults: {server: "0014", type_campaign: predictive, token_env: WOLKVOX_TOKEN}
+            campaigns:
+              - {campaign_id: "3001", results: [busy, answer]}
+              - {campaign_id: "4001", results: [busy], token_env: OTHER_TOKEN}
+            """
+        )
+    )
+    return path
+
+
+def test_a_resume_after_a_token_rotation_finds_the_run_and_rests_its_lane_with_the_new_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = load_plan(write_plan(tmp_path / "plan.yaml"))
+    state = tmp_path / "state"
+    monkeypatch.setenv("WOLKVOX_TOKEN", RAW_TOKEN)
+    monkeypatch.setenv("OTHER_TOKEN", "token-b")
+    first = prepare(plan, RunOptions(state_dir=str(state)), say=lambda _: None)
+    assert first.durable is not None and first.durable.run_lock is not None
+    a, b = first.lanes
+    with first.durable.journal as journal:
+        journal.begin_run(first.durable.run_id, plan.source, first.durable.digest, first.lanes,
+                          started_at=T0)  # fmt: skip
+        listen = journal.listener(first.durable.run_id)
+        listen(started(a, 0))  # the process dies with this call in flight
+    first.durable.run_lock.release()
+
+    monkeypatch.setenv("WOLKVOX_TOKEN", "wv-new-token-value-after-rotation")
+    second = prepare(plan, RunOptions(state_dir=str(state), resume="latest"), say=lambda _: None)
+    assert second.durable is not None and second.durable.resume is not None
+    try:
+        assert second.durable.run_id == first.durable.run_id
+        rotated = second.lanes[0]
+        assert rotated.secret is not None
+        assert rotated.secret.reveal() == "wv-new-token-value-after-rotation"
+        assert second.durable.resume.cooling_tokens == {rotated.token_id}
+        assert rotated.token_id != a.token_id and second.lanes[1].token_id == b.token_id
+    finally:
+        second.durable.journal.close()
+        if second.durable.run_lock is not None:
+            second.durable.run_lock.release()
+
+
 # ---------------------------------------------------------------------- failures
 
 
@@ -531,6 +694,54 @@ def test_listener_for_an_unknown_run_raises_journal_error(
         journal.listener("other")
 
 
+def test_a_change_to_a_clear_the_run_lacks_is_refused_naming_it_and_every_later_call_raises(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    record = journal.listener("r1")
+    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
+    with pytest.raises(JournalError, match=r"has no clear 99 in run r1"):
+        record(started(lane("tok-z", clear(99)), 0))
+    with pytest.raises(JournalError, match=r"has no clear 99 in run r1"):
+        record(started(lanes[0], 0))
+    with pytest.raises(JournalError, match=r"has no clear 99 in run r1"):
+        asyncio.run(record.settle())
+    # What was committed before stays; nothing after the failure was written.
+    assert committed_states(journal) == {1: "pending", 2: "succeeded", 3: "pending"}
+
+
+def test_a_failed_write_is_rolled_back_and_halts_the_recorder(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    journal._conn.execute("PRAGMA max_page_count = 1")
+    huge = Answer(Verdict.FAILED, http_status=400, code=400, error="x" * 20_000)
+    with pytest.raises(JournalError, match="database or disk is full"):
+        listen(finished(lanes[0], 0, Outcome.FAILED, Reason.REJECTED, huge))
+    assert not journal._conn.in_transaction
+    journal._conn.execute("PRAGMA max_page_count = 1073741823")
+    with pytest.raises(JournalError, match="database or disk is full"):
+        listen(finished(lanes[1], 0, Outcome.SUCCEEDED, answer=OK))
+    assert committed_states(journal) == {1: "in_flight", 2: "pending", 3: "pending"}
+
+
+def test_a_run_that_cannot_be_begun_leaves_nothing_behind(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    with pytest.raises(JournalError, match="cannot be written: UNIQUE constraint failed"):
+        journal.begin_run("r2", "p.yaml", "d", [*lanes, lanes[0]], started_at=T0)
+    assert journal.run("r2") is None and journal.clears("r2") == []
+    assert not journal._conn.in_transaction
+
+
+def test_finish_run_of_an_unknown_run_raises(journal: Journal) -> None:
+    with pytest.raises(JournalError, match="has no run nope"):
+        journal.finish_run("nope", exit_code=0, finished_at=T0)
+
+
 def test_use_after_close_raises_journal_error(tmp_path: Path, lanes: list[Lane]) -> None:
     journal = Journal.open(tmp_path)
     begin(journal, lanes)
@@ -540,7 +751,23 @@ def test_use_after_close_raises_journal_error(tmp_path: Path, lanes: list[Lane])
         listen(started(lanes[0], 0))
 
 
-# ------------------------------------------------------------------ group commit
+def test_a_change_stamps_updated_at_in_utc_to_the_millisecond(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    begin(journal, lanes)
+    created = state_of_updated(journal, 1)
+    journal.listener("r1")(started(lanes[0], 0))
+    changed = state_of_updated(journal, 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", changed)
+    assert changed >= created
+
+
+def state_of_updated(journal: Journal, seq: int) -> str:
+    row = journal._conn.execute("SELECT updated_at FROM clears WHERE seq = ?", (seq,)).fetchone()
+    return str(row[0])
+
+
+# ------------------------------------------------------------------------ helpers
 
 
 def committed_states(journal: Journal) -> dict[int, str]:
@@ -552,172 +779,10 @@ def committed_states(journal: Journal) -> dict[int, str]:
         other.close()
 
 
-def tails(journal: Journal) -> list[Path]:
-    return sorted((journal.path.parent / "runs").glob("*.tail"))
-
-
-def tail_lines(journal: Journal) -> list[str]:
-    (tail,) = tails(journal)
-    return tail.read_text().splitlines()
-
-
-async def test_a_start_is_in_the_tail_once_settled_and_in_sqlite_at_the_end_of_the_turn(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    commits: list[str] = []
-    journal._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
-    record = journal.listener("r1", hold_starts_s=0)
-    record(started(lanes[1], 0))
-    await record.settle()
-    record(finished(lanes[1], 0, Outcome.SUCCEEDED))  # not settled: the turn's end takes it
-    record(started(lanes[0], 0))
-    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == ["started"]
-    await record.settle()
-    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == [
-        "started",
-        "done",
-        "started",
-    ]
-    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
-    await asyncio.sleep(0)
-    assert committed_states(journal) == {1: "in_flight", 2: "succeeded", 3: "pending"}
-    assert commits == ["COMMIT"]  # the whole turn in one transaction
-    await record.settle()
-    await asyncio.sleep(0)
-    assert commits == ["COMMIT"]  # nothing new: nothing written
-
-
-async def test_a_change_to_a_clear_the_run_lacks_is_refused_naming_it_and_nothing_of_it_is_kept(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1", hold_starts_s=0)
-    stranger = lane("tok-z", clear(99))
-    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
-    record(finished(stranger, 0, Outcome.SUCCEEDED))
-    with pytest.raises(JournalError, match=r"has no clear 99 in run r1"):
-        record.flush()
-    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
-
-
-def updates_to(journal: Journal) -> list[str]:
-    """The UPDATEs of clears that the journal's connection runs from now on."""
-    seen: list[str] = []
-    journal._conn.set_trace_callback(
-        lambda sql: seen.append(sql) if sql.startswith("UPDATE clears") else None
-    )
-    return seen
-
-
-async def test_a_clear_that_ends_within_the_hold_reaches_sqlite_as_one_update(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    updates = updates_to(journal)
-    record = journal.listener("r1")  # marks held for a second
-    record(started(lanes[1], 0))
-    await record.settle()
-    await asyncio.sleep(0)
-    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == ["started"]
-    assert committed_states(journal)[2] == "pending" and updates == []
-    record(finished(lanes[1], 0, Outcome.SUCCEEDED, answer=OK))
-    await asyncio.sleep(0)
-    assert [json.loads(line)[0] for line in tail_lines(journal)[1:]] == ["started", "done"]
-    assert committed_states(journal)[2] == "succeeded"
-    assert len(updates) == 1
-    row = state_of(journal, "r1", 2)
-    assert (row.state, row.attempts, row.http_status, row.msg) == ("succeeded", 1, 200, OK.msg)
-
-
-async def test_a_mark_still_in_flight_after_the_hold_reaches_sqlite(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    written = asyncio.Event()
-    journal._conn.set_trace_callback(lambda sql: written.set() if "in_flight" in sql else None)
-    record = journal.listener("r1", hold_starts_s=0.01)
-    record(started(lanes[0], 0))
-    await record.settle()
-    await asyncio.sleep(0)
-    assert committed_states(journal)[1] == "pending"
-    await asyncio.wait_for(written.wait(), timeout=10)
-    assert committed_states(journal)[1] == "in_flight"
-    assert state_of(journal, "r1", 1).attempts == 1
-
-
-async def test_a_held_mark_is_written_before_the_retry_that_follows_it(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    updates = updates_to(journal)
-    record = journal.listener("r1")
-    record(started(lanes[0], 0))
-    await record.settle()
-    record(retrying(lanes[0], 0, BAD))
-    record(started(lanes[0], 0, attempt=2))
-    await asyncio.sleep(0)
-    # The first mark, then the retry; the second mark is held in its turn.
-    assert [sql.split(" SET ")[1][:14] for sql in updates] == ["state = 'in_fl", "state = 'pendi"]
-    record.flush()
-    row = state_of(journal, "r1", 1)
-    assert (row.state, row.attempts, row.http_status) == ("in_flight", 2, 400)
-
-
-async def test_flush_writes_the_held_marks(journal: Journal, lanes: list[Lane]) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1")
-    record(started(lanes[0], 0))
-    record(started(lanes[1], 0))
-    await record.settle()
-    await asyncio.sleep(0)
-    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
-    record.flush()
-    assert committed_states(journal) == {1: "in_flight", 2: "in_flight", 3: "pending"}
-
-
-async def test_a_failed_commit_keeps_the_tail_and_every_later_call_raises(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1", hold_starts_s=0)
-    record(started(lanes[1], 0))
-    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
-    record(started(lane("token-c", clear(9)), 0))  # a clear the run does not have
-    await record.settle()
-    await asyncio.sleep(0)
-    # The turn's transaction is rolled back whole: the other lane's outcome with it.
-    assert committed_states(journal) == {1: "pending", 2: "pending", 3: "pending"}
-    with pytest.raises(JournalError, match="no clear 9 in run r1"):
-        record(started(lanes[0], 0))
-    with pytest.raises(JournalError, match="no clear 9 in run r1"):
-        await record.settle()
-    journal.close()
-    (kept,) = tails(journal)
-    # The next open writes what the tail holds, skipping what matches no row.
-    with Journal.open(journal.path.parent) as reopened:
-        assert committed_states(reopened) == {1: "pending", 2: "succeeded", 3: "pending"}
-    assert not kept.exists()
-
-
-async def test_a_closed_recorder_removes_its_tail_once_everything_is_in_sqlite(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1")
-    record(started(lanes[0], 0))
-    await record.settle()
-    assert len(tails(journal)) == 1
-    record(finished(lanes[0], 0, Outcome.SUCCEEDED))
-    journal.close()
-    assert tails(journal) == []
-    assert committed_states(journal) == {1: "succeeded", 2: "pending", 3: "pending"}
-
-
 def sigkilled_script(state_dir: Path, body: str) -> str:
     return textwrap.dedent(
         f"""
-        import asyncio, os, signal
+        import os, signal
         from pathlib import Path
         from orchestrator.run.events import ClearStarted
         from orchestrator.state.journal import Journal
@@ -728,228 +793,3 @@ def sigkilled_script(state_dir: Path, body: str) -> str:
         record = journal.listener("r1")
         """
     ) + textwrap.dedent(body)
-
-
-def test_a_start_settled_inside_the_event_loop_survives_a_sigkill_before_its_turn_ends(
-    tmp_path: Path,
-) -> None:
-    script = sigkilled_script(
-        tmp_path,
-        """
-        async def main():
-            record(ClearStarted(clear, "tok", 1))
-            await record.settle()
-            os.kill(os.getpid(), signal.SIGKILL)  # before SQLite has it
-        asyncio.run(main())
-        """,
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
-    assert len(list((tmp_path / "runs").glob("*.tail"))) == 1
-    with Journal.open(tmp_path) as journal:
-        record = journal.resume_run("r1")[1]
-    assert (record.state, record.attempts) == ("in_flight", 1)
-    assert list((tmp_path / "runs").glob("*.tail")) == []
-
-
-async def test_replaying_a_tail_already_in_sqlite_changes_nothing(
-    tmp_path: Path, lanes: list[Lane]
-) -> None:
-    journal = Journal.open(tmp_path)
-    begin(journal, lanes)
-    record = journal.listener("r1")
-    record(started(lanes[0], 0))
-    record(retrying(lanes[0], 0, BUSY))
-    record(started(lanes[0], 0, attempt=2))
-    await record.settle()
-    await asyncio.sleep(0)
-    (tail,) = tails(journal)
-    saved = tail.read_bytes()
-    journal.close()
-    tail.write_bytes(saved)  # as if the process died after the commit, before the removal
-    with Journal.open(tmp_path) as reopened:
-        assert (state_of(reopened, "r1", 1).state, state_of(reopened, "r1", 1).attempts) == (
-            "in_flight",
-            2,
-        )
-    assert not tail.exists()
-
-
-async def test_another_journal_leaves_a_live_recorders_tail_alone(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1", hold_starts_s=0)
-    record(started(lanes[0], 0))
-    await record.settle()
-    with Journal.open(journal.path.parent) as other:
-        assert state_of(other, "r1", 1).state == "pending"
-    assert len(tails(journal)) == 1
-    await asyncio.sleep(0)
-    assert state_of(journal, "r1", 1).attempts == 1  # applied once, by its own recorder
-
-
-def dead_tail(tmp_path: Path, lanes: list[Lane], *lines: str) -> Path:
-    """Run r1 begun in a journal, and the tail its process left when it died."""
-    with Journal.open(tmp_path) as journal:
-        begin(journal, lanes)
-    tail = tmp_path / "runs" / "r1.0000.tail"
-    tail.parent.mkdir()
-    tail.write_text("".join(['{"v":1,"run_id":"r1"}\n', *lines]))
-    return tail
-
-
-def test_a_last_line_cut_short_by_a_crash_is_ignored(tmp_path: Path, lanes: list[Lane]) -> None:
-    tail = dead_tail(
-        tmp_path,
-        lanes,
-        '["started",[1,"2026-11-28T02:00:01.000Z",2]]\n',
-        '["finished",["succeeded",null,200,200,"ok",null,"2026-11-28T02:00:02',
-    )
-    with Journal.open(tmp_path) as journal:
-        assert (state_of(journal, "r1", 2).state, state_of(journal, "r1", 2).attempts) == (
-            "in_flight",
-            1,
-        )
-    assert not tail.exists()
-
-
-@pytest.mark.parametrize(
-    "end",
-    [
-        '["done",[2,"succeeded",null,200,202,"ok",null,"2026-11-28T02:00:02.000Z",2]]',
-        # as earlier versions wrote it, without the attempts
-        '["finished",["succeeded",null,200,202,"ok",null,"2026-11-28T02:00:02.000Z",2]]',
-    ],
-    ids=["done", "finished"],
-)
-def test_a_dead_tail_replays_to_the_clears_end(tmp_path: Path, lanes: list[Lane], end: str) -> None:
-    tail = dead_tail(
-        tmp_path,
-        lanes,
-        '["started",[1,"2026-11-28T02:00:01.000Z",2]]\n',
-        '["retrying",["pending",503,503,"busy",null,"2026-11-28T02:00:01.500Z",2]]\n',
-        '["started",[2,"2026-11-28T02:00:01.900Z",2]]\n',
-        f"{end}\n",
-    )
-    with Journal.open(tmp_path) as journal:
-        row = state_of(journal, "r1", 2)
-    assert (row.state, row.attempts, row.http_status, row.code, row.msg) == (
-        "succeeded",
-        2,
-        200,
-        202,
-        "ok",
-    )
-    assert not tail.exists()
-
-
-_ODD_TEXT = 'a "quoted" \\ back\tslash, ñandú ✓ \U0001f600'
-
-
-@pytest.mark.parametrize(
-    "event",
-    [
-        started(lane("tok-a", clear(1)), 0, attempt=3),
-        finished(
-            lane("tok-a", clear(1)),
-            0,
-            Outcome.SUCCEEDED,
-            answer=Answer(Verdict.SUCCEEDED, http_status=200, code=200, msg="ok"),
-        ),
-        finished(
-            lane("tok-a", clear(1)),
-            0,
-            Outcome.FAILED,
-            Reason.REJECTED,
-            answer=Answer(
-                Verdict.FAILED, http_status=400, code=400, msg=_ODD_TEXT, error=_ODD_TEXT
-            ),
-        ),
-        finished(lane("tok-a", clear(1)), 0, Outcome.FAILED, Reason.INTERRUPTED),
-        dataclasses.replace(
-            finished(lane("tok-a", clear(1)), 0, Outcome.FAILED, Reason.LOCK_LOST),
-            error="lock lost",
-        ),
-        retrying(
-            lane("tok-a", clear(1)),
-            0,
-            Answer(Verdict.RETRY, http_status=503, code=503, msg=_ODD_TEXT, outcome_unknown=True),
-        ),
-        finished(lane("tok-a", clear(1)), 0, Outcome.SKIPPED, Reason.ALREADY_SUCCEEDED, attempts=0),
-    ],
-    ids=["started", "succeeded", "failed-odd-text", "no-answer", "own-error", "retrying", "skip"],
-)
-def test_a_tail_line_is_exactly_what_json_dumps_writes(
-    event: ClearStarted | ClearRetrying | ClearFinished,
-) -> None:
-    kind, values = _record(event, {1: 2}, "2026-11-29T04:00:00.123Z")
-    assert _line((kind, values)) == json.dumps([kind, values], separators=(",", ":")) + "\n"
-
-
-def test_every_end_is_stored_exactly_as_the_general_statement_stores_it(
-    tmp_path: Path, lanes: list[Lane]
-) -> None:
-    # A success has a statement of its own (fewer values bound): it must store the same row.
-    ends = [
-        finished(lanes[0], 0, Outcome.SUCCEEDED, answer=OK, attempts=2),
-        finished(lanes[0], 1, Outcome.SUCCEEDED, answer=dataclasses.replace(OK, msg=None)),
-        finished(lanes[1], 0, Outcome.SUCCEEDED, answer=dataclasses.replace(OK, error="odd")),
-    ]
-    failures = [
-        finished(lanes[0], 0, Outcome.FAILED, Reason.REJECTED, answer=BAD),
-        dataclasses.replace(
-            finished(lanes[0], 1, Outcome.FAILED, Reason.LOCK_LOST), error="lock lost"
-        ),
-        finished(lanes[1], 0, Outcome.SKIPPED, Reason.BLOCKED_BY_FAILURE, attempts=0),
-    ]
-    for case, events in (("successes", ends), ("others", failures)):
-        recorded, general = Journal.open(tmp_path / case / "a"), Journal.open(tmp_path / case / "b")
-        try:
-            for each in (recorded, general):
-                begin(each, lanes)
-                each._conn.execute("UPDATE clears SET updated_at = 'then', reason = 'stale'")
-            record = recorded.listener("r1", hold_starts_s=0)
-            for event in events:
-                record(event)
-            record.flush()
-            for event in events:
-                kind, values = _record(event, {}, "now")
-                assert kind == "done"
-                general._conn.execute(_MARK_DONE, (*values[:-1], "r1", values[-1]))
-            stamp = "UPDATE clears SET updated_at = 'now' WHERE updated_at != 'then'"
-            recorded._conn.execute(stamp)  # the recorder stamps the time of its turn
-            rows = "SELECT * FROM clears ORDER BY seq"
-            assert recorded._conn.execute(rows).fetchall() == general._conn.execute(rows).fetchall()
-        finally:
-            recorded.close()
-            general.close()
-
-
-def test_an_unreadable_tail_is_refused_naming_it(tmp_path: Path, lanes: list[Lane]) -> None:
-    tail = dead_tail(tmp_path, lanes, '["truncate",[1]]\n')
-    with pytest.raises(JournalError, match=f"journal tail {re.escape(str(tail))} cannot be"):
-        Journal.open(tmp_path)
-    assert tail.exists()
-
-
-async def test_finish_run_commits_the_open_batch_first(journal: Journal, lanes: list[Lane]) -> None:
-    begin(journal, lanes)
-    record = journal.listener("r1")
-    record(started(lanes[1], 0))
-    record(finished(lanes[1], 0, Outcome.SUCCEEDED))
-    journal.finish_run("r1", exit_code=1, finished_at=T0)
-    assert committed_states(journal)[2] == "succeeded"
-
-
-async def test_a_change_stamps_updated_at_as_sqlite_would(
-    journal: Journal, lanes: list[Lane]
-) -> None:
-    begin(journal, lanes)
-    (created,) = journal._conn.execute("SELECT updated_at FROM clears WHERE seq = 1").fetchone()
-    record = journal.listener("r1")
-    record(started(lanes[0], 0))
-    await record.settle()
-    (changed,) = journal._conn.execute("SELECT updated_at FROM clears WHERE seq = 1").fetchone()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", changed)
-    assert changed >= created

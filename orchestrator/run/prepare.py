@@ -243,13 +243,20 @@ def _open_state(plan: Plan, lanes: tuple[Lane, ...], options: RunOptions) -> Dur
         run_id = new_run_id()
         return Durable(journal, state_dir, digest, run_id, None, RunLock.take(state_dir, run_id))
     try:
-        return _resumable(plan, journal, state_dir, digest, options.resume)
+        return _resumable(plan, lanes, journal, state_dir, digest, options.resume)
     except OrchestratorError:
         journal.close()
         raise
 
 
-def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wanted: str) -> Durable:
+def _resumable(
+    plan: Plan,
+    lanes: tuple[Lane, ...],
+    journal: Journal,
+    state_dir: Path,
+    digest: str,
+    wanted: str,
+) -> Durable:
     from orchestrator.run.execute import Resume
 
     run_id = None if wanted == LATEST else wanted
@@ -266,11 +273,14 @@ def _resumable(plan: Plan, journal: Journal, state_dir: Path, digest: str, wante
     if run_lock is None:
         raise UsageError(f"--resume: run {record.run_id} is still running in another process")
     prior = journal.resume_run(record.run_id)
+    # The lane that now runs each clear: its token may have been rotated since (same digest,
+    # so the same seqs).
+    token_of = {clear.seq: lane.token_id for lane in lanes for clear in lane.clears}
     resume = Resume(
         succeeded=frozenset(seq for seq, c in prior.items() if c.state == "succeeded"),
         # A call in flight at a crash, or cut by a second signal, may still be running at
-        # wolkvox: its token rests before it is used again.
-        cooling_tokens=frozenset(c.token_id for c in prior.values() if _maybe_running(c)),
+        # wolkvox: its lane rests before it sends again.
+        cooling_tokens=frozenset(token_of[seq] for seq, c in prior.items() if _maybe_running(c)),
     )
     return Durable(journal, state_dir, digest, record.run_id, resume, run_lock)
 
