@@ -157,18 +157,8 @@ class Simulator:
 
     def __init__(self, latency_ms: float, workdir: Path) -> None:
         self._log = workdir / "simulator.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "simulate",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--latency-ms",
-            f"{latency_ms:g}",
-        ]
+        cmd = [sys.executable, "-m", "orchestrator", "simulate", "--host", "127.0.0.1"]
+        cmd += ["--port", "0", "--latency-ms", f"{latency_ms:g}"]
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 cmd,
@@ -181,11 +171,16 @@ class Simulator:
             )
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 30
-        while not (match := re.search(r"(http://127\.0\.0\.1:\d+)(\S*)", self._log.read_text())):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise HarnessError(f"the simulator did not start:\n{self._log.read_text()}")
-            time.sleep(0.05)
+        try:
+            while not (
+                match := re.search(r"(http://127\.0\.0\.1:\d+)(\S*)", self._log.read_text())
+            ):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise HarnessError(f"the simulator did not start:\n{self._log.read_text()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
         self.root, self.base_url = match.group(1), match.group(1) + match.group(2)
 
     def request(self, method: str, path: str) -> Any:
@@ -295,19 +290,8 @@ def scenario_run(
     try:
         plan, job, tokens = write_plan(workdir, shape, sim.base_url)
         env = child_env(tokens)
-        cmds = {
-            v: [
-                *cmd,
-                "run",
-                str(plan),
-                "--yes",
-                "--log-format",
-                "json",
-                "--state-dir",
-                str(workdir / f"{v}.state"),
-            ]
-            for v, cmd in variants.items()
-        }
+        run = ["run", str(plan), "--yes", "--log-format", "json", "--state-dir"]
+        cmds = {v: [*cmd, *run, str(workdir / f"{v}.state")] for v, cmd in variants.items()}
         cmds["bare"] = [sys.executable, str(ROOT / "benchmarks" / "bare.py"), str(job)]
         runs: dict[str, list[dict[str, float]]] = {v: [] for v in cmds}
         for i in range(-1 if warmup else 0, repeat):
@@ -429,11 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         variants["orchestrator"] += ["-m", "orchestrator"]
     if args.compare:
         variants["compare"] = [str(args.compare.resolve())]
-    revision = git("rev-parse", "--short", "HEAD") + (
+    # The last commit that changed the package: what the figures belong to, whatever else moved.
+    revision = git("log", "-1", "--format=%h", "--", "orchestrator") + (
         "+dirty" if git("status", "--porcelain", "--", "orchestrator") else ""
     )
     print(
-        f"orchestrator {revision}, Python {platform.python_version()}, {os.cpu_count()} CPUs,"
+        f"orchestrator/ at {revision}, Python {platform.python_version()}, {os.cpu_count()} CPUs,"
         f" load average {os.getloadavg()[0]:.2f}"
     )
     names = ["latency", "cpu", "scale"] if args.scenario == "all" else [args.scenario]
@@ -443,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             shape = (SMOKE if args.smoke else SHAPES)[name]
-            title = f"{name}: {shape.tokens} tokens x {shape.clears} clears"
+            title = f"{name}: {shape.tokens:,} tokens x {shape.clears} clears"
             title += f" x {shape.latency_ms:g} ms" if name != "scale" else " (validate)"
             print(f"\n{title}, medians of {repeat}", flush=True)
             scratch = workdir / name
