@@ -45,6 +45,10 @@ class UsageError(OrchestratorError):
     """The command line asks for something that cannot be done; nothing was sent."""
 
 
+class Terminated(OrchestratorError):
+    """SIGTERM arrived before a run took the signal over: nothing was sent."""
+
+
 class TransportError(OrchestratorError):
     """A call did not get an HTTP answer.
 
