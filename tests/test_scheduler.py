@@ -500,7 +500,7 @@ async def test_a_clear_whose_start_cannot_be_recorded_is_not_sent_and_the_run_ha
     assert isinstance(scheduler.recording_error, OSError)
     # Nobody hears of a start that was not recorded: it is never sent.
     assert [e.clear.seq for e in events if isinstance(e, ClearStarted)] == [1]
-    assert [type(e) for e in recorder.durable] == [ClearStarted]
+    assert [e.clear.seq for e in recorder.durable if isinstance(e, ClearStarted)] == [1]
     assert outcomes(events) == {
         1: ("succeeded", None),
         2: ("skipped", "recording_failed"),
@@ -700,3 +700,55 @@ async def test_a_second_interrupt_cuts_every_call_in_flight_and_every_rest_at_on
     }
     assert finished(events)[1].error == "interrupted"
     assert finished(events)[2].answer == TIMEOUT
+
+
+class OrderRecorder:
+    """A recorder that notes when it takes and settles events; it cannot record clear 1's end."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+        self.ends_taken = False
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ClearFinished):
+            self.order.append(f"journal {event.clear.seq}")
+            if event.clear.seq == 1:
+                raise OSError("disk full")
+            self.ends_taken = True
+
+    async def settle(self) -> None:
+        if self.ends_taken:
+            self.order.append("settled")
+            self.ends_taken = False
+
+
+async def test_an_outcome_is_journaled_before_it_is_logged_and_the_log_says_when_it_was_not() -> (
+    None
+):
+    order: list[str] = []
+    logged: list[ClearFinished] = []
+
+    def log(event: Event) -> None:
+        if isinstance(event, ClearFinished):
+            order.append(f"log {event.clear.seq}")
+            logged.append(event)
+
+    sender = ScriptedSender()
+    lanes = [lane_of("A", [2]), lane_of("B", [1, 3])]
+    scheduler = Scheduler(
+        lanes,
+        sender,
+        max_parallel=1,
+        cooldown_s=0,
+        listeners=[log],
+        recorder=OrderRecorder(order),
+        clock=FakeClock(),
+    )
+    await within(scheduler.run())
+    assert order[:3] == ["journal 2", "settled", "log 2"]
+    assert order[3:5] == ["journal 1", "log 1"], "clear 1's end was offered to the journal first"
+    ends = {e.clear.seq: e for e in logged}
+    assert ends[2].unrecorded is None
+    assert (ends[1].outcome, ends[1].unrecorded) == (Outcome.SUCCEEDED, "OSError: disk full")
+    assert (ends[3].outcome, ends[3].reason) == (Outcome.SKIPPED, Reason.RECORDING_FAILED)
+    assert isinstance(scheduler.recording_error, OSError)

@@ -46,6 +46,9 @@ EXIT_USAGE = 2
 
 Say = Callable[[str], None]
 
+#: Seqs of unrecorded clears the summary names before it says "...".
+_SHOWN_SEQS = 10
+
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
@@ -79,6 +82,8 @@ class RunResult:
     fault: BaseException | None = None
     #: Things that went wrong after the run ended (a report that could not be written).
     warnings: tuple[str, ...] = ()
+    #: Clears whose outcome the journal could not record: ``--resume`` may send them again.
+    unrecorded: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,9 +334,20 @@ def _conclude(
     fields["calls_per_token"] = collector.calls_per_token
     if error is not None:
         fields["error"] = error
+    unrecorded = tuple(sorted(collector.unrecorded))
+    if unrecorded:
+        fields["unrecorded"] = len(unrecorded)
     log = spec.logger.error if error else spec.logger.info
     log("run.finished", **fields)
-    return RunResult(exit_code, totals, duration_ms, collector.calls_per_token, error, ending.fault)
+    return RunResult(
+        exit_code,
+        totals,
+        duration_ms,
+        collector.calls_per_token,
+        error,
+        ending.fault,
+        unrecorded=unrecorded,
+    )
 
 
 def _describe(exc: BaseException, lanes: tuple[Lane, ...]) -> str:
@@ -367,6 +383,7 @@ def _write_report(
                 "totals": result.totals,
                 "calls_per_token": result.calls_per_token,
                 "error": result.error,
+                "unrecorded": list(result.unrecorded),
                 "clears": collector.clears(),
             },
         )
@@ -413,6 +430,13 @@ def _tell(result: RunResult, prepared: Prepared, say: Say) -> None:
         say(_without_tokens(trace.rstrip(), prepared.lanes))
     if result.error:
         say(f"orchestrator: {result.error}")
+    if result.unrecorded:
+        shown = ", ".join(str(seq) for seq in result.unrecorded[:_SHOWN_SEQS])
+        more = ", ..." if len(result.unrecorded) > _SHOWN_SEQS else ""
+        say(
+            f"orchestrator: the journal could not record the outcome of "
+            f"{len(result.unrecorded)} clear(s) ({shown}{more}): --resume may send them again"
+        )
     totals = result.totals
     say(
         f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "

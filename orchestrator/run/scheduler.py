@@ -14,6 +14,7 @@ in flight and of the tokens' rests, and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import anyio
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret
 from orchestrator.run.backoff import backoff_delay
 from orchestrator.run.events import (
@@ -207,7 +209,7 @@ class Scheduler:
     async def _run_lane(self, state: _LaneState) -> None:
         for clear in state.lane.clears:
             if clear.seq in self._already_succeeded:
-                self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
+                await self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
                 continue
             if state.blocked is None and self._halt_reason is None:
                 wait = state.free_at - self._clock.monotonic()
@@ -215,7 +217,7 @@ class Scheduler:
                     await self._pause(wait)
             skip = state.blocked or self._halt_reason
             if skip is not None:
-                self._skip(state, clear, skip)
+                await self._skip(state, clear, skip)
                 continue
             finished = await self._run_clear(state, clear)
             self._after(state, clear, finished)
@@ -252,19 +254,19 @@ class Scheduler:
             if answer is None:
                 # Nothing sent at all is a skip; a clear with an attempt behind it has failed.
                 outcome = Outcome.FAILED if tries.count else Outcome.SKIPPED
-                return self._finish(state, clear, outcome, tries)
+                return await self._finish(state, clear, outcome, tries)
             tries.answer = answer
             if answer.verdict is Verdict.SUCCEEDED:
-                return self._finish(state, clear, Outcome.SUCCEEDED, tries)
+                return await self._finish(state, clear, Outcome.SUCCEEDED, tries)
             if answer.verdict is not Verdict.RETRY or tries.count > clear.retries:
                 tries.reason = _failure_reason(answer)
-                return self._finish(state, clear, Outcome.FAILED, tries)
+                return await self._finish(state, clear, Outcome.FAILED, tries)
             if state.blocked is Reason.LOCK_LOST:
                 tries.reason = Reason.LOCK_LOST
-                return self._finish(state, clear, Outcome.FAILED, tries)
+                return await self._finish(state, clear, Outcome.FAILED, tries)
             if await self._wait_to_retry(state, clear, tries, answer):
                 tries.reason = self._halt_reason
-                return self._finish(state, clear, Outcome.FAILED, tries)
+                return await self._finish(state, clear, Outcome.FAILED, tries)
 
     async def _locked_call(
         self, state: _LaneState, clear: Clear, tries: _Attempts
@@ -344,7 +346,7 @@ class Scheduler:
         self._emit(ClearRetrying(clear, state.lane.token_id, tries.count, delay, answer))
         return await self._pause(delay)
 
-    def _finish(
+    async def _finish(
         self, state: _LaneState, clear: Clear, outcome: Outcome, tries: _Attempts
     ) -> ClearFinished:
         elapsed_ms = round((self._clock.monotonic() - tries.started) * 1000)
@@ -358,12 +360,11 @@ class Scheduler:
             duration_ms=elapsed_ms,
             error=tries.error,
         )
-        self._emit(finished)
-        return finished
+        return await self._end(finished)
 
-    def _skip(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
+    async def _skip(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
         blocked_by = state.blocked_by if reason is Reason.BLOCKED_BY_FAILURE else None
-        self._emit(
+        await self._end(
             ClearFinished(
                 clear=clear,
                 token_id=state.lane.token_id,
@@ -375,6 +376,22 @@ class Scheduler:
                 blocked_by=blocked_by,
             )
         )
+
+    async def _end(self, finished: ClearFinished) -> ClearFinished:
+        """Record how a clear ended, durably, and only then tell the listeners (the log).
+
+        The log never claims an outcome the journal lacks without saying so: when the
+        outcome cannot be recorded, the event says why (``unrecorded``) and the run halts.
+        """
+        if self._recorder is not None:
+            try:
+                self._recorder(finished)
+                await self._recorder.settle()
+            except Exception as exc:
+                self._recording_failed(exc)
+                finished = dataclasses.replace(finished, unrecorded=_reason_of(exc))
+        self._emit(finished, recorded=True)
+        return finished
 
     async def _record_start(self, started: ClearStarted) -> bool:
         """Record the attempt durably before its request leaves; False when it cannot be."""
@@ -406,6 +423,10 @@ class Scheduler:
         if self._recording_error is None:
             self._recording_error = exc
         self._stop(Reason.RECORDING_FAILED)
+
+
+def _reason_of(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
 
 
 def _failure_reason(answer: Answer) -> Reason:
