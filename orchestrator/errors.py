@@ -49,6 +49,33 @@ class Terminated(OrchestratorError):
     """SIGTERM arrived before a run took the signal over: nothing was sent."""
 
 
+class JournalError(OrchestratorError):
+    """The journal cannot be opened, read or written; the message names the file and why."""
+
+
+class LockError(OrchestratorError):
+    """Token locking cannot be set up or kept working; nothing is sent without it."""
+
+
+class ReportError(OrchestratorError):
+    """The report could not be written."""
+
+
+class MetricsError(OrchestratorError):
+    """The metrics file could not be written."""
+
+
+class TokenInfoError(OrchestratorError):
+    """``token_info`` gave no usable answer; the message never contains the token."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+
+
 class TransportError(OrchestratorError):
     """A call did not get an HTTP answer.
 

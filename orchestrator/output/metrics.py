@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import MetricsError
 from orchestrator.output.atomic import FILE_MODE, write_text_atomically
 
 #: How clears end, in the order they are written; every one is written, zero or not.
@@ -20,10 +20,6 @@ OUTCOMES = ("succeeded", "failed", "skipped")
 
 Labels = Mapping[str, str]
 Sample = tuple[Labels, float]
-
-
-class MetricsError(OrchestratorError):
-    """The metrics file could not be written."""
 
 
 def render_metrics(

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ReportError
 from orchestrator.output.atomic import write_text_atomically
 from orchestrator.run.events import (
     ClearFinished,
@@ -80,7 +80,3 @@ def write_json_atomically(path: str | os.PathLike[str], document: object) -> Non
         write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     except OSError as exc:
         raise ReportError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
-
-
-class ReportError(OrchestratorError):
-    """The report could not be written."""

@@ -24,18 +24,24 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.errors import (
+    JournalError,
+    MetricsError,
+    OrchestratorError,
+    ReportError,
+    TokenInfoError,
+    UsageError,
+)
 from orchestrator.output.log import EventLog, make_logger, pick_format
-from orchestrator.output.metrics import MetricsError, write_metrics
+from orchestrator.output.metrics import write_metrics
 from orchestrator.output.progress import Progress, progress_wanted
-from orchestrator.output.report import ReportCollector, ReportError, write_json_atomically
+from orchestrator.output.report import ReportCollector, write_json_atomically
 from orchestrator.plan.model import Lane, Plan
 from orchestrator.run.events import ClearFinished, Listener, Outcome, Reason, Recorder
 from orchestrator.run.prepare import Prepared, Resume, State, utc_now
 from orchestrator.run.scheduler import Backoff, Clock, Scheduler, default_backoff
-from orchestrator.state.journal import JournalError
 from orchestrator.state.locks import FileLocks, RedisLocks, TokenLocks
-from orchestrator.wolkvox.client import TokenInfoError, Transport, WolkvoxClient, redact
+from orchestrator.wolkvox.client import Transport, WolkvoxClient, redact
 from orchestrator.wolkvox.quota import check_quota, render_quota
 from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator
 from orchestrator.wolkvox.transport import AiohttpTransport

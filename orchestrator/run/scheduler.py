@@ -22,7 +22,7 @@ from typing import Protocol
 
 import anyio
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import LockError, OrchestratorError
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret
 from orchestrator.run.backoff import backoff_delay
 from orchestrator.run.events import (
@@ -36,7 +36,7 @@ from orchestrator.run.events import (
     Recorder,
     TokenWaiting,
 )
-from orchestrator.state.locks import LockError, NoLocks, TokenLocks
+from orchestrator.state.locks import NoLocks, TokenLocks
 from orchestrator.wolkvox.client import Answer, Verdict
 
 #: Sends one attempt of a clear with a token and judges the answer.

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import JournalError
 from orchestrator.output.jsontext import json_value
 from orchestrator.output.stamps import iso_utc
 from orchestrator.plan.model import Clear, Lane
@@ -188,10 +188,6 @@ _SELECT_CALLS = (
     "SELECT token_id, SUM(attempts) FROM clears WHERE run_id = ?"
     " GROUP BY token_id ORDER BY token_id"
 )
-
-
-class JournalError(OrchestratorError):
-    """The journal cannot be opened, read or written; the message names the file and why."""
 
 
 @dataclass(frozen=True, slots=True)

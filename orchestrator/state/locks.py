@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 if TYPE_CHECKING:  # redis is imported only by runs that use it: start-up time counts
     import redis.asyncio as aioredis
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import LockError
 
 __all__ = [
     "FileLocks",
@@ -71,10 +71,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-class LockError(OrchestratorError):
-    """Token locking cannot be set up or kept working; nothing is sent without it."""
 
 
 @dataclass(slots=True)

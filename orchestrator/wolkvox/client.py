@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from urllib.parse import quote
 
-from orchestrator.errors import OrchestratorError, TransportError
+from orchestrator.errors import TokenInfoError, TransportError
 from orchestrator.plan.model import Clear, Secret
 from orchestrator.run.values import quick_init
 
@@ -317,17 +317,6 @@ class TokenInfo:
     def remaining(self) -> int:
         """Calls left today (never negative)."""
         return max(0, self.token_limit - self.token_use_today)
-
-
-class TokenInfoError(OrchestratorError):
-    """``token_info`` gave no usable answer; the message never contains the token."""
-
-    def __init__(
-        self, message: str, *, http_status: int | None = None, code: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
 
 
 def _info_fields(body: dict[str, object]) -> TokenInfo | None:
