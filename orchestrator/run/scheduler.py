@@ -102,8 +102,10 @@ class _Attempts:
 class Scheduler:
     """Runs lanes of clears once; create one per run.
 
-    ``listeners`` receive every event synchronously, before the scheduler
-    goes on, so a journal can commit a clear's state before the next request.
+    The ``recorder`` (the journal) hears every event first: a clear's start is
+    settled before its request leaves, and its end before the ``listeners`` (the
+    log, the report, the display) hear of it. Listeners are called synchronously,
+    in the order things happened.
     """
 
     def __init__(
