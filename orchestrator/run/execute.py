@@ -108,13 +108,20 @@ async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None)
     parts = engine or Engine()
     options, state = prepared.options, prepared.state
     started_wall = time.time()
-    async with contextlib.AsyncExitStack() as stack:
-        spec, display = await _open(prepared, stack)
-        result = await execute(
-            spec, dataclasses.replace(parts, listeners=parts.listeners + display)
-        )
-    if state is not None:
-        _finish_journal(state, prepared.run_id, result.exit_code, say)
+    result: RunResult | None = None
+    begun = False
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            spec, display = await _open(prepared, stack)
+            begun = spec.recorder is not None
+            result = await execute(
+                spec, dataclasses.replace(parts, listeners=parts.listeners + display)
+            )
+    finally:
+        if begun and state is not None:
+            # Without a result an exception is on its way out: Python exits with 1.
+            exit_code = EXIT_FAILED if result is None else result.exit_code
+            _finish_journal(state, prepared.run_id, exit_code, say)
     if options.metrics_file and not options.dry_run:
         _write_metrics(options.metrics_file, prepared, started_wall, result, say)
     _tell(result, prepared, say)
@@ -171,7 +178,12 @@ async def _with_state(
         )
     else:
         state.journal.resume_run(spec.run_id)
-    recorder = state.journal.listener(spec.run_id)
+    try:
+        recorder = state.journal.listener(spec.run_id)
+    except OrchestratorError:
+        # Begun but refused before anything was sent: the journal says so.
+        _finish_journal(state, spec.run_id, EXIT_USAGE, lambda text: None)
+        raise
     return dataclasses.replace(spec, recorder=recorder, locks=locks, resume=resume)
 
 

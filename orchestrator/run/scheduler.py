@@ -309,7 +309,7 @@ class Scheduler:
         """One request within the clear's ``timeout_s``; ``None`` when a second interrupt cut it."""
         secret = state.lane.secret
         assert secret is not None, "a lane without a token cannot send"
-        with anyio.CancelScope(deadline=anyio.current_time() + clear.timeout_s) as scope:
+        with anyio.move_on_after(clear.timeout_s) as scope:
             if self._cutting:
                 scope.cancel()
             self._calls.add(scope)
