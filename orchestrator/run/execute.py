@@ -29,6 +29,7 @@ from orchestrator.errors import (
     MetricsError,
     OrchestratorError,
     ReportError,
+    Terminated,
     TokenInfoError,
     UsageError,
 )
@@ -117,15 +118,25 @@ async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None)
             result = await execute(
                 spec, dataclasses.replace(parts, listeners=parts.listeners + display)
             )
-    finally:
+    except BaseException as exc:
         if begun and state is not None:
-            # Without a result an exception is on its way out: Python exits with 1.
-            exit_code = EXIT_FAILED if result is None else result.exit_code
-            _finish_journal(state, prepared.run_id, exit_code, say)
+            _finish_journal(state, prepared.run_id, _exit_code_of(exc), say)
+        raise
+    if begun and state is not None:
+        _finish_journal(state, prepared.run_id, result.exit_code, say)
     if options.metrics_file and not options.dry_run:
         _write_metrics(options.metrics_file, prepared, started_wall, result, say)
     _tell(result, prepared, say)
     return result.exit_code
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    """The exit code the process gets from ``exc`` leaving the run (see ``cli.main``)."""
+    if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class()):
+        return 128 + signal.SIGINT  # asyncio's runner cancels the run on SIGINT
+    if isinstance(exc, Terminated):
+        return 128 + signal.SIGTERM
+    return EXIT_FAILED
 
 
 async def _open(
@@ -247,6 +258,9 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
             _pretend(spec.lanes, listeners)  # a dry run records nothing: it sent nothing
         else:
             await _schedule(spec, parts, listeners, ending)
+    except Terminated:
+        # SIGTERM came before the scheduler took the signals over: nothing was sent.
+        ending.signum = signal.SIGTERM
     except Exception as exc:
         ending.fault = exc
     result = _conclude(spec, collector, ending, started)
