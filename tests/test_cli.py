@@ -479,12 +479,17 @@ def test_answering_no_at_a_resume_prompt_leaves_the_journal_as_it_was(
         monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
         assert main(["run", plan, "--resume"]) == 2
         calls = sim.simulator.stats()["total_calls"]
-    assert "not confirmed; nothing was sent" in capsys.readouterr().err
-    with Journal.open(state) as journal:
-        after = (journal.run(run_id), journal.clears(run_id))
-    assert before[0] is not None and before[0].exit_code == 1
-    assert after == before
-    assert calls == 2  # the first run's: one rejected, one succeeded
+        assert "not confirmed; nothing was sent" in capsys.readouterr().err
+        with Journal.open(state) as journal:
+            after = (journal.run(run_id), journal.clears(run_id))
+        assert before[0] is not None and before[0].exit_code == 1
+        assert after == before
+        assert calls == 2  # the first run's: one rejected, one succeeded
+        # The refused resume let go of the run: answered yes, it goes on.
+        monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
+        assert main(["run", plan, "--resume", "--log-format", "json"]) == 1
+    resumed = log_lines(capsys.readouterr().out)
+    assert {line["run_id"] for line in resumed} == {run_id}
 
 
 @pytest.mark.parametrize("where", ["option", "plan"])

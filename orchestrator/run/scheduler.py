@@ -147,11 +147,6 @@ class Scheduler:
         self._calls_sent = 0
 
     @property
-    def interrupted(self) -> bool:
-        """True once :meth:`interrupt` was called."""
-        return self._interrupts > 0
-
-    @property
     def in_flight(self) -> int:
         """How many calls are waiting for their answer right now."""
         return len(self._calls)
