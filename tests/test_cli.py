@@ -508,3 +508,23 @@ def test_a_base_url_whose_host_cannot_be_sent_to_exits_2_before_the_run_starts(
     assert "'a..b.invalid', which cannot be sent to" in captured.err
     assert ("--base-url: " if where == "option" else "base_url: ") in captured.err
     assert not (tmp_path / "state").exists(), "refused before the journal was opened"
+
+
+def test_max_clears_lets_exactly_n_clears_run_and_refuses_n_plus_one(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write_plan(tmp_path, sim.base_url)  # 5 clears
+    assert main(["run", plan, "--yes", "--log-format", "json", "--max-clears", "5"]) == 0
+    assert main(["run", plan, "--yes", "--log-format", "json", "--max-clears", "4"]) == 2
+    assert "expands to 5 clears, more than --max-clears 4" in capsys.readouterr().err
+    assert sim.simulator.stats()["total_calls"] == 5
+
+
+def test_simulate_and_base_url_together_are_refused(
+    tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write_plan(tmp_path, "https://wv{server}.wolkvox.com")
+    args = ["run", plan, "--yes", "--simulate", "--base-url", "https://wv{server}.example.com"]
+    assert main(args) == 2
+    assert "--simulate and --base-url cannot be used together" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -752,3 +752,22 @@ async def test_an_outcome_is_journaled_before_it_is_logged_and_the_log_says_when
     assert (ends[1].outcome, ends[1].unrecorded) == (Outcome.SUCCEEDED, "OSError: disk full")
     assert (ends[3].outcome, ends[3].reason) == (Outcome.SKIPPED, Reason.RECORDING_FAILED)
     assert isinstance(scheduler.recording_error, OSError)
+
+
+async def test_a_listener_that_raises_halts_the_run_before_another_request() -> None:
+    sender, events = ScriptedSender(), []
+
+    def broken_display(event: Event) -> None:
+        if isinstance(event, ClearFinished) and event.clear.seq == 1:
+            raise RuntimeError("display broke")
+
+    lanes = [lane_of("A", [1, 2]), lane_of("B", [3])]
+    scheduler = make_scheduler(lanes, sender, events, max_parallel=1, also=broken_display)
+    await within(scheduler.run())
+    assert sender.calls == [1]
+    assert isinstance(scheduler.recording_error, RuntimeError)
+    assert outcomes(events) == {
+        1: ("succeeded", None),
+        2: ("skipped", "recording_failed"),
+        3: ("skipped", "recording_failed"),
+    }
