@@ -26,7 +26,8 @@ from orchestrator.plan.one_off import plan_from_options
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
-from orchestrator.run.execute import EXIT_USAGE, perform
+from orchestrator.run.ending import EXIT_USAGE
+from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
 from orchestrator.run.prepare import LATEST, RunOptions, prepare
 from orchestrator.state.journal import Journal, resolve_state_dir

@@ -16,8 +16,6 @@ import dataclasses
 import signal
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +23,6 @@ import anyio
 from anyio.abc import TaskStatus
 
 from orchestrator.errors import (
-    JournalError,
-    MetricsError,
     OrchestratorError,
     ReportError,
     Terminated,
@@ -34,27 +30,27 @@ from orchestrator.errors import (
     UsageError,
 )
 from orchestrator.output.log import EventLog, make_logger, pick_format
-from orchestrator.output.metrics import write_metrics
 from orchestrator.output.progress import Progress, progress_wanted
 from orchestrator.output.report import ReportCollector, write_json_atomically
 from orchestrator.plan.model import Lane, Plan
+from orchestrator.run.ending import (
+    EXIT_USAGE,
+    Ending,
+    RunResult,
+    Say,
+    exit_code_of,
+    finish_journal,
+    tell,
+    write_metrics,
+)
 from orchestrator.run.events import ClearFinished, Listener, Outcome, Reason, Recorder
 from orchestrator.run.prepare import Prepared, Resume, State, utc_now
 from orchestrator.run.scheduler import Backoff, Clock, Scheduler, default_backoff
 from orchestrator.state.locks import FileLocks, RedisLocks, TokenLocks
-from orchestrator.wolkvox.client import Transport, WolkvoxClient, redact
+from orchestrator.wolkvox.client import Transport, WolkvoxClient
 from orchestrator.wolkvox.quota import check_quota, render_quota
 from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator
 from orchestrator.wolkvox.transport import AiohttpTransport
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-Say = Callable[[str], None]
-
-#: Seqs of unrecorded clears the summary names before it says "...".
-_SHOWN_SEQS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +68,6 @@ class RunSpec:
     recorder: Recorder | None = None
     locks: TokenLocks | None = None
     resume: Resume = field(default_factory=Resume)
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """How a run ended: the one exit code, and the counts every ending shows."""
-
-    exit_code: int
-    totals: dict[str, int]
-    duration_ms: int
-    #: Calls made per token_id, retries included: each spends the token's daily quota.
-    calls_per_token: dict[str, int] = field(default_factory=dict)
-    #: Why the run halted or failed early, when it did.
-    error: str | None = None
-    #: The exception that broke the run, when one did (its traceback goes to stderr).
-    fault: BaseException | None = None
-    #: Things that went wrong after the run ended (a report that could not be written).
-    warnings: tuple[str, ...] = ()
-    #: Clears whose outcome the journal could not record: ``--resume`` may send them again.
-    unrecorded: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,23 +97,14 @@ async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None)
             )
     except BaseException as exc:
         if begun and state is not None:
-            _finish_journal(state, prepared.run_id, _exit_code_of(exc), say)
+            finish_journal(state, prepared.run_id, exit_code_of(exc), say)
         raise
     if begun and state is not None:
-        _finish_journal(state, prepared.run_id, result.exit_code, say)
+        finish_journal(state, prepared.run_id, result.exit_code, say)
     if options.metrics_file and not options.dry_run:
-        _write_metrics(options.metrics_file, prepared, started_wall, result, say)
-    _tell(result, prepared, say)
+        write_metrics(options.metrics_file, prepared, started_wall, result, say)
+    tell(result, prepared, say)
     return result.exit_code
-
-
-def _exit_code_of(exc: BaseException) -> int:
-    """The exit code the process gets from ``exc`` leaving the run (see ``cli.main``)."""
-    if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class()):
-        return 128 + signal.SIGINT  # asyncio's runner cancels the run on SIGINT
-    if isinstance(exc, Terminated):
-        return 128 + signal.SIGTERM
-    return EXIT_FAILED
 
 
 async def _open(
@@ -193,7 +161,7 @@ async def _with_state(
         recorder = state.journal.listener(spec.run_id)
     except OrchestratorError:
         # Begun but refused before anything was sent: the journal says so.
-        _finish_journal(state, spec.run_id, EXIT_USAGE, lambda text: None)
+        finish_journal(state, spec.run_id, EXIT_USAGE, lambda text: None)
         raise
     return dataclasses.replace(spec, recorder=recorder, locks=locks, resume=resume)
 
@@ -224,17 +192,6 @@ async def _check_quota(lanes: tuple[Lane, ...], base_url: str, locks: TokenLocks
 # ----------------------------------------------------------------------- the run
 
 
-@dataclass(slots=True)
-class _Ending:
-    """What the run learnt on its way, for the one decision of its exit code."""
-
-    signum: int | None = None
-    signals: int = 0
-    recording_error: Exception | None = None
-    calls_sent: int = 0
-    fault: Exception | None = None
-
-
 async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     """Run ``spec`` from ``run.started`` to ``run.finished``; write the report whatever happened.
 
@@ -252,7 +209,7 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
         tokens=len(spec.lanes),
         dry_run=spec.dry_run,
     )
-    ending = _Ending()
+    ending = Ending()
     try:
         if spec.dry_run:
             _pretend(spec.lanes, listeners)  # a dry run records nothing: it sent nothing
@@ -269,7 +226,7 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
 
 
 async def _schedule(
-    spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...], ending: _Ending
+    spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...], ending: Ending
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
         transport = parts.transport
@@ -308,7 +265,7 @@ async def _schedule(
 async def _route_signals(
     scheduler: Scheduler,
     logger: Any,
-    ending: _Ending,
+    ending: Ending,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -343,23 +300,11 @@ def _pretend(lanes: tuple[Lane, ...], listeners: tuple[Listener, ...]) -> None:
 
 
 def _conclude(
-    spec: RunSpec, collector: ReportCollector, ending: _Ending, started: float
+    spec: RunSpec, collector: ReportCollector, ending: Ending, started: float
 ) -> RunResult:
     """Decide the exit code, once, and log ``run.finished`` with it."""
-    error = None
-    if ending.fault is not None:
-        error = f"the run failed: {_describe(ending.fault, spec.lanes)}"
-        exit_code = EXIT_FAILED
-    elif ending.recording_error is not None:
-        error = f"the run halted: {_describe(ending.recording_error, spec.lanes)}"
-        # Nothing sent means nothing changed: that is bad input, not a failed run.
-        exit_code = EXIT_USAGE if ending.calls_sent == 0 else EXIT_FAILED
-    elif ending.signum is not None:
-        exit_code = 128 + ending.signum
-    elif spec.dry_run or collector.all_succeeded():
-        exit_code = EXIT_OK
-    else:
-        exit_code = EXIT_FAILED
+    all_succeeded = spec.dry_run or collector.all_succeeded()
+    exit_code, error = ending.decide(all_succeeded=all_succeeded, lanes=spec.lanes)
     totals = collector.totals()
     duration_ms = round((time.monotonic() - started) * 1000)
     fields: dict[str, object] = {**totals, "duration_ms": duration_ms, "exit_code": exit_code}
@@ -380,21 +325,6 @@ def _conclude(
         ending.fault,
         unrecorded=unrecorded,
     )
-
-
-def _describe(exc: BaseException, lanes: tuple[Lane, ...]) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]  # a task group's wrapping says nothing
-    text = str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
-    return _without_tokens(text, lanes)
-
-
-def _without_tokens(text: str, lanes: tuple[Lane, ...]) -> str:
-    # An exception nobody planned for may quote anything: no token leaves in its text.
-    for lane in lanes:
-        if lane.secret is not None:
-            text = redact(text, lane.secret.reveal())
-    return text
 
 
 def _write_report(
@@ -423,54 +353,3 @@ def _write_report(
         # The clears are done; a missing report must not hide how they went.
         return (str(exc),)
     return ()
-
-
-def _finish_journal(state: State, run_id: str, exit_code: int, say: Say) -> None:
-    try:
-        state.journal.finish_run(run_id, exit_code=exit_code, finished_at=utc_now())
-    except JournalError as exc:
-        # The clears are done; the journal only misses the run's end, which --resume tolerates.
-        say(f"orchestrator: warning: {exc}")
-
-
-def _write_metrics(
-    path: str, prepared: Prepared, started_wall: float, result: RunResult, say: Say
-) -> None:
-    try:
-        write_metrics(
-            path,
-            plan=prepared.plan.source,
-            run_id=prepared.run_id,
-            started_at=started_wall,
-            finished_at=time.time(),
-            exit_code=result.exit_code,
-            totals=result.totals,
-            calls_per_token=result.calls_per_token,
-            duration_s=result.duration_ms / 1000,
-        )
-    except MetricsError as exc:
-        # The clears are done; a missing metrics file must not hide how they went.
-        say(f"orchestrator: warning: {exc}")
-
-
-def _tell(result: RunResult, prepared: Prepared, say: Say) -> None:
-    """The summary on stderr, for the operator."""
-    for warning in result.warnings:
-        say(f"orchestrator: warning: {warning}")
-    if result.fault is not None:
-        trace = "".join(traceback.format_exception(result.fault))
-        say(_without_tokens(trace.rstrip(), prepared.lanes))
-    if result.error:
-        say(f"orchestrator: {result.error}")
-    if result.unrecorded:
-        shown = ", ".join(str(seq) for seq in result.unrecorded[:_SHOWN_SEQS])
-        more = ", ..." if len(result.unrecorded) > _SHOWN_SEQS else ""
-        say(
-            f"orchestrator: the journal could not record the outcome of "
-            f"{len(result.unrecorded)} clear(s) ({shown}{more}): --resume may send them again"
-        )
-    totals = result.totals
-    say(
-        f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "
-        f"in {result.duration_ms / 1000:.1f} s (run {prepared.run_id}, exit {result.exit_code})"
-    )
