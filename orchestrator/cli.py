@@ -9,18 +9,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
+import dataclasses
+import functools
+import json
 import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
-from orchestrator.errors import OrchestratorError, PlanError, UsageError
-from orchestrator.plan.model import Lane, Plan
-from orchestrator.run.prepare import LATEST
-from orchestrator.wolkvox.faults import FaultSpec, parse_fault
+import anyio
 
-EXIT_USAGE = 2
+from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
+from orchestrator.output.views import render_confirmation, render_schedule
+from orchestrator.plan.model import Lane, Plan
+from orchestrator.plan.one_off import plan_from_options
+from orchestrator.plan.schema import render_schema
+from orchestrator.plan.tokens import build_lanes, missing_tokens
+from orchestrator.plan.validate import load_plan
+from orchestrator.run.ending import EXIT_USAGE
+from orchestrator.run.execute import perform
+from orchestrator.run.openfiles import allow_every_open_file
+from orchestrator.run.prepare import LATEST, RunOptions, prepare
+from orchestrator.state.journal import Journal, resolve_state_dir
+from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
+from orchestrator.wolkvox.simulator import SimulatorConfig, serve
+
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -39,38 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("\n".join(str(p) for p in exc.problems))
         _say("nothing was sent: the plan has errors")
         return EXIT_USAGE
+    except Terminated:
+        _say("terminated before anything was sent")
+        return EXIT_SIGTERM
     except OrchestratorError as exc:
         _say(f"orchestrator: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         _say("interrupted before anything was sent")
         return EXIT_SIGINT
-    except _Terminated:
-        _say("terminated before anything was sent")
-        return EXIT_SIGTERM
 
 
 def entry() -> NoReturn:
-    """The ``orchestrator`` command: :func:`main`, then exit without sweeping the heap.
-
-    When :func:`main` returns, every file, lock, journal and connection is closed and
-    the log is flushed; what is left is memory (the modules, the plan). Python's exit
-    would walk all of it with the cyclic garbage collector only to free what the OS
-    takes back anyway: about 35 ms of CPU in every invocation, more with a big plan
-    (docs/performance.md). Frozen objects are left out of that walk. Only the command
-    does this: :func:`main` called in a longer-lived process frees as usual.
-    """
-    code = main()
-    gc.freeze()
-    sys.exit(code)
-
-
-class _Terminated(Exception):
-    """SIGTERM arrived before a run took the signal over."""
+    """The ``orchestrator`` command: :func:`main`, then exit with its code."""
+    sys.exit(main())
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
+    raise Terminated
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -292,8 +291,6 @@ def _say(text: str, stream: TextIO | None = None) -> None:
 
 
 def _load(path: str, tags: list[str]) -> Plan:
-    from orchestrator.plan.validate import load_plan
-
     plan = load_plan(path)
     if tags:
         plan = plan.with_tags(frozenset(tags))
@@ -303,9 +300,6 @@ def _load(path: str, tags: list[str]) -> Plan:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator.output.views import render_schedule
-    from orchestrator.plan.tokens import build_lanes, missing_tokens
-
     plan = _load(args.plan, args.tag)
     for warning in missing_tokens(plan):
         _say(warning)
@@ -318,14 +312,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    from orchestrator.plan.one_off import plan_from_options
-
     return _execute(plan_from_options(args), args)
 
 
 def _execute(plan: Plan, args: argparse.Namespace) -> int:
-    from orchestrator.run.prepare import RunOptions, perform, prepare
-
     options = RunOptions(
         dry_run=args.dry_run,
         base_url=args.base_url,
@@ -339,15 +329,13 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
         metrics_file=args.metrics_file,
         check_quota=args.check_quota,
     )
-    prepared = prepare(plan, options, say=_say)
-    if not (args.dry_run or args.yes):
-        _confirm(prepared.lanes)
-    return asyncio.run(perform(prepared, say=_say))
+    with prepare(plan, options, say=_say) as prepared:
+        if not (args.dry_run or args.yes):
+            _confirm(prepared.lanes)
+        return anyio.run(functools.partial(perform, prepared, say=_say))
 
 
 def _confirm(lanes: tuple[Lane, ...]) -> None:
-    from orchestrator.output.views import render_confirmation
-
     if not sys.stdin.isatty():
         raise UsageError(
             "refusing to delete records without confirmation: stdin is not a terminal; "
@@ -361,17 +349,11 @@ def _confirm(lanes: tuple[Lane, ...]) -> None:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from orchestrator.plan.schema import render_schema
-
     sys.stdout.write(render_schema())
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from orchestrator.run.openfiles import allow_every_open_file
-    from orchestrator.wolkvox.faults import Faults, combined
-    from orchestrator.wolkvox.simulator import SimulatorConfig, serve
-
     allow_every_open_file()  # a connection per token calling it, however many
     faults = Faults(
         token_rejected=combined(args.token_rejected),
@@ -392,7 +374,7 @@ def _simulate(args: argparse.Namespace) -> int:
         shared_limit=args.shared_limit,
         faults=faults,
     )
-    with contextlib.suppress(KeyboardInterrupt, _Terminated):
+    with contextlib.suppress(KeyboardInterrupt, Terminated):
         asyncio.run(
             serve(
                 config,
@@ -405,10 +387,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    import json
-
-    from orchestrator.state.journal import Journal, resolve_state_dir
-
     with Journal.open(resolve_state_dir(args.state_dir)) as journal:
         runs = journal.runs(args.limit)
     if args.json:
@@ -431,10 +409,6 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    import json
-
-    from orchestrator.state.journal import Journal, resolve_state_dir
-
     with Journal.open(resolve_state_dir(args.state_dir)) as journal:
         record = journal.run(args.run_id)
         if record is None:
@@ -470,6 +444,4 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _as_dict(value: object) -> dict[str, object]:
-    import dataclasses
-
     return dataclasses.asdict(value)  # type: ignore[call-overload, no-any-return]

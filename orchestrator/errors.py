@@ -46,8 +46,35 @@ class UsageError(OrchestratorError):
     """The command line asks for something that cannot be done; nothing was sent."""
 
 
+class Terminated(OrchestratorError):
+    """SIGTERM arrived before a run took the signal over: nothing was sent."""
+
+
 class JournalError(OrchestratorError):
     """The journal cannot be opened, read or written; the message names the file and why."""
+
+
+class LockError(OrchestratorError):
+    """Token locking cannot be set up or kept working; nothing is sent without it."""
+
+
+class ReportError(OrchestratorError):
+    """The report could not be written."""
+
+
+class MetricsError(OrchestratorError):
+    """The metrics file could not be written."""
+
+
+class TokenInfoError(OrchestratorError):
+    """``token_info`` gave no usable answer; the message never contains the token."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
 
 
 class TransportError(OrchestratorError):
@@ -82,11 +109,3 @@ class CallTimeout(OutcomeUnknown):
 
 class ConnectionLost(OutcomeUnknown):
     """The connection broke, or the answer was malformed, after the request may have left."""
-
-
-class LockError(OrchestratorError):
-    """Token locking cannot be set up or kept working; nothing is sent without it."""
-
-
-class MetricsError(OrchestratorError):
-    """The metrics file could not be written."""

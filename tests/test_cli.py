@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gc
+import io
 import json
 import os
 import resource
@@ -17,6 +17,7 @@ from sim_thread import ThreadedSimulator, running_simulator
 from orchestrator import cli
 from orchestrator.cli import main
 from orchestrator.plan.model import RESULT_FILTERS
+from orchestrator.state.journal import Journal
 
 TOKEN = "tok-main-0123456789"
 OPS_TOKEN = "tok-ops-9876543210"
@@ -84,30 +85,6 @@ def test_a_run_clears_exactly_the_planned_records(
     }
     assert records("14", "predictive", "3001") == dict.fromkeys(RESULT_FILTERS, 100)
     assert sim.simulator.stats()["max_in_flight_per_token"] == 1
-
-
-def test_a_run_collects_garbage_less_often_and_restores_the_collector_after(
-    sim: ThreadedSimulator,
-    tokens: None,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from orchestrator.run import execute as runner
-
-    seen: list[tuple[int, bool]] = []
-    real_execute = runner.execute
-
-    async def watching(spec: runner.RunSpec, engine: runner.Engine | None = None) -> object:
-        seen.append((gc.get_threshold()[0], gc.get_freeze_count() > 0))
-        return await real_execute(spec, engine)
-
-    monkeypatch.setattr(runner, "execute", watching)
-    before = (gc.get_threshold(), gc.get_freeze_count())
-    assert main(["run", write_plan(tmp_path, sim.base_url), "--yes", "--log-format", "json"]) == 0
-    # What was loaded before the run is frozen out of collections while it sends.
-    assert seen == [(20_000, True)]
-    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_every_clear_is_logged_started_and_then_exactly_once_as_an_outcome(
@@ -314,38 +291,14 @@ def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path
     assert all(json.loads(line)["event"] for line in done.stdout.splitlines())
 
 
-def test_the_command_exits_with_mains_code_after_freezing_what_is_left(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    steps: list[str] = []
-
-    def fake_main() -> int:
-        steps.append("main")
-        return 3
-
-    monkeypatch.setattr(cli, "main", fake_main)
-    monkeypatch.setattr(cli.gc, "freeze", lambda: steps.append("freeze"))
+def test_the_command_exits_with_mains_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "main", lambda: 3)
     with pytest.raises(SystemExit) as exited:
         cli.entry()
     assert exited.value.code == 3
-    assert steps == ["main", "freeze"]
-
-
-def test_the_command_frees_as_usual_when_main_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    frozen: list[bool] = []
-
-    def broken_main() -> int:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(cli, "main", broken_main)
-    monkeypatch.setattr(cli.gc, "freeze", lambda: frozen.append(True))
-    with pytest.raises(RuntimeError, match="a bug"):
-        cli.entry()
-    assert frozen == []
 
 
 def test_the_command_passes_on_an_exit_code_and_flushes_its_output(tmp_path: Path) -> None:
-    # The heap is left to the OS at exit: stdout and stderr must still arrive whole.
     example = Path(__file__).parent.parent / "plans" / "example.yaml"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WOLKVOX_")}
     bad = subprocess.run(
@@ -391,44 +344,6 @@ def test_the_simulator_lets_itself_keep_a_connection_per_token_however_many() ->
     finally:
         simulator.kill()
         simulator.wait(10)
-
-
-def test_validate_and_a_dry_run_never_load_the_http_stack(tmp_path: Path) -> None:
-    # aiohttp is most of a run's start-up: only a command that sends may pay for it.
-    example = Path(__file__).parent.parent / "plans" / "example.yaml"
-    script = (
-        "import sys\n"
-        "from orchestrator.cli import main\n"
-        f"main(['validate', {str(example)!r}])\n"
-        f"main(['run', {str(example)!r}, '--dry-run', '--log-format', 'json'])\n"
-        "print('loaded' if 'aiohttp' in sys.modules else 'not loaded', file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[-1] == "not loaded"
-
-
-def test_a_run_with_the_json_log_does_not_load_the_progress_display(tmp_path: Path) -> None:
-    # The display is for a person at a terminal; a JSON run has none to show it to.
-    example = Path(__file__).parent.parent / "plans" / "example.yaml"
-    script = (
-        "import sys\n"
-        "from orchestrator.cli import main\n"
-        f"code = main(['run', {str(example)!r}, '--simulate', '--yes', '--log-format', 'json',"
-        f" '--state-dir', {str(tmp_path / 'state')!r}])\n"
-        "mods = ('orchestrator.output.progress',)\n"
-        "loaded = [m for m in mods if m in sys.modules]\n"
-        "print(code, loaded, file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[-1] == "0 []"
-    events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
-    assert events[0] == "run.started" and events[-1] == "run.finished"
 
 
 def test_a_one_off_clear_deletes_only_the_named_results(
@@ -539,3 +454,77 @@ def test_the_metrics_file_is_written_after_a_run_for_the_textfile_collector(
     }
     assert sorted(calls.values()) == [1, 4]
     assert oct(metrics.stat().st_mode & 0o777) == "0o644"
+
+
+class _Terminal(io.StringIO):
+    """Standard input as a terminal on which the operator types ``text``."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_answering_no_at_a_resume_prompt_leaves_the_journal_as_it_was(
+    tokens: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = tmp_path / "state"
+    with running_simulator(latency_ms=1, valid_tokens=frozenset({OPS_TOKEN})) as sim:
+        plan = write_plan(tmp_path, sim.base_url)
+        assert main(["run", plan, "--yes", "--log-format", "json"]) == 1
+        run_id = log_lines(capsys.readouterr().out)[0]["run_id"]
+        with Journal.open(state) as journal:
+            before = (journal.run(run_id), journal.clears(run_id))
+        monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
+        assert main(["run", plan, "--resume"]) == 2
+        calls = sim.simulator.stats()["total_calls"]
+        assert "not confirmed; nothing was sent" in capsys.readouterr().err
+        with Journal.open(state) as journal:
+            after = (journal.run(run_id), journal.clears(run_id))
+        assert before[0] is not None and before[0].exit_code == 1
+        assert after == before
+        assert calls == 2  # the first run's: one rejected, one succeeded
+        # The refused resume let go of the run: answered yes, it goes on.
+        monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
+        assert main(["run", plan, "--resume", "--log-format", "json"]) == 1
+    resumed = log_lines(capsys.readouterr().out)
+    assert {line["run_id"] for line in resumed} == {run_id}
+
+
+@pytest.mark.parametrize("where", ["option", "plan"])
+def test_a_base_url_whose_host_cannot_be_sent_to_exits_2_before_the_run_starts(
+    tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    unsendable = "https://a..b.invalid"
+    if where == "option":
+        args = ["--base-url", unsendable]
+        plan = write_plan(tmp_path, "https://wv{server}.wolkvox.com")
+    else:
+        args, plan = [], write_plan(tmp_path, unsendable)
+    assert main(["run", plan, "--yes", "--log-format", "json", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "no run started: not even run.started"
+    assert "'a..b.invalid', which cannot be sent to" in captured.err
+    assert ("--base-url: " if where == "option" else "base_url: ") in captured.err
+    assert not (tmp_path / "state").exists(), "refused before the journal was opened"
+
+
+def test_max_clears_lets_exactly_n_clears_run_and_refuses_n_plus_one(
+    sim: ThreadedSimulator, tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write_plan(tmp_path, sim.base_url)  # 5 clears
+    assert main(["run", plan, "--yes", "--log-format", "json", "--max-clears", "5"]) == 0
+    assert main(["run", plan, "--yes", "--log-format", "json", "--max-clears", "4"]) == 2
+    assert "expands to 5 clears, more than --max-clears 4" in capsys.readouterr().err
+    assert sim.simulator.stats()["total_calls"] == 5
+
+
+def test_simulate_and_base_url_together_are_refused(
+    tokens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write_plan(tmp_path, "https://wv{server}.wolkvox.com")
+    args = ["run", plan, "--yes", "--simulate", "--base-url", "https://wv{server}.example.com"]
+    assert main(args) == 2
+    assert "--simulate and --base-url cannot be used together" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

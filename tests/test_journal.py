@@ -608,30 +608,25 @@ def test_a_resume_after_a_token_rotation_finds_the_run_and_rests_its_lane_with_t
     state = tmp_path / "state"
     monkeypatch.setenv("WOLKVOX_TOKEN", RAW_TOKEN)
     monkeypatch.setenv("OTHER_TOKEN", "token-b")
-    first = prepare(plan, RunOptions(state_dir=str(state)), say=lambda _: None)
-    assert first.durable is not None and first.durable.run_lock is not None
-    a, b = first.lanes
-    with first.durable.journal as journal:
-        journal.begin_run(first.durable.run_id, plan.source, first.durable.digest, first.lanes,
+    with prepare(plan, RunOptions(state_dir=str(state)), say=lambda _: None) as first:
+        assert first.state is not None
+        a, b = first.lanes
+        journal = first.state.journal
+        journal.begin_run(first.run_id, plan.source, first.state.digest, first.lanes,
                           started_at=T0)  # fmt: skip
-        listen = journal.listener(first.durable.run_id)
+        listen = journal.listener(first.run_id)
         listen(started(a, 0))  # the process dies with this call in flight
-    first.durable.run_lock.release()
 
     monkeypatch.setenv("WOLKVOX_TOKEN", "wv-new-token-value-after-rotation")
-    second = prepare(plan, RunOptions(state_dir=str(state), resume="latest"), say=lambda _: None)
-    assert second.durable is not None and second.durable.resume is not None
-    try:
-        assert second.durable.run_id == first.durable.run_id
+    options = RunOptions(state_dir=str(state), resume="latest")
+    with prepare(plan, options, say=lambda _: None) as second:
+        assert second.state is not None and second.state.resume is not None
+        assert second.run_id == first.run_id
         rotated = second.lanes[0]
         assert rotated.secret is not None
         assert rotated.secret.reveal() == "wv-new-token-value-after-rotation"
-        assert second.durable.resume.cooling_tokens == {rotated.token_id}
+        assert second.state.resume.cooling_tokens == {rotated.token_id}
         assert rotated.token_id != a.token_id and second.lanes[1].token_id == b.token_id
-    finally:
-        second.durable.journal.close()
-        if second.durable.run_lock is not None:
-            second.durable.run_lock.release()
 
 
 # ---------------------------------------------------------------------- failures

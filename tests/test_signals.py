@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from sim_thread import running_simulator
@@ -20,7 +24,45 @@ campaigns:
 """
 
 
-def start_run(tmp_path: Path, base_url: str) -> subprocess.Popen[str]:
+#: Longest the run may take to do what a test waits for.
+WAIT_S = 30.0
+
+
+class Run:
+    """An ``orchestrator run`` process whose log lines are read with a time limit."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw)
+        self.lines.put(None)
+
+    def until(self, event: str) -> list[dict[str, object]]:
+        """The log lines up to and including the first ``event``; fails after WAIT_S."""
+        deadline = time.monotonic() + WAIT_S
+        lines = []
+        while (raw := self.lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            lines.append(json.loads(raw))
+            if lines[-1]["event"] == event:
+                return lines
+        stderr = self.proc.stderr.read() if self.proc.stderr else ""
+        raise AssertionError(f"the run ended before {event}: {stderr}")
+
+    def finish(self) -> list[dict[str, object]]:
+        """The remaining log lines, once the process exited (within WAIT_S)."""
+        self.proc.wait(WAIT_S)
+        lines = []
+        while (raw := self.lines.get(timeout=WAIT_S)) is not None:
+            lines.append(json.loads(raw))
+        return lines
+
+
+def start_run(tmp_path: Path, base_url: str) -> Run:
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN.format(base_url=base_url))
     env = {
@@ -28,7 +70,7 @@ def start_run(tmp_path: Path, base_url: str) -> subprocess.Popen[str]:
         "T_MAIN": "token-for-signals",
         "ORCHESTRATOR_STATE_DIR": str(tmp_path / "state"),
     }
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -47,36 +89,17 @@ def start_run(tmp_path: Path, base_url: str) -> subprocess.Popen[str]:
         env=env,
         stdin=subprocess.DEVNULL,
     )
-
-
-def read_until(proc: subprocess.Popen[str], event: str) -> list[dict[str, object]]:
-    assert proc.stdout is not None
-    lines = []
-    for raw in proc.stdout:
-        lines.append(json.loads(raw))
-        if lines[-1]["event"] == event:
-            return lines
-    raise AssertionError(
-        f"the run ended before {event}: {proc.stderr.read() if proc.stderr else ''}"
-    )
-
-
-def read_until_started(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
-    return read_until(proc, "clear.started")
-
-
-def finish(proc: subprocess.Popen[str], lines: list[dict[str, object]]) -> list[dict[str, object]]:
-    out, _ = proc.communicate(timeout=30)
-    return lines + [json.loads(raw) for raw in out.splitlines()]
+    return Run(proc)
 
 
 def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Path) -> None:
     with running_simulator(latency_ms=700) as sim:
-        proc = start_run(tmp_path, sim.base_url)
+        run = start_run(tmp_path, sim.base_url)
+        proc = run.proc
         try:
-            lines = read_until_started(proc)
+            lines = run.until("clear.started")
             proc.send_signal(signal.SIGTERM)
-            lines = finish(proc, lines)
+            lines += run.finish()
         finally:
             proc.kill()
         calls = sim.simulator.stats()["total_calls"]
@@ -106,14 +129,15 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
 
 def test_a_second_sigint_cuts_the_call_in_flight(tmp_path: Path) -> None:
     with running_simulator(latency_ms=5000) as sim:
-        proc = start_run(tmp_path, sim.base_url)
+        run = start_run(tmp_path, sim.base_url)
+        proc = run.proc
         try:
-            lines = read_until_started(proc)
+            lines = run.until("clear.started")
             proc.send_signal(signal.SIGINT)
             # Signals of one kind sent back to back can merge: wait until the first one landed.
-            lines += read_until(proc, "run.interrupted")
+            lines += run.until("run.interrupted")
             proc.send_signal(signal.SIGINT)
-            lines = finish(proc, lines)
+            lines += run.finish()
         finally:
             proc.kill()
     assert proc.returncode == 130
@@ -130,8 +154,6 @@ def test_a_second_sigint_cuts_the_call_in_flight(tmp_path: Path) -> None:
 
 
 def test_sigterm_at_the_confirmation_prompt_exits_143_and_sends_nothing(tmp_path: Path) -> None:
-    import pty
-
     plan = tmp_path / "plan.yaml"
     with running_simulator(latency_ms=1) as sim:
         plan.write_text(PLAN.format(base_url=sim.base_url))
@@ -152,7 +174,9 @@ def test_sigterm_at_the_confirmation_prompt_exits_143_and_sends_nothing(tmp_path
             )
             assert proc.stderr is not None
             prompt = ""
+            deadline = time.monotonic() + WAIT_S
             while "[y/N]" not in prompt:
+                assert time.monotonic() < deadline, f"no prompt: {prompt!r}"
                 prompt += proc.stderr.read(1)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 143

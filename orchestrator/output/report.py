@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ReportError
 from orchestrator.output.atomic import write_text_atomically
 from orchestrator.run.events import (
     ClearFinished,
@@ -36,6 +36,8 @@ class ReportCollector:
     keep_clears: bool = True
     finished: dict[int, ClearFinished] = field(default_factory=dict)
     calls_per_token: dict[str, int] = field(default_factory=dict)
+    #: Clears whose outcome the journal could not record, by seq.
+    unrecorded: list[int] = field(default_factory=list)
     _counts: dict[Outcome, int] = field(
         init=False, default_factory=lambda: dict.fromkeys(Outcome, 0)
     )
@@ -45,6 +47,8 @@ class ReportCollector:
         """Count ``event`` when it ends a clear (keep it, with ``keep_clears``) or starts a call."""
         if isinstance(event, ClearFinished):
             self._counts[event.outcome] += 1
+            if event.unrecorded is not None:
+                self.unrecorded.append(event.clear.seq)
             if event.outcome is not Outcome.SUCCEEDED:
                 self._all_succeeded &= event.reason is Reason.ALREADY_SUCCEEDED
             if self.keep_clears:
@@ -76,7 +80,3 @@ def write_json_atomically(path: str | os.PathLike[str], document: object) -> Non
         write_text_atomically(path, json.dumps(document, indent=2) + "\n")
     except OSError as exc:
         raise ReportError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
-
-
-class ReportError(OrchestratorError):
-    """The report could not be written."""

@@ -82,7 +82,8 @@ class ClearFinished:
     """The one terminal event of a clear.
 
     ``answer`` is the last answer received (``None`` when nothing was sent or the
-    call was cut); ``blocked_by`` names the failed clear that stopped its lane.
+    call was cut); ``blocked_by`` names the failed clear that stopped its lane;
+    ``unrecorded`` says why the journal could not record this outcome, when it could not.
     """
 
     clear: Clear
@@ -94,6 +95,7 @@ class ClearFinished:
     duration_ms: int
     error: str | None = None
     blocked_by: int | None = None
+    unrecorded: str | None = None
 
 
 Event = TokenWaiting | ClearStarted | ClearRetrying | ClearFinished
@@ -158,4 +160,6 @@ def outcome_fields(event: ClearFinished) -> dict[str, object]:
     }
     if event.blocked_by is not None:
         fields["blocked_by"] = event.blocked_by
+    if event.unrecorded is not None:
+        fields["unrecorded"] = event.unrecorded
     return fields

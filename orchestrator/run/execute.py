@@ -1,48 +1,61 @@
-"""One run from start to end: log, schedule, send, report.
+"""Step two of a run: open what it needs, send, and end it honestly.
 
-The CLI builds a :class:`RunSpec` and calls :func:`execute`; everything a run
-does between ``run.started`` and ``run.finished`` happens here.
+:func:`perform` takes a :class:`~orchestrator.run.prepare.Prepared` run and opens,
+in one :class:`contextlib.AsyncExitStack`, what only an event loop can open (the
+simulator, the token locks, the quota check); a refusal there still sends no clear
+and writes nothing to the journal. Then :func:`execute` runs it from ``run.started``
+to ``run.finished``. Whatever happens in between, one exit code is decided once and
+carried by ``run.finished``, the report, the metrics file, the journal and the
+process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import secrets
+import dataclasses
 import signal
+import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.output.log import EventLog
+import anyio
+from anyio.abc import TaskStatus
+
+from orchestrator.errors import (
+    OrchestratorError,
+    ReportError,
+    Terminated,
+    TokenInfoError,
+    UsageError,
+)
+from orchestrator.output.log import EventLog, make_logger, pick_format
+from orchestrator.output.progress import Progress, progress_wanted
 from orchestrator.output.report import ReportCollector, write_json_atomically
 from orchestrator.plan.model import Lane, Plan
+from orchestrator.run.ending import (
+    EXIT_USAGE,
+    Ending,
+    RunResult,
+    Say,
+    exit_code_of,
+    finish_journal,
+    tell,
+    write_metrics,
+)
 from orchestrator.run.events import ClearFinished, Listener, Outcome, Reason, Recorder
+from orchestrator.run.prepare import Prepared, Resume, State, utc_now
 from orchestrator.run.scheduler import Backoff, Clock, Scheduler, default_backoff
-from orchestrator.state.locks import TokenLocks
+from orchestrator.state.locks import TokenLocks, open_token_locks
 from orchestrator.wolkvox.client import Transport, WolkvoxClient
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Resume:
-    """What a resumed run carries over from the run it continues."""
-
-    #: Clears that succeeded before: not sent again.
-    succeeded: frozenset[int] = frozenset()
-    #: Tokens whose call was in flight when the process died: they rest first.
-    cooling_tokens: frozenset[str] = frozenset()
+from orchestrator.wolkvox.quota import check_quota, render_quota
+from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator
+from orchestrator.wolkvox.transport import AiohttpTransport
 
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
-    """Everything a run needs, already validated."""
+    """Everything a run needs, already checked and opened."""
 
     plan: Plan
     lanes: tuple[Lane, ...]
@@ -55,46 +68,144 @@ class RunSpec:
     recorder: Recorder | None = None
     locks: TokenLocks | None = None
     resume: Resume = field(default_factory=Resume)
-    #: Logs each clear event; by default an :class:`EventLog` on ``logger``.
-    event_log: Listener | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class RunResult:
-    """How a run ended."""
-
-    exit_code: int
-    totals: dict[str, int]
-    duration_ms: int
-    #: Calls made per token_id, retries included: each spends the token's daily quota.
-    calls_per_token: dict[str, int] = field(default_factory=dict)
-    #: Why the run halted early, when it could not record its progress.
-    error: str | None = None
-
-
-@dataclass(slots=True)
 class Engine:
     """Replaceable parts of a run: tests swap the transport, the clock and backoff."""
 
     transport: Transport | None = None
     clock: Clock | None = None
     backoff: Backoff = default_backoff
-    listeners: tuple[Listener, ...] = field(default=())
+    listeners: tuple[Listener, ...] = ()
     handle_signals: bool = True
 
 
-def new_run_id() -> str:
-    """A sortable, unique run id such as ``20261128T045500Z-3fa9c1``."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None) -> int:
+    """Open, run and end a prepared run; print its summary on stderr; return the exit code."""
+    parts = engine or Engine()
+    options, state = prepared.options, prepared.state
+    started_wall = time.time()
+    result: RunResult | None = None
+    begun = False
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            spec, display = await _open(prepared, stack)
+            begun = spec.recorder is not None
+            result = await execute(
+                spec, dataclasses.replace(parts, listeners=parts.listeners + display)
+            )
+    except BaseException as exc:
+        if begun and state is not None:
+            finish_journal(state, prepared.run_id, exit_code_of(exc), say)
+        raise
+    if begun and state is not None:
+        finish_journal(state, prepared.run_id, result.exit_code, say)
+    if options.metrics_file and not options.dry_run:
+        write_metrics(options.metrics_file, prepared, started_wall, result, say)
+    tell(result, prepared, say)
+    return result.exit_code
+
+
+async def _open(
+    prepared: Prepared, stack: contextlib.AsyncExitStack
+) -> tuple[RunSpec, tuple[Listener, ...]]:
+    """What the run needs beyond :func:`prepare`; a refusal here leaves nothing behind."""
+    plan, options = prepared.plan, prepared.options
+    base_url = prepared.base_url
+    if options.simulate and not options.dry_run:
+        simulator = await stack.enter_async_context(Simulator())
+        base_url = simulator.url + SERVER_PREFIX
+    log_format = pick_format(options.log_format, sys.stdout)
+    progress = None
+    if progress_wanted(log_format, sys.stderr):
+        parallel = plan.settings.max_parallel_tokens
+        progress = stack.enter_context(Progress(prepared.lanes, max_parallel=parallel))
+    stream = progress.log_stream() if progress else None
+    spec = RunSpec(
+        plan,
+        prepared.lanes,
+        base_url,
+        make_logger(log_format, prepared.run_id, stream),
+        prepared.run_id,
+        dry_run=options.dry_run,
+        report_path=options.report,
+    )
+    if prepared.state is not None:
+        spec = await _with_state(spec, prepared.state, prepared, stack)
+    return spec, (progress,) if progress else ()
+
+
+async def _with_state(
+    spec: RunSpec, state: State, prepared: Prepared, stack: contextlib.AsyncExitStack
+) -> RunSpec:
+    """Take the token locks, check the quota, then write the run's start to the journal."""
+    options = prepared.options
+    lock_url = options.lock_url or spec.plan.settings.lock_url
+    # The longest a call can keep a token busy: Redis locks keep off every token that
+    # long when Redis cannot prove it kept the leases of calls that may still run.
+    plan = spec.plan
+    fence_s = max((c.timeout_s for c in plan.clears), default=0.0) + plan.settings.cooldown_s
+    locks: TokenLocks = await open_token_locks(
+        state.state_dir, lock_url, fence_s=fence_s, warn=lambda text: print(text, file=sys.stderr)
+    )
+    stack.push_async_callback(locks.aclose)
+    resume = state.resume or Resume()
+    if options.check_quota:
+        await _check_quota(_still_to_do(spec.lanes, resume), spec.base_url, locks)
+    # The journal's first change, made only once every check passed and the operator
+    # said yes: a run refused up to here leaves the journal as it was.
+    if state.resume is None:
+        state.journal.begin_run(
+            spec.run_id, spec.plan.source, state.digest, spec.lanes, started_at=utc_now()
+        )
+    else:
+        state.journal.resume_run(spec.run_id)
+    try:
+        recorder = state.journal.listener(spec.run_id)
+    except OrchestratorError:
+        # Begun but refused before anything was sent: the journal says so.
+        finish_journal(state, spec.run_id, EXIT_USAGE, lambda text: None)
+        raise
+    return dataclasses.replace(spec, recorder=recorder, locks=locks, resume=resume)
+
+
+def _still_to_do(lanes: tuple[Lane, ...], resume: Resume) -> tuple[Lane, ...]:
+    left = (
+        dataclasses.replace(
+            lane, clears=tuple(c for c in lane.clears if c.seq not in resume.succeeded)
+        )
+        for lane in lanes
+    )
+    return tuple(lane for lane in left if lane.clears)
+
+
+async def _check_quota(lanes: tuple[Lane, ...], base_url: str, locks: TokenLocks) -> None:
+    """Refuse to start when a lane's worst case needs more calls than its token has left."""
+    try:
+        async with AiohttpTransport(limit=max(1, min(len(lanes), 32))) as transport:
+            lines = await check_quota(lanes, WolkvoxClient(transport, base_url), locks=locks)
+    except TokenInfoError as exc:
+        raise UsageError(f"--check-quota: {exc}; nothing was sent") from exc
+    table = render_quota(lines)
+    if not all(line.enough for line in lines):
+        raise UsageError(f"--check-quota: not enough calls left today; nothing was sent\n{table}")
+    print(table, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------- the run
 
 
 async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
-    """Run ``spec`` and return how it ended; write the report whatever happened."""
+    """Run ``spec`` from ``run.started`` to ``run.finished``; write the report whatever happened.
+
+    An unexpected exception does not escape: it ends the run with exit code 1, as a
+    failed run, so that everything that tells how the run ended says the same.
+    """
     parts = engine or Engine()
     started_at, started = utc_now(), time.monotonic()
     collector = ReportCollector(keep_clears=spec.report_path is not None)
-    event_log = spec.event_log or EventLog(spec.logger)
-    listeners: tuple[Listener, ...] = (event_log, collector, *parts.listeners)
+    listeners: tuple[Listener, ...] = (EventLog(spec.logger), collector, *parts.listeners)
     spec.logger.info(
         "run.started",
         plan=spec.plan.source,
@@ -102,41 +213,33 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
         tokens=len(spec.lanes),
         dry_run=spec.dry_run,
     )
-    outcome = _Ending()
+    ending = Ending()
     try:
         if spec.dry_run:
             _pretend(spec.lanes, listeners)  # a dry run records nothing: it sent nothing
         else:
-            await _schedule(spec, parts, listeners, outcome)
-    finally:
-        result = _conclude(spec, collector, outcome, started)
-        _write_report(spec, collector, result, started_at)
-    return result
-
-
-@dataclass(slots=True)
-class _Ending:
-    signum: int | None = None
-    recording_error: Exception | None = None
-    calls_sent: int = 0
+            await _schedule(spec, parts, listeners, ending)
+    except Terminated:
+        # SIGTERM came before the scheduler took the signals over: nothing was sent.
+        ending.signum = signal.SIGTERM
+    except Exception as exc:
+        ending.fault = exc
+    result = _conclude(spec, collector, ending, started)
+    warnings = _write_report(spec, collector, result, started_at)
+    return dataclasses.replace(result, warnings=warnings)
 
 
 async def _schedule(
-    spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...], ending: _Ending
+    spec: RunSpec, parts: Engine, listeners: tuple[Listener, ...], ending: Ending
 ) -> None:
-    running = min(spec.plan.settings.max_parallel_tokens, len(spec.lanes))
     async with contextlib.AsyncExitStack() as stack:
         transport = parts.transport
         if transport is None:
-            from orchestrator.wolkvox.transport import (
-                AiohttpTransport,  # aiohttp: loaded only to send
-            )
-
+            running = min(spec.plan.settings.max_parallel_tokens, len(spec.lanes))
             transport = await stack.enter_async_context(AiohttpTransport(limit=max(1, running)))
-        client = WolkvoxClient(transport, spec.base_url)
         scheduler = Scheduler(
             spec.lanes,
-            client.clear,
+            WolkvoxClient(transport, spec.base_url).clear,
             max_parallel=spec.plan.settings.max_parallel_tokens,
             cooldown_s=spec.plan.settings.cooldown_s,
             listeners=listeners,
@@ -147,51 +250,46 @@ async def _schedule(
             already_succeeded=spec.resume.succeeded,
             cooling_tokens=spec.resume.cooling_tokens,
         )
-        received: list[int] = []
         try:
-            with _signals_to(scheduler, received, spec.logger, enabled=parts.handle_signals):
+            async with anyio.create_task_group() as group:
+                if parts.handle_signals:
+                    await group.start(_route_signals, scheduler, spec.logger, ending)
                 await scheduler.run()
+                group.cancel_scope.cancel()  # the signals' route: the run is over
         finally:
-            ending.signum = received[0] if received else None
             ending.recording_error = scheduler.recording_error
             ending.calls_sent = scheduler.calls_sent
-        if spec.recorder is not None and ending.recording_error is None:
-            try:
-                await spec.recorder.settle()  # the last outcomes
-            except Exception as exc:
-                ending.recording_error = exc
+    if spec.recorder is not None and ending.recording_error is None:
+        try:
+            await spec.recorder.settle()  # the last outcomes
+        except Exception as exc:
+            ending.recording_error = exc
 
 
-@contextlib.contextmanager
-def _signals_to(
-    scheduler: Scheduler, received: list[int], logger: Any, *, enabled: bool
-) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to the scheduler for as long as it runs."""
-    if not enabled:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        received.append(signum)
-        in_flight, resting = scheduler.in_flight, scheduler.resting
-        scheduler.interrupt()
-        # Said at once, so an operator knows the signal arrived and what a second one does.
-        logger.warning(
-            "run.interrupted",
-            signal=signal.Signals(signum).name,
-            calls_in_flight=in_flight,
-            tokens_resting=resting,
-            cut=len(received) > 1,
-        )
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        yield
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+async def _route_signals(
+    scheduler: Scheduler,
+    logger: Any,
+    ending: Ending,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hand SIGINT and SIGTERM to the scheduler for as long as it runs."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        task_status.started()
+        async for signum in received:
+            ending.signals += 1
+            if ending.signum is None:
+                ending.signum = signum
+            in_flight, resting = scheduler.in_flight, scheduler.resting
+            scheduler.interrupt()
+            # Said at once, so an operator knows the signal arrived and what a second one does.
+            logger.warning(
+                "run.interrupted",
+                signal=signal.Signals(signum).name,
+                calls_in_flight=in_flight,
+                tokens_resting=resting,
+                cut=ending.signals > 1,
+            )
 
 
 def _pretend(lanes: tuple[Lane, ...], listeners: tuple[Listener, ...]) -> None:
@@ -202,56 +300,60 @@ def _pretend(lanes: tuple[Lane, ...], listeners: tuple[Listener, ...]) -> None:
                 listener(event)
 
 
+# -------------------------------------------------------------------- the ending
+
+
 def _conclude(
-    spec: RunSpec, collector: ReportCollector, ending: _Ending, started: float
+    spec: RunSpec, collector: ReportCollector, ending: Ending, started: float
 ) -> RunResult:
+    """Decide the exit code, once, and log ``run.finished`` with it."""
+    all_succeeded = spec.dry_run or collector.all_succeeded()
+    exit_code, error = ending.decide(all_succeeded=all_succeeded, lanes=spec.lanes)
     totals = collector.totals()
-    error = None
-    if ending.recording_error is not None:
-        error = f"the run halted: {_describe(ending.recording_error)}"
-        # Nothing sent means nothing changed: that is bad input, not a failed run.
-        exit_code = EXIT_USAGE if ending.calls_sent == 0 else EXIT_FAILED
-    elif ending.signum is not None:
-        exit_code = 128 + ending.signum
-    elif spec.dry_run or collector.all_succeeded():
-        exit_code = EXIT_OK
-    else:
-        exit_code = EXIT_FAILED
     duration_ms = round((time.monotonic() - started) * 1000)
     fields: dict[str, object] = {**totals, "duration_ms": duration_ms, "exit_code": exit_code}
     fields["calls_per_token"] = collector.calls_per_token
     if error is not None:
         fields["error"] = error
+    unrecorded = tuple(sorted(collector.unrecorded))
+    if unrecorded:
+        fields["unrecorded"] = len(unrecorded)
     log = spec.logger.error if error else spec.logger.info
     log("run.finished", **fields)
-    return RunResult(exit_code, totals, duration_ms, collector.calls_per_token, error)
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
+    return RunResult(
+        exit_code,
+        totals,
+        duration_ms,
+        collector.calls_per_token,
+        error,
+        ending.fault,
+        unrecorded=unrecorded,
+    )
 
 
 def _write_report(
     spec: RunSpec, collector: ReportCollector, result: RunResult, started_at: str
-) -> None:
+) -> tuple[str, ...]:
     if spec.report_path is None:
-        return
-    write_json_atomically(
-        spec.report_path,
-        {
-            "run_id": spec.run_id,
-            "plan": spec.plan.source,
-            "dry_run": spec.dry_run,
-            "started_at": started_at,
-            "finished_at": utc_now(),
-            "exit_code": result.exit_code,
-            "totals": result.totals,
-            "calls_per_token": result.calls_per_token,
-            "error": result.error,
-            "clears": collector.clears(),
-        },
-    )
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return ()
+    try:
+        write_json_atomically(
+            spec.report_path,
+            {
+                "run_id": spec.run_id,
+                "plan": spec.plan.source,
+                "dry_run": spec.dry_run,
+                "started_at": started_at,
+                "finished_at": utc_now(),
+                "exit_code": result.exit_code,
+                "totals": result.totals,
+                "calls_per_token": result.calls_per_token,
+                "error": result.error,
+                "unrecorded": list(result.unrecorded),
+                "clears": collector.clears(),
+            },
+        )
+    except ReportError as exc:
+        # The clears are done; a missing report must not hide how they went.
+        return (str(exc),)
+    return ()

@@ -17,7 +17,7 @@ from orchestrator.errors import UsageError
 __all__ = ["allow_every_open_file", "ensure_open_files", "files_needed"]
 
 #: Files a run may have open whatever its size: the standard streams, the journal with
-#: its WAL and index, its tail, the run lock, the event loop's, a Redis connection.
+#: its WAL and index, the run lock, the event loop's, a Redis connection.
 BASE_FILES = 64
 
 Limits = tuple[int, int]

@@ -5,19 +5,24 @@ successful (or, with ``on_failure: continue``, definitely finished). Up to
 ``max_parallel`` lanes run at once. Time comes from an injected :class:`Clock`
 and backoff from an injected function, so tests run without sleeping.
 
-Stopping is graceful first: :meth:`Scheduler.interrupt` starts nothing new and
-lets calls in flight finish (a cut call leaves wolkvox working on the token);
-a second :meth:`Scheduler.interrupt` cancels the calls in flight.
+Lanes run in an anyio task group, at most ``max_parallel`` at once (a capacity
+limiter). Stopping is graceful first: :meth:`Scheduler.interrupt` starts nothing
+new and lets calls in flight finish (a cut call leaves wolkvox working on the
+token); a second :meth:`Scheduler.interrupt` cancels the cancel scopes of the calls
+in flight and of the tokens' rests, and nothing else.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
+import anyio
+
+from orchestrator.errors import LockError, OrchestratorError
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret
 from orchestrator.run.backoff import backoff_delay
 from orchestrator.run.events import (
@@ -31,10 +36,8 @@ from orchestrator.run.events import (
     Recorder,
     TokenWaiting,
 )
-from orchestrator.state.locks import LockError, NoLocks, TokenLocks
+from orchestrator.state.locks import NoLocks, TokenLocks
 from orchestrator.wolkvox.client import Answer, Verdict
-
-_T = TypeVar("_T")
 
 #: Sends one attempt of a clear with a token and judges the answer.
 Sender = Callable[[Clear, Secret], Awaitable[Answer]]
@@ -46,6 +49,9 @@ _LANE_ENDING = {
     Verdict.TOKEN_REJECTED: Reason.TOKEN_REJECTED,
     Verdict.QUOTA_EXHAUSTED: Reason.TOKEN_QUOTA_EXHAUSTED,
 }
+
+#: The answer of a call that outlived its ``timeout_s``: it may have reached wolkvox.
+TIMED_OUT = Answer(Verdict.RETRY, error="timeout", outcome_unknown=True)
 
 
 class Clock(Protocol):
@@ -66,8 +72,8 @@ class SystemClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
-        """``asyncio.sleep(seconds)``."""
-        await asyncio.sleep(seconds)
+        """``anyio.sleep(seconds)``."""
+        await anyio.sleep(seconds)
 
 
 def default_backoff(attempt: int, retry_after_s: float | None) -> float:
@@ -75,20 +81,9 @@ def default_backoff(attempt: int, retry_after_s: float | None) -> float:
     return backoff_delay(attempt, retry_after_s=retry_after_s)
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """How many clears ended each way."""
-
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-
-
 @dataclass(slots=True)
 class _LaneState:
     lane: Lane
-    #: The task running the lane: a second interrupt cancels it while it waits.
-    task: asyncio.Task[Any]
     #: The token may be used again from this monotonic time (after a timeout).
     free_at: float = 0.0
     blocked: Reason | None = None
@@ -107,8 +102,10 @@ class _Attempts:
 class Scheduler:
     """Runs lanes of clears once; create one per run.
 
-    ``listeners`` receive every event synchronously, before the scheduler
-    goes on, so a journal can commit a clear's state before the next request.
+    The ``recorder`` (the journal) hears every event first: a clear's start is
+    settled before its request leaves, and its end before the ``listeners`` (the
+    log, the report, the display) hear of it. Listeners are called synchronously,
+    in the order things happened.
     """
 
     def __init__(
@@ -139,66 +136,66 @@ class Scheduler:
         # call was in flight when the process died rest before their first use.
         self._already_succeeded = already_succeeded
         self._cooling_tokens = cooling_tokens
-        self._halt = asyncio.Event()
         self._halt_reason: Reason | None = None
-        # Lane tasks waiting for an answer, or resting a token: a second interrupt cuts both.
-        self._in_flight: set[asyncio.Task[Any]] = set()
-        self._resting: set[asyncio.Task[Any]] = set()
-        self._cut: set[asyncio.Task[Any]] = set()
+        # Each wait, call and rest runs in its own cancel scope: a halt ends the waits,
+        # a second interrupt cuts the calls and the rests.
+        self._waits: set[anyio.CancelScope] = set()
+        self._calls: set[anyio.CancelScope] = set()
+        self._rests: set[anyio.CancelScope] = set()
         self._interrupts = 0
         self._recording_error: Exception | None = None
         self._calls_sent = 0
-        self._totals = {outcome: 0 for outcome in Outcome}
-
-    @property
-    def interrupted(self) -> bool:
-        """True once :meth:`interrupt` was called."""
-        return self._interrupts > 0
 
     @property
     def in_flight(self) -> int:
         """How many calls are waiting for their answer right now."""
-        return len(self._in_flight)
+        return len(self._calls)
 
     @property
     def resting(self) -> int:
         """How many tokens are kept unused after a call whose outcome is unknown."""
-        return len(self._resting)
+        return len(self._rests)
+
+    @property
+    def recording_error(self) -> Exception | None:
+        """The first error a listener raised; the run halted on it."""
+        return self._recording_error
+
+    @property
+    def calls_sent(self) -> int:
+        """How many calls left this process."""
+        return self._calls_sent
 
     def interrupt(self) -> None:
         """Stop starting clears; on the second call, also cut the calls in flight and rests."""
         self._interrupts += 1
         self._stop(Reason.INTERRUPTED)
-        if self._interrupts > 1:
-            for lane_task in (self._in_flight | self._resting) - self._cut:
-                self._cut.add(lane_task)
-                lane_task.cancel()
+        if self._cutting:
+            for scope in self._calls | self._rests:
+                scope.cancel()
 
-    async def run(self) -> Totals:
-        """Run every lane to its end and return how the clears ended."""
-        lanes = iter(self._lanes)
-        workers = min(self._max_parallel, len(self._lanes))
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(self._worker(lanes))
-        return Totals(
-            succeeded=self._totals[Outcome.SUCCEEDED],
-            failed=self._totals[Outcome.FAILED],
-            skipped=self._totals[Outcome.SKIPPED],
-        )
+    async def run(self) -> None:
+        """Run every lane to its end; at most ``max_parallel`` at once, in plan order."""
+        slots = anyio.CapacityLimiter(self._max_parallel)
+        async with anyio.create_task_group() as lanes:
+            for lane in self._lanes:
+                # The limiter serves its waiters first come, first served: plan order.
+                lanes.start_soon(self._lane, lane, slots)
+
+    @property
+    def _cutting(self) -> bool:
+        return self._interrupts > 1
 
     def _stop(self, reason: Reason) -> None:
         # The first reason wins: an abort that came before a signal stays an abort.
         if self._halt_reason is None:
             self._halt_reason = reason
-        self._halt.set()
+        for scope in self._waits:
+            scope.cancel()
 
-    async def _worker(self, lanes: Iterator[Lane]) -> None:
-        # Workers share one iterator, so lanes start in plan order as slots free up.
-        task = asyncio.current_task()
-        assert task is not None
-        for lane in lanes:
-            state = _LaneState(lane, task)
+    async def _lane(self, lane: Lane, slots: anyio.CapacityLimiter) -> None:
+        async with slots:
+            state = _LaneState(lane)
             if lane.token_id in self._cooling_tokens:
                 state.free_at = self._clock.monotonic() + self._cooldown_s
             try:
@@ -209,7 +206,7 @@ class Scheduler:
     async def _run_lane(self, state: _LaneState) -> None:
         for clear in state.lane.clears:
             if clear.seq in self._already_succeeded:
-                self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
+                await self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
                 continue
             if state.blocked is None and self._halt_reason is None:
                 wait = state.free_at - self._clock.monotonic()
@@ -217,7 +214,7 @@ class Scheduler:
                     await self._pause(wait)
             skip = state.blocked or self._halt_reason
             if skip is not None:
-                self._skip(state, clear, skip)
+                await self._skip(state, clear, skip)
                 continue
             finished = await self._run_clear(state, clear)
             self._after(state, clear, finished)
@@ -238,18 +235,14 @@ class Scheduler:
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep unless the run halts first; return True when it halted."""
-        if self._halt.is_set():
-            return True
-        if seconds <= 0:
-            return False
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        halted = asyncio.ensure_future(self._halt.wait())
-        try:
-            await asyncio.wait((sleeper, halted), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            halted.cancel()
-        return self._halt.is_set()
+        if self._halt_reason is None and seconds > 0:
+            with anyio.CancelScope() as scope:
+                self._waits.add(scope)
+                try:
+                    await self._clock.sleep(seconds)
+                finally:
+                    self._waits.discard(scope)
+        return self._halt_reason is not None
 
     async def _run_clear(self, state: _LaneState, clear: Clear) -> ClearFinished:
         tries = _Attempts(started=self._clock.monotonic())
@@ -258,19 +251,19 @@ class Scheduler:
             if answer is None:
                 # Nothing sent at all is a skip; a clear with an attempt behind it has failed.
                 outcome = Outcome.FAILED if tries.count else Outcome.SKIPPED
-                return self._finish(state, clear, outcome, tries)
+                return await self._finish(state, clear, outcome, tries)
             tries.answer = answer
             if answer.verdict is Verdict.SUCCEEDED:
-                return self._finish(state, clear, Outcome.SUCCEEDED, tries)
+                return await self._finish(state, clear, Outcome.SUCCEEDED, tries)
             if answer.verdict is not Verdict.RETRY or tries.count > clear.retries:
                 tries.reason = _failure_reason(answer)
-                return self._finish(state, clear, Outcome.FAILED, tries)
+                return await self._finish(state, clear, Outcome.FAILED, tries)
             if state.blocked is Reason.LOCK_LOST:
                 tries.reason = Reason.LOCK_LOST
-                return self._finish(state, clear, Outcome.FAILED, tries)
+                return await self._finish(state, clear, Outcome.FAILED, tries)
             if await self._wait_to_retry(state, clear, tries, answer):
                 tries.reason = self._halt_reason
-                return self._finish(state, clear, Outcome.FAILED, tries)
+                return await self._finish(state, clear, Outcome.FAILED, tries)
 
     async def _locked_call(
         self, state: _LaneState, clear: Clear, tries: _Attempts
@@ -313,6 +306,23 @@ class Scheduler:
             state.blocked = Reason.LOCK_LOST
         return answer
 
+    async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
+        """One request within the clear's ``timeout_s``; ``None`` when a second interrupt cut it."""
+        secret = state.lane.secret
+        assert secret is not None, "a lane without a token cannot send"
+        with anyio.move_on_after(clear.timeout_s) as scope:
+            if self._cutting:
+                scope.cancel()
+            self._calls.add(scope)
+            try:
+                return await self._send(clear, secret)
+            finally:
+                self._calls.discard(scope)
+        if not self._cutting:
+            return TIMED_OUT  # the deadline passed: wolkvox may still be working on it
+        tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
+        return None  # the lane itself goes on, to skip what is left
+
     async def _rest(self, state: _LaneState) -> None:
         """Keep the token unused for the cooldown after a call whose outcome is unknown.
 
@@ -322,38 +332,14 @@ class Scheduler:
         only a second interrupt cuts it, as it cuts the calls in flight.
         """
         state.free_at = self._clock.monotonic() + self._cooldown_s
-        await self._cuttable(state, self._clock.sleep(self._cooldown_s), self._resting)
-
-    async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
-        secret = state.lane.secret
-        assert secret is not None, "a lane without a token cannot send"
-        answer = await self._cuttable(state, self._send(clear, secret), self._in_flight)
-        if answer is None:  # the lane itself goes on, to skip what is left
-            tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
-        return answer
-
-    async def _cuttable(
-        self, state: _LaneState, step: Awaitable[_T], waiting: set[asyncio.Task[Any]]
-    ) -> _T | None:
-        """Await ``step`` in the lane's own task; ``None`` when a second interrupt cut it.
-
-        No Task per step: :meth:`interrupt` cancels the lane's task while it waits
-        here, and the cancellation is taken back, so the lane goes on. The task is the
-        lane's, kept since it started: on Python 3.11 ``asyncio.current_task()`` costs
-        a system call (``getpid``) each time.
-        """
-        task = state.task
-        waiting.add(task)
-        try:
-            return await step
-        except asyncio.CancelledError:
-            if task not in self._cut or task.cancelling() > 1:
-                raise  # the run itself is being cancelled
-            task.uncancel()
-            return None
-        finally:
-            waiting.discard(task)
-            self._cut.discard(task)
+        with anyio.CancelScope() as scope:
+            if self._cutting:
+                scope.cancel()
+            self._rests.add(scope)
+            try:
+                await self._clock.sleep(self._cooldown_s)
+            finally:
+                self._rests.discard(scope)
 
     async def _wait_to_retry(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
@@ -363,7 +349,7 @@ class Scheduler:
         self._emit(ClearRetrying(clear, state.lane.token_id, tries.count, delay, answer))
         return await self._pause(delay)
 
-    def _finish(
+    async def _finish(
         self, state: _LaneState, clear: Clear, outcome: Outcome, tries: _Attempts
     ) -> ClearFinished:
         elapsed_ms = round((self._clock.monotonic() - tries.started) * 1000)
@@ -377,12 +363,11 @@ class Scheduler:
             duration_ms=elapsed_ms,
             error=tries.error,
         )
-        self._emit(finished)
-        return finished
+        return await self._end(finished)
 
-    def _skip(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
+    async def _skip(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
         blocked_by = state.blocked_by if reason is Reason.BLOCKED_BY_FAILURE else None
-        self._emit(
+        await self._end(
             ClearFinished(
                 clear=clear,
                 token_id=state.lane.token_id,
@@ -395,15 +380,21 @@ class Scheduler:
             )
         )
 
-    @property
-    def recording_error(self) -> Exception | None:
-        """The first error a listener raised; the run halted on it."""
-        return self._recording_error
+    async def _end(self, finished: ClearFinished) -> ClearFinished:
+        """Record how a clear ended, durably, and only then tell the listeners (the log).
 
-    @property
-    def calls_sent(self) -> int:
-        """How many calls left this process."""
-        return self._calls_sent
+        The log never claims an outcome the journal lacks without saying so: when the
+        outcome cannot be recorded, the event says why (``unrecorded``) and the run halts.
+        """
+        if self._recorder is not None:
+            try:
+                self._recorder(finished)
+                await self._recorder.settle()
+            except Exception as exc:
+                self._recording_failed(exc)
+                finished = dataclasses.replace(finished, unrecorded=_reason_of(exc))
+        self._emit(finished, recorded=True)
+        return finished
 
     async def _record_start(self, started: ClearStarted) -> bool:
         """Record the attempt durably before its request leaves; False when it cannot be."""
@@ -418,8 +409,6 @@ class Scheduler:
         return True
 
     def _emit(self, event: Event, *, recorded: bool = False) -> None:
-        if isinstance(event, ClearFinished):
-            self._totals[event.outcome] += 1
         if self._recorder is not None and not recorded:
             try:
                 self._recorder(event)
@@ -437,6 +426,10 @@ class Scheduler:
         if self._recording_error is None:
             self._recording_error = exc
         self._stop(Reason.RECORDING_FAILED)
+
+
+def _reason_of(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
 
 
 def _failure_reason(answer: Answer) -> Reason:

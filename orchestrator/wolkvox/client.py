@@ -18,7 +18,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from urllib.parse import quote
 
-from orchestrator.errors import OrchestratorError, TransportError
+from orchestrator.errors import TokenInfoError, TransportError
 from orchestrator.plan.model import Clear, Secret
 from orchestrator.wolkvox.redact import redact
 
@@ -362,17 +362,6 @@ class TokenInfo:
         if self.available_consumption_options is not None:
             left.append(self.available_consumption_options)
         return max(0, min(left)) if left else None
-
-
-class TokenInfoError(OrchestratorError):
-    """``token_info`` gave no usable answer; the message never contains the token."""
-
-    def __init__(
-        self, message: str, *, http_status: int | None = None, code: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
 
 
 def _as_count(value: object) -> int | None:

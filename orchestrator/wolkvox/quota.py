@@ -25,9 +25,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orchestrator.errors import TokenInfoError
 from orchestrator.plan.model import Lane
 from orchestrator.state.locks import NoLocks, TokenLocks
-from orchestrator.wolkvox.client import TokenInfo, TokenInfoError, WolkvoxClient
+from orchestrator.wolkvox.client import TokenInfo, WolkvoxClient
 
 __all__ = ["QuotaLine", "check_quota", "render_quota", "worst_case"]
 
