@@ -143,7 +143,7 @@ class ConsoleLineRenderer:
         if len(text) <= room:
             return text
         cut = self._marks["cut"]
-        return text[: max(0, room - len(cut))].rstrip() + cut
+        return text[: max(0, room - len(cut))].rstrip(" :,;") + cut
 
 
 def _text(value: object) -> str:
@@ -215,8 +215,8 @@ def _token_label(reference: object) -> str:
 
 
 def _answer(e: EventDict) -> str:
-    """What the answer said: its error (or message), with the HTTP status it lacks."""
-    texts = [_text(e.get(key)) for key in ("error", "msg") if _shown(e.get(key))]
+    """What the answer said, wolkvox's message first, with the HTTP status it lacks."""
+    texts = [_text(e.get(key)) for key in ("msg", "error") if _shown(e.get(key))]
     said = ": ".join(dict.fromkeys(texts))  # an error that repeats the message says it once
     status, code = e.get("http_status"), e.get("code")
     heads = []
