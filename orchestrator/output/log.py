@@ -110,7 +110,7 @@ def make_logger(
 
     ``stream`` defaults to ``sys.stdout``; ``extra_processors`` run just before the
     renderer (tests capture the event dicts there). The console format is coloured
-    only on a terminal and without ``NO_COLOR`` set.
+    only on a terminal and without a non-empty ``NO_COLOR`` (no-color.org).
     """
     if stream is None:
         stream = sys.stdout
@@ -123,7 +123,7 @@ def make_logger(
         renderer = ConsoleLineRenderer(
             width=console_width(lines.columns()),
             encoding=lines.encoding,
-            colors=lines.isatty() and "NO_COLOR" not in os.environ,
+            colors=lines.isatty() and not os.environ.get("NO_COLOR"),
         )
         # A person reads the time on the wall clock; the JSON log keeps UTC.
         stamper = structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False)
