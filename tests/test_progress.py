@@ -13,7 +13,7 @@ from rich.console import Console
 
 from orchestrator.output.log import make_logger
 from orchestrator.output.progress import Progress, progress_wanted
-from orchestrator.plan.model import Lane
+from orchestrator.plan.model import Lane, TokenRef
 from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
@@ -24,9 +24,16 @@ from orchestrator.run.events import (
     TokenWaiting,
 )
 
-A = make_lane("A", make_clear(1, campaign="3001"), make_clear(2, campaign="3002"))
-B = make_lane("B", make_clear(3, campaign="4001", result=None), make_clear(4, campaign="4002"))
-C = make_lane("C", make_clear(5, campaign="5001"))
+TOK_A, TOK_B = TokenRef("env", "TOK_A"), TokenRef("file", "/run/secrets/ops")
+A = make_lane(
+    "A", make_clear(1, campaign="3001", token=TOK_A), make_clear(2, campaign="3002", token=TOK_A)
+)
+B = make_lane(
+    "B",
+    make_clear(3, campaign="4001", result=None, token=TOK_B),
+    make_clear(4, campaign="4002", token=TOK_B),
+)
+C = make_lane("C", make_clear(5, campaign="5001", token=TokenRef("env", "TOK_C")))
 
 
 @dataclass
@@ -140,7 +147,8 @@ def test_each_running_lane_shows_the_campaign_it_is_on() -> None:
     progress = make(A, B)
     feed(progress, started(A, 0), finished(A, 0), started(A, 1), started(B, 0))
     text = shown(progress)
-    assert A.token_id in text and B.token_id in text
+    assert "env:TOK_A" in text and "file:/run/secrets/ops" in text
+    assert A.token_id not in text and B.token_id not in text  # people know tokens by name
     assert "#2 0014/predictive/3002/busy" in text
     assert "2/2" in text  # lane A is on its second clear
     assert "#3 0014/predictive/4001/all" in text
@@ -152,7 +160,7 @@ def test_a_lane_that_ended_leaves_the_table() -> None:
     progress = make(A, C)
     feed(progress, started(C, 0), finished(C, 0))
     text = shown(progress)
-    assert C.token_id not in text
+    assert "env:TOK_C" not in text
     assert "lanes: 0 running, 1 queued, 1 done" in text
 
 
@@ -214,7 +222,21 @@ def test_the_display_shows_no_token_value() -> None:
     feed(progress, TokenWaiting(B.clears[0], B.token_id, 1.0), started(B, 0))
     text = shown(progress)
     assert "token-A" not in text and "token-B" not in text
-    assert A.token_id in text
+    assert "env:TOK_A" in text and "file:/run/secrets/ops" in text
+
+
+def test_two_references_to_one_token_show_the_one_the_clear_uses() -> None:
+    shared = Lane(
+        A.token_id,
+        ("env:TOK_A", "env:TOK_A_TOO"),
+        A.secret,
+        (A.clears[0], make_clear(9, token=TokenRef("env", "TOK_A_TOO"))),
+    )
+    progress = make(shared)
+    feed(progress, started(shared, 0))
+    assert "env:TOK_A " in shown(progress) and "TOK_A_TOO" not in shown(progress)
+    feed(progress, finished(shared, 0), started(shared, 1))
+    assert "env:TOK_A_TOO" in shown(progress)
 
 
 # time
@@ -327,9 +349,9 @@ def test_log_stream_carries_console_log_lines_without_their_colour_codes() -> No
     out = io.StringIO()
     progress = Progress([A], console=quiet_console(out), clock=Clock())
     logger = make_logger("console", "run-1", progress.log_stream(Tty()))
-    logger.info("clear.started", seq=1, token_id=A.token_id)
+    logger.info("clear.started", seq=1, token_id=A.token_id, token="env:TOK_A")
     line = out.getvalue()
-    assert "clear.started" in line and A.token_id in line and "run-1" in line
+    assert "▶ started    #1  env:TOK_A\n" in line
     assert "\x1b" not in line
 
 

@@ -1,12 +1,17 @@
 """The structured log: one line per thing that happened, JSON or console, through structlog.
 
 Event names are stable and namespaced (``clear.succeeded``); fields are flat.
-Every line carries ``event``, ``timestamp`` (ISO 8601, UTC), ``level`` and
-``run_id``. The log never sees a token: only ``token_id``.
+Every JSON line carries ``event``, ``timestamp`` (ISO 8601, UTC), ``level`` and
+``run_id``; the console renders the same event dicts for people
+(:mod:`orchestrator.output.console`). The log never sees a token: a clear's
+token is named by ``token_id`` (its fingerprint) and ``token`` (its reference,
+``env:TOK_A``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
@@ -14,6 +19,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from orchestrator.output.console import ConsoleLineRenderer, console_width
 from orchestrator.run.events import (
     ClearRetrying,
     ClearStarted,
@@ -69,7 +75,26 @@ class LineWriter:
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal (the console format colours only then)."""
-        return self._stream.isatty()
+        try:
+            return self._stream.isatty()
+        except (ValueError, OSError):
+            return False  # a closed or odd stream is no terminal
+
+    @property
+    def encoding(self) -> str | None:
+        """The stream's encoding; ``None`` for a text buffer, which takes any text."""
+        return getattr(self._stream, "encoding", None)
+
+    def columns(self) -> int | None:
+        """The terminal's width when the stream is one, else ``None``."""
+        if not self.isatty():
+            return None
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            # A stream without a descriptor of its own (lines shown above the progress
+            # display) is the terminal stdout is on.
+            return shutil.get_terminal_size((0, 0)).columns or None
 
     debug = info = warning = error = critical = msg
 
@@ -84,7 +109,8 @@ def make_logger(
     """A structlog logger bound to ``run_id`` that writes one line per event to ``stream``.
 
     ``stream`` defaults to ``sys.stdout``; ``extra_processors`` run just before the
-    renderer (tests capture the event dicts there).
+    renderer (tests capture the event dicts there). The console format is coloured
+    only on a terminal and without a non-empty ``NO_COLOR`` (no-color.org).
     """
     if stream is None:
         stream = sys.stdout
@@ -92,11 +118,18 @@ def make_logger(
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
+        stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=lines.isatty())
+        renderer = ConsoleLineRenderer(
+            width=console_width(lines.columns()),
+            encoding=lines.encoding,
+            colors=lines.isatty() and not os.environ.get("NO_COLOR"),
+        )
+        # A person reads the time on the wall clock; the JSON log keeps UTC.
+        stamper = structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False)
     processors: list[Processor] = [
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        stamper,
         _standard_order,
         *extra_processors,
         renderer,
@@ -167,4 +200,15 @@ class EventLog:
         if self._lines is not None and self._lines.failure is not None:
             raise self._lines.failure
         name, level, details = _describe(event)
-        getattr(self._logger, level)(name, **clear_fields(event.clear, event.token_id), **details)
+        getattr(self._logger, level)(name, **_identity(event), **details)
+
+
+def _identity(event: Event) -> dict[str, object]:
+    """The clear's fields, with its token's reference beside its fingerprint."""
+    fields: dict[str, object] = {}
+    for key, value in clear_fields(event.clear, event.token_id).items():
+        fields[key] = value
+        if key == "token_id":
+            # What people call the token (validate and --dry-run say the same); never its value.
+            fields["token"] = str(event.clear.token)
+    return fields

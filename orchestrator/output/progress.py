@@ -78,7 +78,8 @@ _WORKING = frozenset({_State.WAITING, _State.SENDING, _State.RETRYING})
 class _LaneView:
     """What the display knows about one lane; updated in place, never resized."""
 
-    token_id: str
+    #: The token's reference as the plan names it (``env:TOK_A``), never its value.
+    label: str
     total: int
     done: int = 0
     state: _State = _State.QUEUED
@@ -96,8 +97,8 @@ class Progress:
     """A live display of a run: a scheduler listener and a context manager.
 
     Each event updates a few counters in O(1); the display is drawn from them a few
-    times per second by rich's refresh thread (:meth:`render`). Only ``token_id``
-    fingerprints are shown, never a token.
+    times per second by rich's refresh thread (:meth:`render`). A token is shown by its
+    reference (``env:TOK_A``), as ``validate`` names it, never by its value.
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class Progress:
 
         self._console = console if console is not None else Console(file=sys.stderr)
         self._clock = clock
-        self._lanes = [_LaneView(lane.token_id, len(lane.clears)) for lane in lanes]
+        self._lanes = [_LaneView(", ".join(lane.token_names), len(lane.clears)) for lane in lanes]
         # By seq, not token_id: a clear belongs to exactly one lane whatever the tokens.
         self._lane_of = {
             c.seq: view for lane, view in zip(lanes, self._lanes, strict=True) for c in lane.clears
@@ -208,6 +209,8 @@ class Progress:
         if view.clear is not None and view.clear.seq == clear.seq and view.state in _WORKING:
             return
         view.clear, view.attempt, view.waited_s, view.why = clear, 0, None, ""
+        # Two references holding one token share a lane: name the one this clear uses.
+        view.label = str(clear.token)
         view.began_at = self._clock()
 
     def _on_waiting(self, event: TokenWaiting) -> None:
@@ -317,7 +320,7 @@ class Progress:
         for view in views:
             current = min(view.done + 1, view.total) if view.state in _WORKING else view.done
             table.add_row(
-                view.token_id,
+                view.label,
                 f"{current}/{view.total}",
                 _campaign(view.clear) if view.clear is not None else "",
                 self._state_text(view, now),
@@ -383,6 +386,11 @@ class _ConsoleLines(io.TextIOBase):
     def isatty(self) -> bool:
         """The console's answer, so a console log keeps its colours."""
         return bool(self._console.is_terminal)
+
+    @property  # typeshed calls it an attribute; on io.TextIOBase it is read-only
+    def encoding(self) -> str:  # type: ignore[override]
+        """The console's encoding, so a console log knows which marks it can show."""
+        return self._console.encoding
 
     def write(self, text: str) -> int:
         """Print every complete line of ``text``; keep the rest for the next write."""
