@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -108,12 +106,6 @@ def test_a_closed_stderr_wants_no_progress() -> None:
     stream = io.StringIO()
     stream.close()
     assert progress_wanted("console", stream) is False
-
-
-def test_importing_the_module_does_not_import_rich() -> None:
-    code = "import sys, orchestrator.output.progress; print('rich' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 # counts and lanes

@@ -5,9 +5,6 @@ A :class:`Progress` is a scheduler listener and a context manager around a
 person watches (:func:`progress_wanted`). When stdout is the same terminal,
 :meth:`Progress.log_stream` gives the logger a stream whose lines are printed
 above the display instead of through it.
-
-rich is imported only when a :class:`Progress` is made: importing this module
-stays cheap, because the start-up time of ``orchestrator run`` counts.
 """
 
 from __future__ import annotations
@@ -20,21 +17,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TextIO, cast
 
-if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
-    from rich.live import Live
-    from rich.text import Text
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
-    from orchestrator.plan.model import Clear, Lane
-    from orchestrator.run.events import (
-        ClearFinished,
-        ClearRetrying,
-        ClearStarted,
-        Event,
-        TokenWaiting,
-    )
+from orchestrator.plan.model import Clear, Lane
+from orchestrator.run.events import (
+    ClearFinished,
+    ClearRetrying,
+    ClearStarted,
+    Event,
+    TokenWaiting,
+)
 
 #: Redraws per second: enough for a countdown, cheap beside the event loop.
 REFRESH_PER_SECOND = 4
@@ -109,9 +107,6 @@ class Progress:
         clock: Callable[[], float] = time.monotonic,
         max_parallel: int | None = None,
     ) -> None:
-        from rich.console import Console
-
-        from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, TokenWaiting
 
         self._console = console if console is not None else Console(file=sys.stderr)
         self._clock = clock
@@ -139,7 +134,6 @@ class Progress:
 
     def __enter__(self) -> Progress:
         """Start the live display on the console (stderr unless given)."""
-        from rich.live import Live
 
         self._started_at = self._clock()
         self._live = Live(
@@ -192,7 +186,6 @@ class Progress:
 
     def render(self) -> RenderableType:
         """The display as it is now."""
-        from rich.text import Text
 
         try:
             return self._compose(self._clock())
@@ -258,10 +251,6 @@ class Progress:
     # Drawing: runs on rich's refresh thread; reads the counters, never changes them.
 
     def _compose(self, now: float) -> RenderableType:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
 
         done = sum(self._counts.values())
         head = Table.grid(padding=(0, 1))
@@ -281,7 +270,6 @@ class Progress:
         return Group(*parts)
 
     def _counts_text(self) -> Text:
-        from rich.text import Text
 
         counts = self._counts
         return Text.assemble(
@@ -293,7 +281,6 @@ class Progress:
         )
 
     def _times_text(self, now: float) -> Text:
-        from rich.text import Text
 
         left = self.estimate_left(now)
         queued = sum(1 for view in self._lanes if view.state is _State.QUEUED)
@@ -310,7 +297,6 @@ class Progress:
         return text
 
     def _lanes_table(self, views: Sequence[_LaneView], now: float) -> RenderableType:
-        from rich.table import Table
 
         table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
         table.add_column("token")
@@ -372,7 +358,6 @@ class _ConsoleLines(io.TextIOBase):
     """A text stream that prints whole lines through a rich console (above a live display)."""
 
     def __init__(self, console: Console) -> None:
-        from rich.text import Text
 
         super().__init__()
         self._console = console
