@@ -13,7 +13,7 @@ from orchestrator.plan.model import OnFailure, Plan
 from orchestrator.plan.schema import SCHEMA_FILE
 from orchestrator.plan.validate import load_plan, parse_plan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLANS = ROOT / "plans"
 NEW_PLANS = ("nightly-recycling.yaml", "pre-upload-reset.yaml", "runbook-single.yaml")
 SCHEMA_LINE = "# yaml-language-server: $schema=../docs/plan-v1.schema.json"

@@ -277,7 +277,7 @@ def test_validate_needs_no_tokens_and_warns_about_unset_ones(
 def test_the_console_script_runs_the_example_plan_against_the_simulator(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WOLKVOX_")}
     env["ORCHESTRATOR_STATE_DIR"] = str(tmp_path / "state")
-    example = Path(__file__).parent.parent / "plans" / "example.yaml"
+    example = Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", "run", str(example), "--simulate", "--yes"],
         capture_output=True,
@@ -299,7 +299,7 @@ def test_the_command_exits_with_mains_code(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_the_command_passes_on_an_exit_code_and_flushes_its_output(tmp_path: Path) -> None:
-    example = Path(__file__).parent.parent / "plans" / "example.yaml"
+    example = Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WOLKVOX_")}
     bad = subprocess.run(
         [sys.executable, "-m", "orchestrator", "validate", str(tmp_path / "missing.yaml")],

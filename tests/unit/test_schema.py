@@ -38,7 +38,7 @@ from orchestrator.plan import validate
 from orchestrator.plan.model import CAMPAIGN_TYPES, RESULT_FILTERS, OnFailure
 from orchestrator.plan.schema import SCHEMA_FILE, plan_schema, render_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLANS = sorted((ROOT / "plans").glob("*.yaml"))
 
 

@@ -12,7 +12,7 @@ from orchestrator.plan import validate
 from orchestrator.plan.model import RESULT_FILTERS, Clear, OnFailure, Plan, Settings, TokenRef
 from orchestrator.plan.validate import check_base_url, load_plan, parse_plan
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "plans" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
 
 #: Three lines: the first campaign entry is on line 4.
 HEADER = (
