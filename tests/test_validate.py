@@ -621,6 +621,21 @@ def test_all_beside_a_filter_is_a_duplicate(first: str, second: str) -> None:
     ]
 
 
+def test_one_campaign_written_with_and_without_leading_zeros_is_a_duplicate() -> None:
+    # The identity settings.protect uses: wolkvox may read 03001 as 3001.
+    text = campaigns("campaign_id: 3001, results: all", "campaign_id: 03001, results: all")
+    assert problems(text) == [
+        "p.yaml:5: campaigns[1].results: duplicate clear: campaign '03001' on server '0014' "
+        "(predictive), result 'all', is already cleared by campaigns[0] at line 4, "
+        "written '3001'"
+    ]
+
+
+def test_leading_zeros_are_still_sent_as_written() -> None:
+    plan = parse(campaigns("campaign_id: 03001, results: [busy]", "campaign_id: 7, results: all"))
+    assert [c.campaign_id for c in plan.clears] == ["03001", "7"]
+
+
 def test_other_filters_servers_or_types_of_one_campaign_id_are_no_duplicates() -> None:
     plan = parse(
         campaigns(

@@ -207,9 +207,12 @@ class _Validator:
         #: clears only once the whole plan is known to be valid.
         self.valid: list[_Valid] = []
         self.planned = 0
-        #: Each (server, type_campaign, campaign_id) cleared so far → the results
-        #: each campaign entry clears there, with its path and line.
-        self.targets: dict[tuple[str, str, str], list[tuple[tuple[str | None, ...], str, int]]] = {}
+        #: Each (server, type_campaign, campaign_id without leading zeros) cleared
+        #: so far → the results each campaign entry clears there, with its
+        #: campaign_id as written, its path and line.
+        self.targets: dict[
+            tuple[str, str, str], list[tuple[tuple[str | None, ...], str, str, int]]
+        ] = {}
         self.token_files: dict[str, str] = {}
 
     def plan(self, root: Node | None) -> Plan:
@@ -452,23 +455,22 @@ class _Validator:
     def _duplicates(
         self, target: tuple[str, str, str], results: tuple[str | None, ...], path: str, line: int
     ) -> None:
-        earlier = self.targets.get(target)
+        # The identity protect uses: 3001 and 03001 are one campaign to wolkvox.
+        server, type_campaign, campaign_id = target
+        identity = (server, type_campaign, _id_key(campaign_id))
+        earlier = self.targets.get(identity)
         if earlier is None:
-            self.targets[target] = [(results, path, line)]
+            self.targets[identity] = [(results, campaign_id, path, line)]
             return
         for result in results:
-            for their_results, their_path, their_line in earlier:
+            for their_results, their_id, their_path, their_line in earlier:
                 if result in their_results or result is None or None in their_results:
-                    self._duplicate(
-                        target,
-                        result,
-                        their_results,
-                        f"{their_path} at line {their_line}",
-                        path,
-                        line,
-                    )
+                    there = f"{their_path} at line {their_line}"
+                    if their_id != campaign_id:
+                        there += f", written {their_id!r}"
+                    self._duplicate(target, result, their_results, there, path, line)
                     return
-        earlier.append((results, path, line))
+        earlier.append((results, campaign_id, path, line))
 
     def _duplicate(
         self,
