@@ -4,8 +4,8 @@ A plan must mean what it says: ``server: 0014`` is the text ``"0014"``, not the
 YAML 1.1 octal 12, and ``campaign_id: 1:20`` is not the sexagesimal 80. So no
 YAML constructor ever runs here. :func:`compose` builds PyYAML's node graph
 (libyaml's composer when available) with implicit typing switched off, and a
-:class:`Reader` hands the validator each node as text, a list or a mapping,
-checking on the way what PyYAML lets through:
+:class:`Reader` turns it into plain data (texts, lists, mappings, None) for
+the plan's schema to judge, checking on the way what PyYAML lets through:
 
 * explicit tags other than the standard str/int/float/null/seq/map ones;
 * duplicate keys (PyYAML keeps the last one silently);
@@ -271,10 +271,9 @@ class Reader:
     """Reads a composed plan node by node, collecting problems and counting reads.
 
     Each accessor takes the node, the field path of its parent and its key or
-    index there (the path is only built when there is a problem to report),
-    and ``expected``: what the value should be, in words. On a problem it
-    records it and returns ``None``. Plain untagged scalars, by far the most
-    common nodes, take a short path.
+    index there (the path is only built when there is a problem to report).
+    ``expected`` says in words what :meth:`items` and :meth:`entries` want,
+    for the problem when the node is of another kind.
     """
 
     def __init__(self, source: str) -> None:
@@ -291,30 +290,6 @@ class Reader:
         if len(self.problems) >= MAX_PROBLEMS:
             stop = f"stopped after {MAX_PROBLEMS} problems; fix these first"
             raise PlanError([*self.problems, Problem(self.source, None, "", stop)])
-
-    def text(self, node: Node, parent: str, key: str | int, expected: str) -> str | None:
-        """A scalar's text exactly as written; null, a list or a mapping is a problem."""
-        self._reads += 1
-        if self._reads > MAX_NODES:
-            self._too_many()
-        if type(node) is ScalarNode and node.tag == _PLAIN:
-            text: str = node.value
-            if text not in NULL_TEXTS:
-                return text
-        return self._text(node, parent, key, expected)
-
-    def texts(self, nodes: list[Node], parent: str, expected: str) -> list[str | None]:
-        """:meth:`text` of each of ``nodes``, items of the list at ``parent``."""
-        self._reads += len(nodes)
-        if self._reads > MAX_NODES:
-            self._too_many()
-        texts: list[str | None] = []
-        for node in nodes:
-            if type(node) is ScalarNode and node.tag == _PLAIN and node.value not in NULL_TEXTS:
-                texts.append(node.value)
-            else:
-                texts.append(self._text(node, parent, len(texts), expected))
-        return texts
 
     def data(self, node: Node, parent: str = "", key: str | int = "", depth: int = 0) -> Data:
         """The value of ``node`` as plain data: texts as written, nulls as None.
@@ -348,17 +323,6 @@ class Reader:
             self._bad_tag(node, parent, key)
             return None
         return None if tag == _NULL else str(node.value)
-
-    def _text(self, node: Node, parent: str, key: str | int, expected: str) -> str | None:
-        if type(node) is ScalarNode:
-            tag = node.tag
-            if tag not in _TEXT_TAGS:
-                self._bad_tag(node, parent, key)
-                return None
-            if tag != _NULL and (tag != _PLAIN or node.value not in NULL_TEXTS):
-                return str(node.value)
-        self.problem(line_of(node), join(parent, key), f"expected {expected}, got {kind(node)}")
-        return None
 
     def items(self, node: Node, parent: str, key: str | int, expected: str) -> list[Node] | None:
         """A list's items (not read yet: read each with :meth:`text` or :meth:`texts`)."""
