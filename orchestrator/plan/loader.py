@@ -40,9 +40,11 @@ from orchestrator.plan.model import MAX_CLEARS
 
 __all__ = [
     "MAX_BYTES",
+    "MAX_DEPTH",
     "MAX_ITEMS",
     "MAX_NODES",
     "MAX_PROBLEMS",
+    "Data",
     "MappingNode",
     "Node",
     "Reader",
@@ -52,6 +54,7 @@ __all__ = [
     "join",
     "kind",
     "line_of",
+    "node_at",
     "read_file",
 ]
 
@@ -143,7 +146,7 @@ class _Untyped:
 
 def _forget_end(*nodes: Node) -> None:
     # Only a node's first line is ever reported: dropping the end mark of each
-    # finished node saves a fifth of a large plan's memory.
+    # finished node keeps a large plan within its memory budget.
     for node in nodes:
         node.end_mark = None
 

@@ -1,17 +1,19 @@
-"""The JSON Schema of a plan (draft 2020-12), for editors and other tools.
+"""The JSON Schema of a plan (draft 2020-12): the one place the plan's rules are written.
 
-:func:`plan_schema` describes the same format :mod:`orchestrator.plan.validate`
-accepts, as far as a JSON Schema can. It is written for the way an editor
-sees a plan: the yaml-language-server (VS Code, Neovim, Helix...) reads YAML
-1.2 and types plain scalars, so ``server: 0014`` reaches the schema as the
-integer 14 while the loader reads the text ``"0014"``. Fields the loader reads
-as digits therefore accept an integer as well as a string, and a string that
-spells a number is held to the loader's exact rules (range included).
+:func:`plan_schema` is what ``orchestrator validate`` checks a plan against
+(:mod:`orchestrator.plan.validate`, which adds only what a schema cannot say),
+and what editors read. It is written for the way an editor sees a plan too:
+the yaml-language-server (VS Code, Neovim, Helix...) reads YAML 1.2 and types
+plain scalars, so ``server: 0014`` reaches the schema as the integer 14, while
+orchestrator's loader hands it the text ``"0014"``. Fields read as digits
+therefore accept an integer as well as a string, and a string that spells a
+number is held to the exact rules (range included) by its pattern.
 
-What a schema cannot check is listed in the top-level description: the loader
-remains the judge, and ``orchestrator validate`` its voice. A copy of the
-schema is kept in ``docs/plan-v1.schema.json``; plans point at it with a first
-line ``# yaml-language-server: $schema=../docs/plan-v1.schema.json``.
+Each part's ``title`` names what is expected, in the words problems use
+("expected a campaign id (1 to 20 digits), got '1:20'"). What a schema cannot
+check is listed in the top-level description. ``docs/plan-v1.schema.json`` is
+generated from this module (``orchestrator schema``); plans point at it with
+a first line ``# yaml-language-server: $schema=../docs/plan-v1.schema.json``.
 
 Every ``pattern`` is written ``^(?:...)$`` in the common subset of ECMA-262
 (what JSON Schema specifies) and Python regular expressions.
@@ -378,8 +380,8 @@ def _required_here_or_in_defaults() -> list[Schema]:
 
 _CANNOT_CHECK = (
     "What this schema cannot check, and `orchestrator validate` does: the same "
-    "clear twice (same server, type_campaign, campaign_id and result, or 'all' "
-    "beside a filter) across campaign entries; settings.protect against the "
+    "clear twice (same server, type_campaign, campaign_id ignoring leading zeros "
+    "and result, or 'all' beside a filter) across campaign entries; settings.protect against the "
     f"campaign ids; at most {MAX_CLEARS} clears after expansion; duplicate keys, "
     "non-standard tags, a second YAML document; numbers spelled other than plain "
     "digits (+5, 0x1F, 0o17, 1e3, .5, 3.0) where an editor reads them as numbers; "

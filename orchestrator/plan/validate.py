@@ -139,8 +139,10 @@ class _Check:
         self.source = source
         self.root = root
         self.problems = problems
-        #: Paths with a problem: what lies below them is not checked further.
+        #: Paths with a problem, and every path above one: what lies at, above
+        #: or below them is not checked further.
         self.faulty: set[DataPath] = set()
+        self.above_faulty: set[DataPath] = set()
         #: Where reading the YAML found a problem: the schema's view of the
         #: value left there (None, a missing key) would only repeat it.
         self.read_faults = {problem.path for problem in problems}
@@ -151,7 +153,7 @@ class _Check:
         for error in _validator().iter_errors(data):
             for finding in explain(error, schema, self.root, self._url_worded):
                 if finding.where in self.read_faults:
-                    self.faulty.add(finding.path)
+                    self._mark(finding.path)
                 else:
                     self.add(finding)
         if not isinstance(data, dict):
@@ -164,7 +166,7 @@ class _Check:
 
     def add(self, finding: Finding) -> None:
         """Record a problem; past :data:`MAX_PROBLEMS`, stop with all of them."""
-        self.faulty.add(finding.path)
+        self._mark(finding.path)
         self.problems.append(Problem(self.source, finding.line, finding.where, finding.message))
         if len(self.problems) >= MAX_PROBLEMS:
             stop = f"stopped after {MAX_PROBLEMS} problems; fix these first"
@@ -182,11 +184,13 @@ class _Check:
 
     def _clean(self, *path: str | int) -> bool:
         """No problem was found at ``path``, above it or below it."""
-        return not any(
-            faulty[: len(path)] == path or path[: len(faulty)] == faulty
-            for faulty in self.faulty
-            if faulty
-        )
+        above = any(path[:depth] in self.faulty for depth in range(1, len(path) + 1))
+        return not above and path not in self.above_faulty
+
+    def _mark(self, path: DataPath) -> None:
+        if path:  # a problem of the whole plan leaves its parts to be checked
+            self.faulty.add(path)
+            self.above_faulty.update(path[:depth] for depth in range(1, len(path)))
 
     def _line(self, *path: str | int) -> int:
         return line_of(node_at(self.root, path)[1])
