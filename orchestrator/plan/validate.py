@@ -74,7 +74,13 @@ def parse_plan(text: str | bytes, source: str, *, base_dir: Path) -> Plan:
             raise PlanError([Problem(source, None, "", "the plan is empty")])
         reader = yamlload.Reader(source)
         data = reader.data(root)
-        return _Check(source, root, reader.problems).plan(data, base_dir)
+        check = _Check(source, reader.problems)
+        check.against_schema(data, root)
+        lines = _campaign_lines(root)
+        # The node tree is by far the largest part of a plan in memory; past
+        # this point only the campaigns' lines are needed from it.
+        del root
+        return check.plan(data, lines, base_dir)
     finally:
         if was_enabled:
             gc.enable()
@@ -135,9 +141,8 @@ def _is_loopback(host: str) -> bool:
 class _Check:
     """One validation pass over one plan read as data."""
 
-    def __init__(self, source: str, root: Node, problems: list[Problem]) -> None:
+    def __init__(self, source: str, problems: list[Problem]) -> None:
         self.source = source
-        self.root = root
         self.problems = problems
         #: Paths with a problem, and every path above one: what lies at, above
         #: or below them is not checked further.
@@ -147,19 +152,34 @@ class _Check:
         #: value left there (None, a missing key) would only repeat it.
         self.read_faults = {problem.path for problem in problems}
 
-    def plan(self, data: Data, base_dir: Path) -> Plan:
-        """The plan, or PlanError with every problem found."""
+    def against_schema(self, data: Data, root: Node) -> None:
+        """Record what the schema, and the code's own URL checks, find wrong."""
         schema = plan_schema()
         for error in _validator().iter_errors(data):
-            for finding in explain(error, schema, self.root, self._url_worded):
+            for finding in explain(error, schema, root, self._url_worded):
                 if finding.where in self.read_faults:
                     self._mark(finding.path)
                 else:
                     self.add(finding)
+        settings = data.get("settings") if isinstance(data, dict) else None
+        if not isinstance(settings, dict):
+            return
+        for key, check in (("base_url", check_base_url), ("lock_url", _check_lock_url)):
+            url = settings.get(key)
+            why = check(url) if isinstance(url, str) else None
+            if why is not None:
+                line = line_of(node_at(root, ("settings", key))[1])
+                self.add(Finding(("settings", key), why, line))
+
+    def plan(self, data: Data, lines: list[int], base_dir: Path) -> Plan:
+        """The plan, or PlanError with every problem found.
+
+        ``lines`` holds the line of each campaign entry.
+        """
         if not isinstance(data, dict):
             raise self.error()
         settings = self._settings(data.get("settings"))
-        clears = self._clears(data, settings.protect, base_dir)
+        clears = self._clears(data, settings.protect, lines, base_dir)
         if self.problems:
             raise self.error()
         return Plan(self.source, settings, clears)
@@ -192,21 +212,11 @@ class _Check:
             self.faulty.add(path)
             self.above_faulty.update(path[:depth] for depth in range(1, len(path)))
 
-    def _line(self, *path: str | int) -> int:
-        return line_of(node_at(self.root, path)[1])
-
     # --- settings -------------------------------------------------------------
 
     def _settings(self, data: Data) -> Settings:
         default = Settings()
-        if not isinstance(data, dict):
-            return default
-        for key, check in (("base_url", check_base_url), ("lock_url", _check_lock_url)):
-            url = data.get(key)
-            why = check(url) if isinstance(url, str) else None
-            if why is not None:
-                self.add(Finding(("settings", key), why, self._line("settings", key)))
-        if not self._clean("settings"):
+        if not isinstance(data, dict) or not self._clean("settings"):
             return default
         protect = data.get("protect")
         return Settings(
@@ -224,7 +234,7 @@ class _Check:
     # --- campaigns ------------------------------------------------------------
 
     def _clears(
-        self, data: dict[str, Data], protect: frozenset[str], base_dir: Path
+        self, data: dict[str, Data], protect: frozenset[str], lines: list[int], base_dir: Path
     ) -> tuple[Clear, ...]:
         campaigns = data.get("campaigns")
         defaults = data.get("defaults")
@@ -238,7 +248,7 @@ class _Check:
             if not isinstance(entry, dict) or not self._clean("campaigns", index):
                 continue
             fields = _with_defaults(entry, defaults if isinstance(defaults, dict) else {})
-            line = self._line("campaigns", index)
+            line = lines[index]
             path: DataPath = ("campaigns", index)
             campaign_id = str(fields["campaign_id"])
             if _id_key(campaign_id) in protected:
@@ -260,6 +270,12 @@ class _Check:
                     raise self.error()
                 clears.append(_clear(len(clears) + 1, target, result, token, fields, line))
         return tuple(clears)
+
+
+def _campaign_lines(root: Node) -> list[int]:
+    _, campaigns = node_at(root, ("campaigns",))
+    items = campaigns.value if isinstance(campaigns, yamlload.SequenceNode) else []
+    return [line_of(item) for item in items]
 
 
 class _First:
