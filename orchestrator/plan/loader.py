@@ -4,8 +4,8 @@ A plan must mean what it says: ``server: 0014`` is the text ``"0014"``, not the
 YAML 1.1 octal 12, and ``campaign_id: 1:20`` is not the sexagesimal 80. So no
 YAML constructor ever runs here. :func:`compose` builds PyYAML's node graph
 (libyaml's composer when available) with implicit typing switched off, and a
-:class:`Reader` hands the validator each node as text, a list or a mapping,
-checking on the way what PyYAML lets through:
+:class:`Reader` turns it into plain data (texts, lists, mappings, None) for
+the plan's schema to judge, checking on the way what PyYAML lets through:
 
 * explicit tags other than the standard str/int/float/null/seq/map ones;
 * duplicate keys (PyYAML keeps the last one silently);
@@ -28,10 +28,8 @@ to read (unreadable file, invalid YAML) raise :class:`PlanError` at once.
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Final, NoReturn
 
 import yaml
@@ -42,19 +40,21 @@ from orchestrator.plan.model import MAX_CLEARS
 
 __all__ = [
     "MAX_BYTES",
+    "MAX_DEPTH",
     "MAX_ITEMS",
     "MAX_NODES",
     "MAX_PROBLEMS",
+    "Data",
     "MappingNode",
     "Node",
     "Reader",
     "ScalarNode",
     "SequenceNode",
     "compose",
-    "gc_paused",
     "join",
     "kind",
     "line_of",
+    "node_at",
     "read_file",
 ]
 
@@ -76,6 +76,13 @@ MAX_PROBLEMS: Final = 1000
 
 #: How deep ``<<`` merges may chain (a mapping merging one that merges...).
 MAX_MERGE_DEPTH: Final = 16
+
+#: How deep lists and mappings are read; a plan needs 4 levels. It also stops
+#: an alias that contains itself.
+MAX_DEPTH: Final = 32
+
+#: A plan read as plain values: dicts, lists, texts, and None for a null.
+Data = dict[str, "Data"] | list["Data"] | str | None
 
 #: Plain scalars that mean "no value"; quoted ones are text.
 NULL_TEXTS: Final = frozenset({"", "~", "null", "Null", "NULL"})
@@ -139,7 +146,7 @@ class _Untyped:
 
 def _forget_end(*nodes: Node) -> None:
     # Only a node's first line is ever reported: dropping the end mark of each
-    # finished node saves a fifth of a large plan's memory.
+    # finished node keeps a large plan within its memory budget.
     for node in nodes:
         node.end_mark = None
 
@@ -191,8 +198,7 @@ def compose(text: str | bytes, source: str) -> Node | None:
     loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
     try:
         loader = _Loader(text)
-        with gc_paused():
-            return loader.get_single_node()
+        return loader.get_single_node()
     except UnicodeEncodeError as exc:
         line = text.count("\n", 0, exc.start) + 1
         raise _whole_file(source, "the plan is not valid Unicode text", line) from None
@@ -219,21 +225,26 @@ def compose(text: str | bytes, source: str) -> Node | None:
             loader.dispose()
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building a large plan.
+def node_at(root: Node, path: Sequence[str | int]) -> tuple[Node | None, Node]:
+    """(key node or None, value node) at ``path`` below ``root``, as far as it leads.
 
-    Hundreds of thousands of new long-lived objects trigger repeated full
-    collections that cost more than the parse itself; nothing is lost by
-    deferring them to the end.
+    Follows merges the way :class:`Reader` does; problems found on the way
+    were reported when the plan was read.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    key_node: Node | None = None
+    node = root
+    quiet = Reader("")
+    for step in path:
+        if isinstance(step, int) and type(node) is SequenceNode and step < len(node.value):
+            key_node, node = None, node.value[step]
+        elif isinstance(step, str) and type(node) is MappingNode:
+            pair = (quiet.entries(node, "", "", "") or {}).get(step)
+            if pair is None:
+                break
+            key_node, node = pair
+        else:
+            break
+    return key_node, node
 
 
 def line_of(node: Node) -> int:
@@ -263,10 +274,9 @@ class Reader:
     """Reads a composed plan node by node, collecting problems and counting reads.
 
     Each accessor takes the node, the field path of its parent and its key or
-    index there (the path is only built when there is a problem to report),
-    and ``expected``: what the value should be, in words. On a problem it
-    records it and returns ``None``. Plain untagged scalars, by far the most
-    common nodes, take a short path.
+    index there (the path is only built when there is a problem to report).
+    ``expected`` says in words what :meth:`items` and :meth:`entries` want,
+    for the problem when the node is of another kind.
     """
 
     def __init__(self, source: str) -> None:
@@ -284,40 +294,38 @@ class Reader:
             stop = f"stopped after {MAX_PROBLEMS} problems; fix these first"
             raise PlanError([*self.problems, Problem(self.source, None, "", stop)])
 
-    def text(self, node: Node, parent: str, key: str | int, expected: str) -> str | None:
-        """A scalar's text exactly as written; null, a list or a mapping is a problem."""
+    def data(self, node: Node, parent: str = "", key: str | int = "", depth: int = 0) -> Data:
+        """The value of ``node`` as plain data: texts as written, nulls as None.
+
+        Problems (tags, keys, merges) are recorded; what they concern is left
+        out (None for a value, no entry for a key). Past :data:`MAX_DEPTH` a
+        list or mapping reads as None: a plan's schema refuses nesting long
+        before that depth, at the level where it goes wrong.
+        """
+        if type(node) is ScalarNode:
+            return self.value(node, parent, key)
+        if depth >= MAX_DEPTH:
+            return None
+        path = join(parent, key)
+        if type(node) is SequenceNode:
+            items = self.items(node, parent, key, "a list")
+            return [self.data(item, path, i, depth + 1) for i, item in enumerate(items or ())]
+        entries = self.entries(node, parent, key, "a mapping") or {}
+        return {name: self.data(pair[1], path, name, depth + 1) for name, pair in entries.items()}
+
+    def value(self, node: Node, parent: str, key: str | int) -> str | None:
+        """A scalar's text exactly as written, or None for a null or a bad tag."""
         self._reads += 1
         if self._reads > MAX_NODES:
             self._too_many()
-        if type(node) is ScalarNode and node.tag == _PLAIN:
+        tag = node.tag
+        if tag == _PLAIN:
             text: str = node.value
-            if text not in NULL_TEXTS:
-                return text
-        return self._text(node, parent, key, expected)
-
-    def texts(self, nodes: list[Node], parent: str, expected: str) -> list[str | None]:
-        """:meth:`text` of each of ``nodes``, items of the list at ``parent``."""
-        self._reads += len(nodes)
-        if self._reads > MAX_NODES:
-            self._too_many()
-        texts: list[str | None] = []
-        for node in nodes:
-            if type(node) is ScalarNode and node.tag == _PLAIN and node.value not in NULL_TEXTS:
-                texts.append(node.value)
-            else:
-                texts.append(self._text(node, parent, len(texts), expected))
-        return texts
-
-    def _text(self, node: Node, parent: str, key: str | int, expected: str) -> str | None:
-        if type(node) is ScalarNode:
-            tag = node.tag
-            if tag not in _TEXT_TAGS:
-                self._bad_tag(node, parent, key)
-                return None
-            if tag != _NULL and (tag != _PLAIN or node.value not in NULL_TEXTS):
-                return str(node.value)
-        self.problem(line_of(node), join(parent, key), f"expected {expected}, got {kind(node)}")
-        return None
+            return None if text in NULL_TEXTS else text
+        if tag not in _TEXT_TAGS:
+            self._bad_tag(node, parent, key)
+            return None
+        return None if tag == _NULL else str(node.value)
 
     def items(self, node: Node, parent: str, key: str | int, expected: str) -> list[Node] | None:
         """A list's items (not read yet: read each with :meth:`text` or :meth:`texts`)."""

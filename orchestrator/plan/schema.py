@@ -1,17 +1,19 @@
-"""The JSON Schema of a plan (draft 2020-12), for editors and other tools.
+"""The JSON Schema of a plan (draft 2020-12): the one place the plan's rules are written.
 
-:func:`plan_schema` describes the same format :mod:`orchestrator.plan.validate`
-accepts, as far as a JSON Schema can. It is written for the way an editor
-sees a plan: the yaml-language-server (VS Code, Neovim, Helix...) reads YAML
-1.2 and types plain scalars, so ``server: 0014`` reaches the schema as the
-integer 14 while the loader reads the text ``"0014"``. Fields the loader reads
-as digits therefore accept an integer as well as a string, and a string that
-spells a number is held to the loader's exact rules (range included).
+:func:`plan_schema` is what ``orchestrator validate`` checks a plan against
+(:mod:`orchestrator.plan.validate`, which adds only what a schema cannot say),
+and what editors read. It is written for the way an editor sees a plan too:
+the yaml-language-server (VS Code, Neovim, Helix...) reads YAML 1.2 and types
+plain scalars, so ``server: 0014`` reaches the schema as the integer 14, while
+orchestrator's loader hands it the text ``"0014"``. Fields read as digits
+therefore accept an integer as well as a string, and a string that spells a
+number is held to the exact rules (range included) by its pattern.
 
-What a schema cannot check is listed in the top-level description: the loader
-remains the judge, and ``orchestrator validate`` its voice. A copy of the
-schema is kept in ``docs/plan-v1.schema.json``; plans point at it with a first
-line ``# yaml-language-server: $schema=../docs/plan-v1.schema.json``.
+Each part's ``title`` names what is expected, in the words problems use
+("expected a campaign id (1 to 20 digits), got '1:20'"). What a schema cannot
+check is listed in the top-level description. ``docs/plan-v1.schema.json`` is
+generated from this module (``orchestrator schema``); plans point at it with
+a first line ``# yaml-language-server: $schema=../docs/plan-v1.schema.json``.
 
 Every ``pattern`` is written ``^(?:...)$`` in the common subset of ECMA-262
 (what JSON Schema specifies) and Python regular expressions.
@@ -33,9 +35,24 @@ from orchestrator.plan.model import (
     RESULT_FILTERS,
     OnFailure,
 )
-from orchestrator.plan.validate import ALL_RESULTS, MAX_SECONDS, PLAN_VERSION
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "plan_schema", "render_schema"]
+__all__ = [
+    "ALL_RESULTS",
+    "MAX_SECONDS",
+    "PLAN_VERSION",
+    "SCHEMA_FILE",
+    "SCHEMA_ID",
+    "plan_schema",
+    "render_schema",
+]
+
+PLAN_VERSION: Final = "1"
+
+#: The longest timeout_s and cooldown_s, in seconds.
+MAX_SECONDS: Final = 3600.0
+
+#: The ``results`` text meaning "no filter: every record of the campaign".
+ALL_RESULTS: Final = "all"
 
 #: Where the schema says it lives.
 SCHEMA_ID: Final = "https://github.com/orchestrator/orchestrator/plan-v1.schema.json"
@@ -106,10 +123,17 @@ _MAX_CAMPAIGN_ID = 10**20 - 1
 
 
 def _text_or_integer(
-    description: str, pattern: str, maximum: int, *, minimum: int = 0, default: object = None
+    title: str,
+    description: str,
+    pattern: str,
+    maximum: int,
+    *,
+    minimum: int = 0,
+    default: object = None,
 ) -> Schema:
     """A value the loader reads as digits: the text, or the integer an editor sees."""
     schema: Schema = {
+        "title": title,
         "description": description,
         "anyOf": [
             {"type": "string", "pattern": pattern},
@@ -124,7 +148,9 @@ def _text_or_integer(
 def _seconds(description: str, pattern: str, *, allow_zero: bool, default: float) -> Schema:
     number: Schema = {"type": "number", "maximum": _number(MAX_SECONDS)}
     number |= {"minimum": 0} if allow_zero else {"exclusiveMinimum": 0}
+    low = "from 0 to" if allow_zero else "above 0 and at most"
     return {
+        "title": f"a number of seconds {low} {MAX_SECONDS:g}",
         "description": description,
         "anyOf": [{"type": "string", "pattern": pattern}, number],
         "default": _number(default),
@@ -140,7 +166,9 @@ _ANY_TEXT = "any text (a number or true/false is read as the text written)"
 
 
 def _campaign_id(description: str) -> Schema:
-    return _text_or_integer(description, CAMPAIGN_ID_PATTERN, _MAX_CAMPAIGN_ID)
+    return _text_or_integer(
+        "a campaign id (1 to 20 digits)", description, CAMPAIGN_ID_PATTERN, _MAX_CAMPAIGN_ID
+    )
 
 
 # --- the parts of a plan ------------------------------------------------------------
@@ -148,11 +176,13 @@ def _campaign_id(description: str) -> Schema:
 
 def _settings() -> Schema:
     return {
+        "title": "a mapping of settings",
         "description": "Run-wide settings. Every key is optional.",
         "type": "object",
         "additionalProperties": False,
         "properties": {
             "max_parallel_tokens": _text_or_integer(
+                "a whole number from 1 to 10000",
                 "How many tokens (lanes) run at once: a whole number from 1 to 10000.",
                 MAX_PARALLEL_PATTERN,
                 10_000,
@@ -168,6 +198,7 @@ def _settings() -> Schema:
                 default=DEFAULT_COOLDOWN_S,
             ),
             "base_url": {
+                "title": "a URL",
                 "description": (
                     "URL template of the wolkvox API; {server} is replaced by each clear's "
                     "server (anywhere in the URL, or nowhere). https, or http to a loopback "
@@ -181,6 +212,7 @@ def _settings() -> Schema:
                 "examples": [DEFAULT_BASE_URL, "http://127.0.0.1:8080/wv{server}"],
             },
             "protect": {
+                "title": "a list of campaign ids",
                 "description": (
                     "Campaign ids no clear may touch, on any server, of any type: a plan "
                     "that clears one is refused. Compared ignoring leading zeros. (Checked "
@@ -190,6 +222,7 @@ def _settings() -> Schema:
                 "items": _campaign_id("A protected campaign id: 1 to 20 digits."),
             },
             "lock_url": {
+                "title": "a URL",
                 "description": (
                     "redis:// or rediss:// URL of the shared token locks, for runs on "
                     "several hosts; without it, token locks are local files."
@@ -207,6 +240,7 @@ def _campaign_fields() -> dict[str, Schema]:
     filters = list(RESULT_FILTERS)
     return {
         "results": {
+            "title": f"{ALL_RESULTS!r} or a list of result filters",
             "description": (
                 f"Which records to delete: {ALL_RESULTS!r} (one call without a filter: "
                 "every record of the campaign), or a list of result filters (one call "
@@ -224,6 +258,7 @@ def _campaign_fields() -> dict[str, Schema]:
                     "minItems": 1,
                     "uniqueItems": True,
                     "items": {
+                        "title": "a result filter",
                         "description": "A wolkvox result filter.",
                         "enum": filters,
                     },
@@ -232,10 +267,12 @@ def _campaign_fields() -> dict[str, Schema]:
             "examples": [ALL_RESULTS, ["no-answer", "busy", "abandon"]],
         },
         "type_campaign": {
+            "title": "a campaign type",
             "description": "The wolkvox campaign type. Required here or in defaults.",
             "enum": list(CAMPAIGN_TYPES),
         },
         "server": {
+            "title": "a server (1 to 32 letters and digits)",
             "description": (
                 "The wolkvox server code, e.g. 0014: 1 to 32 letters and digits, sent "
                 "exactly as written (leading zeros kept). Required here or in defaults."
@@ -248,6 +285,7 @@ def _campaign_fields() -> dict[str, Schema]:
             "examples": ["0014"],
         },
         "token_env": {
+            "title": "an environment variable name",
             "description": (
                 "Name of the environment variable holding the token, read when a run "
                 "starts. Exactly one token source (token_env or token_file) per "
@@ -258,6 +296,7 @@ def _campaign_fields() -> dict[str, Schema]:
             "examples": ["WOLKVOX_TOKEN"],
         },
         "token_file": {
+            "title": "a file path",
             "description": (
                 "File holding the token (a mounted secret, say), relative to the plan "
                 "file's directory; ~ is not expanded. Exactly one token source "
@@ -270,6 +309,7 @@ def _campaign_fields() -> dict[str, Schema]:
             ],
         },
         "on_failure": {
+            "title": "an on_failure action",
             "description": (
                 "What the lane does after this campaign's clear fails: stop (skip the "
                 "rest of this token's clears), continue (go on with them) or abort "
@@ -287,6 +327,7 @@ def _campaign_fields() -> dict[str, Schema]:
             default=DEFAULT_TIMEOUT_S,
         ),
         "retries": _text_or_integer(
+            "a whole number from 0 to 10",
             "Further attempts after a retryable answer (timeout, 5xx, 429, token busy): "
             "a whole number from 0 to 10. Each attempt spends one call of the token's "
             "daily quota.",
@@ -295,12 +336,14 @@ def _campaign_fields() -> dict[str, Schema]:
             default=DEFAULT_RETRIES,
         ),
         "tags": {
+            "title": "a list of tags",
             "description": (
                 "Labels for --tag (run or validate only campaigns carrying a tag). A "
                 "campaign's tags replace the defaults' tags."
             ),
             "type": "array",
             "items": {
+                "title": "a tag",
                 "description": f"A tag: {_ANY_TEXT}, not empty.",
                 "anyOf": [{"type": "string", "minLength": 1}, {"type": ["number", "boolean"]}],
             },
@@ -310,7 +353,8 @@ def _campaign_fields() -> dict[str, Schema]:
 
 
 def _one_token_source() -> Schema:
-    return {"not": {"required": ["token_env", "token_file"]}}
+    # Only where token_env is written: "not required" alone would refuse a null.
+    return {"dependentSchemas": {"token_env": {"not": {"required": ["token_file"]}}}}
 
 
 def _has(key: str) -> Schema:
@@ -336,8 +380,8 @@ def _required_here_or_in_defaults() -> list[Schema]:
 
 _CANNOT_CHECK = (
     "What this schema cannot check, and `orchestrator validate` does: the same "
-    "clear twice (same server, type_campaign, campaign_id and result, or 'all' "
-    "beside a filter) across campaign entries; settings.protect against the "
+    "clear twice (same server, type_campaign, campaign_id ignoring leading zeros "
+    "and result, or 'all' beside a filter) across campaign entries; settings.protect against the "
     f"campaign ids; at most {MAX_CLEARS} clears after expansion; duplicate keys, "
     "non-standard tags, a second YAML document; numbers spelled other than plain "
     "digits (+5, 0x1F, 0o17, 1e3, .5, 3.0) where an editor reads them as numbers; "
@@ -349,6 +393,7 @@ def plan_schema() -> dict[str, object]:
     """The JSON Schema (draft 2020-12) of a version 1 plan, as a fresh dict."""
     fields = _campaign_fields()
     defaults: Schema = {
+        "title": "a mapping of campaign fields",
         "description": (
             "Any campaign field except campaign_id; each campaign starts from these and "
             "a field it writes replaces the default entirely (lists are not merged)."
@@ -359,6 +404,7 @@ def plan_schema() -> dict[str, object]:
         **_one_token_source(),
     }
     campaign: Schema = {
+        "title": "a campaign (a mapping)",
         "description": (
             "One campaign to clear: one call per result filter, or one for 'all'. "
             "Needs campaign_id, and results, type_campaign, server and a token source "
@@ -390,12 +436,14 @@ def plan_schema() -> dict[str, object]:
         "required": ["version", "campaigns"],
         "properties": {
             "version": {
+                "title": f"version {PLAN_VERSION}",
                 "description": "The plan format version: 1.",
                 "enum": [int(PLAN_VERSION), PLAN_VERSION],
             },
             "settings": _settings(),
             "defaults": defaults,
             "campaigns": {
+                "title": "a list of campaigns",
                 "description": "The campaigns to clear, in order; at least one.",
                 "type": "array",
                 "minItems": 1,

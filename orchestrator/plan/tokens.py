@@ -7,13 +7,16 @@ one token twice at once, whatever it is called in the plan.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
-from pathlib import Path
 
 from orchestrator.errors import PlanError, Problem
 from orchestrator.plan.model import Clear, Lane, Plan, Secret, TokenRef
 
 Keyring = Mapping[TokenRef, Secret]
+
+#: The most bytes read from a token file; a longer file is refused.
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[TokenRef, Secret]:
@@ -86,17 +89,51 @@ def _read(ref: TokenRef, env: Mapping[str, str]) -> tuple[str, str | None]:
             return "", f"environment variable {ref.name} is not set"
         value, what = env[ref.name].strip(), f"environment variable {ref.name}"
     else:
+        what = f"token file {ref.name}"
         try:
-            value = Path(ref.name).read_text(encoding="utf-8").strip()
-            what = f"token file {ref.name}"
+            text, refused = _read_token_file(ref.name)
         except (OSError, UnicodeDecodeError) as exc:
-            return "", f"token file {ref.name} cannot be read ({_os_reason(exc)})"
+            return "", f"{what} cannot be read ({_os_reason(exc)})"
+        if refused is not None:
+            return "", f"{what} {refused}"
+        value = text.strip()
     if not value:
         return "", f"{what} is empty"
     if not value.isprintable() or any(ch.isspace() for ch in value):
         # A header value with spaces or control characters is malformed or an injection.
         return "", f"{what} holds spaces or control characters"
     return value, None
+
+
+def _read_token_file(path: str) -> tuple[str, str | None]:
+    """(text, None) of a regular file of at most :data:`MAX_TOKEN_FILE_BYTES`, else ("", why).
+
+    Opened without blocking: a FIFO with no writer would otherwise hang the
+    open, and a device such as /dev/zero never ends.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return "", f"is {_file_kind(mode)}, not a regular file"
+        data = os.read(fd, MAX_TOKEN_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        return "", f"is larger than {MAX_TOKEN_FILE_BYTES} bytes: not a token"
+    return data.decode("utf-8"), None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 def _os_reason(exc: Exception) -> str:

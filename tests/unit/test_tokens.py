@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 from fakes import make_clear
+from sim_thread import running_simulator
 
+from orchestrator.cli import main
 from orchestrator.errors import PlanError
 from orchestrator.plan.model import Plan, Settings, TokenRef
 from orchestrator.plan.tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
@@ -95,3 +98,73 @@ def test_a_secret_never_shows_its_value() -> None:
     secret = keyring[MAIN]
     assert "topsecret" not in repr(secret) + str(secret) + repr(keyring)
     assert secret.token_id == hashlib.sha256(b"topsecret").hexdigest()[:12]
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_token_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    # Nobody ever writes to this FIFO: opening it for reading blocks unless told not to.
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(PlanError) as caught:
+        read_tokens(plan_of(TokenRef("file", str(fifo))), {})
+    assert str(caught.value) == (
+        f"plan.yaml:11: token file {fifo} is a FIFO (named pipe), not a regular file "
+        "(campaign 3001)"
+    )
+
+
+@pytest.mark.timeout(10)
+def test_a_device_token_file_is_refused_without_reading_it() -> None:
+    with pytest.raises(PlanError, match="token file /dev/zero is a device, not a regular file"):
+        read_tokens(plan_of(TokenRef("file", "/dev/zero")), {})
+
+
+def test_a_directory_as_token_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="is a directory, not a regular file"):
+        read_tokens(plan_of(TokenRef("file", str(tmp_path))), {})
+
+
+def test_a_token_file_larger_than_4_kib_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "big").write_text("a" * 4097)
+    (tmp_path / "fits").write_text("a" * 4095 + "\n")
+    with pytest.raises(PlanError, match="is larger than 4096 bytes: not a token"):
+        read_tokens(plan_of(TokenRef("file", str(tmp_path / "big"))), {})
+    keyring = read_tokens(plan_of(TokenRef("file", str(tmp_path / "fits"))), {})
+    assert len(next(iter(keyring.values())).reveal()) == 4095
+
+
+def test_validate_warns_about_a_fifo_token_file_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo)
+    assert missing_tokens(plan_of(TokenRef("file", str(fifo))), {}) == [
+        f"plan.yaml:11: warning: token file {fifo} is a FIFO (named pipe), not a regular file"
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_a_run_with_a_fifo_token_file_exits_2_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "state"))
+    with running_simulator(latency_ms=1) as sim:
+        code = main(
+            [
+                "clear",
+                "--server",
+                "0014",
+                "--type-campaign",
+                "predictive",
+                "--campaign-id",
+                "0777",
+                "--token-file",
+                str(fifo),
+                "--yes",
+                "--base-url",
+                sim.base_url,
+            ]
+        )
+        assert code == 2
+        assert "is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+        assert sim.simulator.stats()["total_calls"] == 0

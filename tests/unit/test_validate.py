@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import jsonschema_rs
 import pytest
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import validate
 from orchestrator.plan.model import RESULT_FILTERS, Clear, OnFailure, Plan, Settings, TokenRef
+from orchestrator.plan.schema import plan_schema
 from orchestrator.plan.validate import check_base_url, load_plan, parse_plan
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
@@ -621,6 +624,21 @@ def test_all_beside_a_filter_is_a_duplicate(first: str, second: str) -> None:
     ]
 
 
+def test_one_campaign_written_with_and_without_leading_zeros_is_a_duplicate() -> None:
+    # The identity settings.protect uses: wolkvox may read 03001 as 3001.
+    text = campaigns("campaign_id: 3001, results: all", "campaign_id: 03001, results: all")
+    assert problems(text) == [
+        "p.yaml:5: campaigns[1].results: duplicate clear: campaign '03001' on server '0014' "
+        "(predictive), result 'all', is already cleared by campaigns[0] at line 4, "
+        "written '3001'"
+    ]
+
+
+def test_leading_zeros_are_still_sent_as_written() -> None:
+    plan = parse(campaigns("campaign_id: 03001, results: [busy]", "campaign_id: 7, results: all"))
+    assert [c.campaign_id for c in plan.clears] == ["03001", "7"]
+
+
 def test_other_filters_servers_or_types_of_one_campaign_id_are_no_duplicates() -> None:
     plan = parse(
         campaigns(
@@ -694,6 +712,49 @@ def test_a_recursive_alias_is_refused_without_hanging() -> None:
     assert problems("version: 1\ncampaigns: &c [*c]\n") == [
         "p.yaml:2: campaigns[0]: expected a campaign (a mapping), got a list"
     ]
+
+
+# --- the schema is the rule book ------------------------------------------------
+
+
+def test_validation_follows_the_schema_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rules are written once, in schema.py: change them there and validate follows.
+    stricter = plan_schema()
+    retries: Any = stricter["properties"]["defaults"]["properties"]["retries"]
+    retries["anyOf"][0]["pattern"] = "^(?:[0-2])$"
+    retries["title"] = "a whole number from 0 to 2"
+    monkeypatch.setattr(validate, "_validator", lambda: jsonschema_rs.validator_for(stricter))
+    monkeypatch.setattr(validate, "plan_schema", lambda: stricter)
+    text = (
+        HEADER.replace("defaults: {", "defaults: {retries: 3, ")
+        + "  - {campaign_id: 1, results: all}\n"
+    )
+    assert problems(text) == [
+        "p.yaml:2: defaults.retries: expected a whole number from 0 to 2, got '3'"
+    ]
+    monkeypatch.undo()
+    assert parse(text).clears[0].retries == 3
+
+
+def test_a_null_defaults_is_told_once_not_also_both_token_sources() -> None:
+    # The token rule applies where token_env is written, so null is only "not a mapping".
+    text = "version: 1\ndefaults: ~\ncampaigns: [{campaign_id: 1}]\n"
+    assert "p.yaml:2: defaults: expected a mapping of campaign fields, got null" in problems(text)
+    assert not any("not both" in problem for problem in problems(text))
+
+
+def test_every_schema_error_names_a_line() -> None:
+    text = (
+        "version: 2\nsettings: {max_parallel_tokens: 0, bogus: 1}\n"
+        "defaults: {retries: x, tags: [~]}\ncampaigns:\n"
+        "  - {campaign_id: '', results: [all, busy, busy], token_env: 1X, token_file: a}\n"
+        "  - 7\n"
+    )
+    found = problems(text)
+    assert len(found) >= 8
+    assert all(
+        problem.startswith("p.yaml:") and problem.split(":")[1].isdigit() for problem in found
+    )
 
 
 # --- whole-file problems ---------------------------------------------------------
