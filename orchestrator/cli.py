@@ -12,15 +12,18 @@ import contextlib
 import dataclasses
 import functools
 import json
+import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 import anyio
 
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
 from orchestrator.output.views import render_confirmation, render_schedule
+from orchestrator.plan import reviewed
 from orchestrator.plan.model import Lane, Plan
 from orchestrator.plan.one_off import plan_from_options
 from orchestrator.plan.schema import render_schema
@@ -29,7 +32,7 @@ from orchestrator.plan.validate import load_plan
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
-from orchestrator.run.prepare import LATEST, RunOptions, prepare
+from orchestrator.run.prepare import LATEST, Prepared, RunOptions, prepare
 from orchestrator.state.journal import Journal, resolve_state_dir
 from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
 from orchestrator.wolkvox.simulator import SimulatorConfig, serve
@@ -95,7 +98,23 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
     )
     _add_run_options(run)
+    run.add_argument(
+        "--save",
+        metavar="PATH",
+        help="with --dry-run: save the exact clears to PATH, for `orchestrator apply`",
+    )
     run.set_defaults(handler=_run)
+
+    apply = commands.add_parser(
+        "apply",
+        help="send exactly the clears a reviewed file saved (run --dry-run --save)",
+        description="Send exactly the clears saved by `orchestrator run PLAN --dry-run --save "
+        "PATH`, after checking that nothing they depend on changed since: the file, the plan "
+        "it came from, the base URL, the tokens. Any change: exit 2, nothing sent.",
+    )
+    apply.add_argument("reviewed", metavar="REVIEWED", help="path of the reviewed file")
+    _add_apply_options(apply)
+    apply.set_defaults(handler=_apply, dry_run=False, max_clears=None, resume=None)
 
     clear = commands.add_parser(
         "clear", help="clear one campaign now, without a plan file (for runbooks)"
@@ -117,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
     clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
     _add_run_options(clear)
-    clear.set_defaults(handler=_clear, resume=None)
+    clear.set_defaults(handler=_clear, resume=None, save=None)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -276,6 +295,33 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_state_dir(parser)
 
 
+def _add_apply_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``run`` that keep their meaning for a reviewed file."""
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--base-url", help="refuse unless the reviewed clears go to this URL template"
+    )
+    parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="JSON lines, or a readable rendering (auto: console on a terminal)",
+    )
+    parser.add_argument(
+        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
+    )
+    parser.add_argument(
+        "--metrics-file", metavar="PATH", help="write Prometheus metrics of the run to PATH"
+    )
+    parser.add_argument(
+        "--check-quota",
+        action="store_true",
+        help="before clearing, refuse to start when a token lacks the calls its lane may need",
+    )
+    _add_state_dir(parser)
+
+
 def _add_tag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tag",
@@ -308,14 +354,56 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _execute(_load(args.plan, args.tag), args)
+    if args.save and not args.dry_run:
+        raise UsageError("--save needs --dry-run: it saves what a dry run shows, for review")
+    if args.save and args.resume:
+        raise UsageError("--save cannot be used with --resume: a reviewed plan starts a new run")
+    plan = _load(args.plan, args.tag)
+    if not args.save:
+        return _execute(plan, args)
+    try:
+        plan_sha256 = reviewed.file_sha256(args.plan)
+    except OSError as exc:
+        raise UsageError(f"--save: cannot read {args.plan} ({exc.strerror or exc})") from exc
+
+    def save(prepared: Prepared) -> None:
+        reviewed.save_reviewed(
+            args.save,
+            plan=prepared.plan,
+            lanes=prepared.lanes,
+            base_url=prepared.base_url,
+            simulated=args.simulate,
+            plan_path=str(Path(args.plan).resolve()),
+            plan_sha256=plan_sha256,
+            tags=args.tag,
+        )
+        _say(f"saved the clears for review to {args.save}; send exactly them with:")
+        _say(f"  orchestrator apply {shlex.quote(args.save)}")
+
+    return _execute(plan, args, checked=save)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    review = reviewed.load_reviewed(args.reviewed)
+    for note in reviewed.check_current(review, base_url=args.base_url):
+        _say(note)
+    options = argparse.Namespace(**vars(args) | {"simulate": review.simulated, "base_url": None})
+    try:
+        return _execute(
+            review.plan, options, checked=lambda p: reviewed.check_prepared(review, p.lanes)
+        )
+    except PlanError as exc:  # only the tokens are read from a reviewed plan
+        raise reviewed.token_problem(review, [p.message for p in exc.problems]) from exc
 
 
 def _clear(args: argparse.Namespace) -> int:
     return _execute(plan_from_options(args), args)
 
 
-def _execute(plan: Plan, args: argparse.Namespace) -> int:
+def _execute(
+    plan: Plan, args: argparse.Namespace, *, checked: Callable[[Prepared], None] | None = None
+) -> int:
+    """Prepare the run, call ``checked`` with it (a refusal there sends nothing), run it."""
     options = RunOptions(
         dry_run=args.dry_run,
         base_url=args.base_url,
@@ -330,6 +418,8 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
         check_quota=args.check_quota,
     )
     with prepare(plan, options, say=_say) as prepared:
+        if checked is not None:
+            checked(prepared)
         if not (args.dry_run or args.yes):
             _confirm(prepared.lanes)
         return anyio.run(functools.partial(perform, prepared, say=_say))

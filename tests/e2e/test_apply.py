@@ -1,0 +1,232 @@
+"""Reviewed plans end to end: ``run --dry-run --save``, then ``apply`` against the simulator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sim_thread import ThreadedSimulator, running_simulator
+
+from orchestrator.cli import main
+from orchestrator.plan.model import token_fingerprint
+from orchestrator.state.journal import Journal
+
+TOKEN_A = "tok-apply-a-0123456789"
+TOKEN_B = "tok-apply-b-9876543210"
+
+PLAN = """\
+version: 1
+settings:
+  base_url: "{base_url}"
+  cooldown_s: 0
+defaults:
+  server: 0014
+  token_env: T_A
+  type_campaign: predictive
+campaigns:
+  - campaign_id: 3001
+    results: [no-answer, busy, abandon]
+  - campaign_id: 3002
+    type_campaign: preview
+    results: [answer]
+  - campaign_id: 4001
+    server: 0038
+    token_env: T_B
+    results: [failed, busy]
+    on_failure: continue
+"""
+
+
+@pytest.fixture
+def sim() -> Iterator[ThreadedSimulator]:
+    with running_simulator(latency_ms=1) as sim:
+        yield sim
+
+
+@pytest.fixture
+def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("T_A", TOKEN_A)
+    monkeypatch.setenv("T_B", TOKEN_B)
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def plan(sim: ThreadedSimulator, tmp_path: Path) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN.format(base_url=sim.base_url))
+    return path
+
+
+def save(plan: Path, tmp_path: Path) -> Path:
+    reviewed = tmp_path / "reviewed.json"
+    code = main(["run", str(plan), "--dry-run", "--save", str(reviewed), "--log-format", "json"])
+    assert code == 0
+    return reviewed
+
+
+def sent(sim: ThreadedSimulator) -> list[tuple[str, str | None, str | None, str | None]]:
+    """Every clear_campaign call the simulator saw, in arrival order."""
+    calls = sorted(sim.simulator.calls, key=lambda c: c.arrived)
+    return [
+        (c.token_id, c.server, c.campaign_id, c.result) for c in calls if c.api == "clear_campaign"
+    ]
+
+
+def apply(reviewed: Path, *options: str) -> int:
+    return main(["apply", str(reviewed), "--yes", "--log-format", "json", *options])
+
+
+def runs_in(state: Path) -> int:
+    if not (state / "journal.sqlite3").exists():
+        return 0
+    with Journal.open(state) as journal:
+        return len(journal.runs(100))
+
+
+def test_apply_sends_exactly_the_saved_clears_lane_by_lane_in_order(
+    sim: ThreadedSimulator, state: Path, plan: Path, tmp_path: Path
+) -> None:
+    reviewed = save(plan, tmp_path)
+    assert sent(sim) == []  # saving is a dry run
+    report = tmp_path / "report.json"
+    assert apply(reviewed, "--report", str(report)) == 0
+    document = json.loads(reviewed.read_text())
+    by_seq = {c["seq"]: c for c in document["clears"]}
+    tokens = {"env:T_A": token_fingerprint(TOKEN_A), "env:T_B": token_fingerprint(TOKEN_B)}
+    calls = sent(sim)
+    for lane in document["lanes"]:
+        (token,) = lane["tokens"]
+        expected = [
+            (tokens[token], by_seq[s]["server"], by_seq[s]["campaign_id"], by_seq[s]["result"])
+            for s in lane["seqs"]
+        ]
+        assert [call for call in calls if call[0] == tokens[token]] == expected
+    assert len(calls) == len(document["clears"]) == 6
+    assert json.loads(report.read_text())["exit_code"] == 0
+    with Journal.open(state) as journal:
+        (run,) = journal.runs(10)
+    assert run.plan == str(reviewed) and run.exit_code == 0
+
+
+def test_the_saved_file_holds_token_references_never_their_values(
+    sim: ThreadedSimulator, state: Path, plan: Path, tmp_path: Path
+) -> None:
+    text = save(plan, tmp_path).read_text()
+    for value in (TOKEN_A, TOKEN_B):
+        assert value not in text and token_fingerprint(value) not in text
+    assert '"env:T_A"' in text and '"env:T_B"' in text
+
+
+def test_an_edited_file_is_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    reviewed.write_text(reviewed.read_text().replace('"3002"', '"3009"'))
+    assert apply(reviewed) == 2
+    assert "changed after it was saved" in capsys.readouterr().err
+    assert sent(sim) == [] and runs_in(state) == 0
+
+
+def test_a_plan_changed_since_the_review_is_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    plan.write_text(plan.read_text() + "  - campaign_id: 5001\n    results: all\n")
+    assert apply(reviewed) == 2
+    assert f"saved from {plan}" in capsys.readouterr().err
+    assert sent(sim) == [] and runs_in(state) == 0
+
+
+def test_a_token_that_cannot_be_read_is_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    monkeypatch.delenv("T_B")
+    assert apply(reviewed) == 2
+    err = capsys.readouterr().err
+    assert "environment variable T_B is not set (campaign 4001)" in err
+    assert "nothing was sent" in err
+    assert sent(sim) == [] and runs_in(state) == 0
+
+
+def test_a_different_base_url_is_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    other = sim.base_url.replace("127.0.0.1", "localhost")
+    assert apply(reviewed, "--base-url", other) == 2
+    assert f"--base-url says {other}" in capsys.readouterr().err
+    assert sent(sim) == [] and runs_in(state) == 0
+
+
+def test_tokens_that_now_share_one_value_are_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    monkeypatch.setenv("T_B", TOKEN_A)
+    assert apply(reviewed) == 2
+    assert "other lanes than the tokens read now make" in capsys.readouterr().err
+    assert sent(sim) == [] and runs_in(state) == 0
+
+
+def test_a_plan_that_is_gone_is_applied_as_reviewed(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    plan.unlink()
+    assert apply(reviewed) == 0
+    assert f"the plan {plan} is gone" in capsys.readouterr().err
+    assert len(sent(sim)) == 6
+
+
+def test_save_without_dry_run_is_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator, state: Path, plan: Path, tmp_path: Path
+) -> None:
+    reviewed = tmp_path / "reviewed.json"
+    assert main(["run", str(plan), "--yes", "--save", str(reviewed)]) == 2
+    assert not reviewed.exists() and sent(sim) == [] and runs_in(state) == 0
+
+
+def test_a_tag_selection_is_saved_with_the_seqs_of_the_plan(
+    sim: ThreadedSimulator, state: Path, plan: Path, tmp_path: Path
+) -> None:
+    plan.write_text(
+        plan.read_text().replace("results: [answer]", "results: [answer]\n    tags: [x]")
+    )
+    reviewed = tmp_path / "reviewed.json"
+    argv = ["run", str(plan), "--dry-run", "--tag", "x", "--save", str(reviewed)]
+    assert main([*argv, "--log-format", "json"]) == 0
+    document = json.loads(reviewed.read_text())
+    assert [c["seq"] for c in document["clears"]] == [4]
+    assert document["plan"]["tags"] == ["x"]
+    assert apply(reviewed) == 0
+    assert [call[2:] for call in sent(sim)] == [("3002", "answer")]
