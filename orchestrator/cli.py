@@ -354,17 +354,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.save and not args.dry_run:
-        raise UsageError("--save needs --dry-run: it saves what a dry run shows, for review")
-    if args.save and args.resume:
-        raise UsageError("--save cannot be used with --resume: a reviewed plan starts a new run")
-    plan = _load(args.plan, args.tag)
-    if not args.save:
-        return _execute(plan, args)
-    try:
-        plan_sha256 = reviewed.file_sha256(args.plan)
-    except OSError as exc:
-        raise UsageError(f"--save: cannot read {args.plan} ({exc.strerror or exc})") from exc
+    if args.save:
+        return _save(args)
+    return _execute(_load(args.plan, args.tag), args)
+
+
+def _save(args: argparse.Namespace) -> int:
+    """``run --dry-run --save PATH``: the dry run, its clears saved for ``apply``."""
+    reviewed.check_save(args.save, args.plan, dry_run=args.dry_run, resume=args.resume)
+    plan, plan_sha256 = reviewed.load_for_review(args.plan, lambda: _load(args.plan, args.tag))
 
     def save(prepared: Prepared) -> None:
         reviewed.save_reviewed(

@@ -23,8 +23,10 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -52,7 +54,18 @@ from orchestrator.plan.schema import (
 )
 from orchestrator.state.identity import plan_digest
 
-__all__ = ["FORMAT", "Reviewed", "check_prepared", "load_reviewed", "save_reviewed"]
+__all__ = [
+    "FORMAT",
+    "Reviewed",
+    "check_current",
+    "check_prepared",
+    "check_save",
+    "file_sha256",
+    "load_for_review",
+    "load_reviewed",
+    "save_reviewed",
+    "token_problem",
+]
 
 #: What the ``format`` field says; another value is refused.
 FORMAT: Final = "orchestrator-reviewed-plan/1"
@@ -227,6 +240,39 @@ def save_reviewed(
     return str(document["digest"])
 
 
+def check_save(save: str, plan_path: str, *, dry_run: bool, resume: str | None) -> None:
+    """Refuse a ``--save`` that cannot be done, before the dry run shows anything."""
+    if not dry_run:
+        raise UsageError("--save needs --dry-run: it saves what a dry run shows, for review")
+    if resume is not None:
+        raise UsageError("--save cannot be used with --resume: a reviewed plan starts a new run")
+    target = Path(save).resolve()
+    if target == Path(plan_path).resolve():
+        raise UsageError(f"--save: {save} is the plan itself; save the review elsewhere")
+    if target.is_dir() or not (target.parent.is_dir() and os.access(target.parent, os.W_OK)):
+        raise UsageError(f"--save: cannot write {save}")
+
+
+def load_for_review(plan_path: str, load: Callable[[], Plan]) -> tuple[Plan, str]:
+    """``load()`` the plan and the SHA-256 of the bytes it was loaded from.
+
+    The file is hashed before and after: one changed meanwhile is refused, so the
+    saved digest always belongs to the clears saved with it.
+    """
+    before = _plan_sha256(plan_path)
+    plan = load()
+    if _plan_sha256(plan_path) != before:
+        raise UsageError(f"--save: {plan_path} changed while it was read; nothing was saved")
+    return plan, before
+
+
+def _plan_sha256(path: str) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise UsageError(f"--save: cannot read {path} ({exc.strerror or exc})") from exc
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 (hex) of the bytes of the file at ``path``; raises :class:`OSError`."""
     with open(path, "rb") as handle:
@@ -259,9 +305,13 @@ def check_current(reviewed: Reviewed, *, base_url: str | None) -> list[str]:
             f"sends to {reviewed.base_url}, but --base-url says {base_url}; "
             "a different base URL needs a new review",
         )
+    notes = []
+    if reviewed.simulated:
+        notes.append(f"{reviewed.path} was saved with --simulate: applying it to the simulator")
     plan_path = reviewed.plan_path
     if not os.path.lexists(plan_path):
-        return [f"{reviewed.path}: the plan {plan_path} is gone; applying the clears as reviewed"]
+        gone = f"{reviewed.path}: the plan {plan_path} is gone; applying the clears as reviewed"
+        return [*notes, gone]
     try:
         now = file_sha256(plan_path)
     except OSError as exc:
@@ -274,7 +324,7 @@ def check_current(reviewed: Reviewed, *, base_url: str | None) -> list[str]:
             f"was saved from {plan_path} with SHA-256 {reviewed.plan_sha256[:12]}, "
             f"which is now {now[:12]}: the plan changed since the review; review it again",
         )
-    return []
+    return notes
 
 
 def check_prepared(reviewed: Reviewed, lanes: tuple[Lane, ...]) -> None:

@@ -230,3 +230,20 @@ def test_a_tag_selection_is_saved_with_the_seqs_of_the_plan(
     assert document["plan"]["tags"] == ["x"]
     assert apply(reviewed) == 0
     assert [call[2:] for call in sent(sim)] == [("3002", "answer")]
+
+
+def test_a_review_saved_with_simulate_is_applied_to_the_simulator_and_says_so(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("T_A")  # the built-in simulator needs no token
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN.format(base_url="https://wv{server}.wolkvox.com"))
+    reviewed = tmp_path / "reviewed.json"
+    argv = ["run", str(plan), "--simulate", "--dry-run", "--save", str(reviewed)]
+    assert main([*argv, "--log-format", "json"]) == 0
+    capsys.readouterr()
+    assert apply(reviewed) == 0
+    out, err = capsys.readouterr()
+    assert "saved with --simulate" in err
+    finished = json.loads(out.splitlines()[-1])
+    assert (finished["event"], finished["succeeded"]) == ("run.finished", 6)

@@ -15,7 +15,9 @@ from orchestrator.plan.reviewed import (
     _content_digest,
     check_current,
     check_prepared,
+    check_save,
     file_sha256,
+    load_for_review,
     load_reviewed,
     save_reviewed,
 )
@@ -224,3 +226,39 @@ def test_a_lock_url_with_a_password_keeps_the_file_private(plan_path: Path, tmp_
     save(plan_path, target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert load_reviewed(str(target)).plan.settings.lock_url == "redis://:pw@host"
+
+
+def test_saved_without_tokens_the_lanes_match_tokens_of_distinct_values(
+    plan_path: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "reviewed.json"
+    save(plan_path, target, env=None)  # the author's machine holds no token
+    review = load_reviewed(str(target))
+    check_prepared(review, build_lanes(review.plan.clears, read_tokens(review.plan, ENV)))
+
+
+def test_a_plan_changed_while_it_is_read_for_saving_is_refused(plan_path: Path) -> None:
+    def load_while_edited() -> Plan:
+        plan = load_plan(plan_path)
+        plan_path.write_text(PLAN.replace("3002", "3003"))
+        return plan
+
+    with pytest.raises(UsageError, match="changed while it was read"):
+        load_for_review(str(plan_path), load_while_edited)
+
+
+@pytest.mark.parametrize(
+    ("save_as", "dry_run", "resume", "why"),
+    [
+        ("reviewed.json", False, None, "--save needs --dry-run"),
+        ("reviewed.json", True, "latest", "cannot be used with --resume"),
+        ("plan.yaml", True, None, "is the plan itself"),
+        ("missing/reviewed.json", True, None, "cannot write"),
+        (".", True, None, "cannot write"),
+    ],
+)
+def test_a_save_that_cannot_be_done_is_refused_first(
+    plan_path: Path, save_as: str, dry_run: bool, resume: str | None, why: str
+) -> None:
+    with pytest.raises(UsageError, match=why):
+        check_save(str(plan_path.parent / save_as), str(plan_path), dry_run=dry_run, resume=resume)
