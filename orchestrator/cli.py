@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("reviewed", metavar="REVIEWED", help="path of the reviewed file")
     _add_apply_options(apply)
-    apply.set_defaults(handler=_apply, dry_run=False, max_clears=None, resume=None)
+    apply.set_defaults(handler=_apply)
 
     clear = commands.add_parser(
         "clear", help="clear one campaign now, without a plan file (for runbooks)"
@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
     clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
     _add_run_options(clear)
-    clear.set_defaults(handler=_clear, resume=None, save=None)
+    clear.set_defaults(handler=_clear, resume=None)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -385,7 +385,10 @@ def _apply(args: argparse.Namespace) -> int:
     review = reviewed.load_reviewed(args.reviewed)
     for note in reviewed.check_current(review, base_url=args.base_url):
         _say(note)
-    options = argparse.Namespace(**vars(args) | {"simulate": review.simulated, "base_url": None})
+    # Every other option of run at its default (no dry run, no resume), whatever run gains.
+    run_defaults = vars(_parser().parse_args(["run", args.reviewed]))
+    forced = {"simulate": review.simulated, "base_url": None}
+    options = argparse.Namespace(**run_defaults | vars(args) | forced)
     try:
         return _execute(
             review.plan, options, checked=lambda p: reviewed.check_prepared(review, p.lanes)

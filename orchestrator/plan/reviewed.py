@@ -19,10 +19,12 @@ the reviewers can write.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -274,8 +276,15 @@ def _plan_sha256(path: str) -> str:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of the bytes of the file at ``path``; raises :class:`OSError`."""
-    with open(path, "rb") as handle:
+    """SHA-256 (hex) of the regular file at ``path``; raises :class:`OSError`.
+
+    Opened without blocking and refused unless regular: a FIFO put where the plan
+    was would hang the open, and a device such as /dev/zero never ends.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 

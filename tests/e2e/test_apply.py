@@ -247,3 +247,16 @@ def test_a_review_saved_with_simulate_is_applied_to_the_simulator_and_says_so(
     assert "saved with --simulate" in err
     finished = json.loads(out.splitlines()[-1])
     assert (finished["event"], finished["succeeded"]) == ("run.finished", 6)
+
+
+def test_without_yes_and_without_a_terminal_apply_is_refused_and_nothing_is_sent(
+    sim: ThreadedSimulator,
+    state: Path,
+    plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reviewed = save(plan, tmp_path)
+    assert main(["apply", str(reviewed), "--log-format", "json"]) == 2
+    assert "pass --yes" in capsys.readouterr().err
+    assert sent(sim) == [] and runs_in(state) == 0

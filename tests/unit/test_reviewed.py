@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -262,3 +263,14 @@ def test_a_save_that_cannot_be_done_is_refused_first(
 ) -> None:
     with pytest.raises(UsageError, match=why):
         check_save(str(plan_path.parent / save_as), str(plan_path), dry_run=dry_run, resume=resume)
+
+
+def test_a_fifo_where_the_plan_was_is_refused_without_hanging(
+    plan_path: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "reviewed.json"
+    save(plan_path, target)
+    plan_path.unlink()
+    os.mkfifo(plan_path)
+    with pytest.raises(UsageError, match="not a regular file"):
+        check_current(load_reviewed(str(target)), base_url=None)
