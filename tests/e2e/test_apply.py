@@ -260,3 +260,22 @@ def test_without_yes_and_without_a_terminal_apply_is_refused_and_nothing_is_sent
     assert main(["apply", str(reviewed), "--log-format", "json"]) == 2
     assert "pass --yes" in capsys.readouterr().err
     assert sent(sim) == [] and runs_in(state) == 0
+
+
+def test_a_failed_apply_is_resumed_from_its_plan_sending_only_what_did_not_succeed(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotated = "tok-apply-c-5555555555"
+    with running_simulator(latency_ms=1, valid_tokens=frozenset({TOKEN_A, rotated})) as sim:
+        plan = tmp_path / "plan.yaml"
+        plan.write_text(PLAN.format(base_url=sim.base_url))
+        reviewed = save(plan, tmp_path)
+        assert apply(reviewed) == 1  # T_B's token is rejected
+        before = len(sent(sim))
+        monkeypatch.setenv("T_B", rotated)
+        assert main(["run", str(plan), "--resume", "--yes", "--log-format", "json"]) == 0
+        resent = sent(sim)[before:]
+    assert [call[0] for call in resent] == [token_fingerprint(rotated)] * 2
+    with Journal.open(state) as journal:
+        (run,) = journal.runs(10)
+    assert run.exit_code == 0
