@@ -36,24 +36,8 @@ import jsonschema_rs
 
 from orchestrator.errors import UsageError
 from orchestrator.output.atomic import FILE_MODE, write_text_atomically
-from orchestrator.plan.model import (
-    CAMPAIGN_TYPES,
-    MAX_CLEARS,
-    RESULT_FILTERS,
-    Clear,
-    Lane,
-    OnFailure,
-    Plan,
-    Settings,
-    TokenRef,
-)
-from orchestrator.plan.schema import (
-    BASE_URL_PATTERN,
-    CAMPAIGN_ID_PATTERN,
-    LOCK_URL_PATTERN,
-    MAX_SECONDS,
-    SERVER_PATTERN,
-)
+from orchestrator.plan.model import Clear, Lane, OnFailure, Plan, Settings, TokenRef
+from orchestrator.plan.reviewed_schema import FORMAT, SCHEMA
 from orchestrator.state.identity import plan_digest
 
 __all__ = [
@@ -69,114 +53,12 @@ __all__ = [
     "token_problem",
 ]
 
-#: What the ``format`` field says; another value is refused.
-FORMAT: Final = "orchestrator-reviewed-plan/1"
 
 #: The largest reviewed file read: far above 100,000 clears, far below a mistake.
 MAX_BYTES: Final = 64 * 1024 * 1024
 
 #: A file holding a lock URL with a password is readable by its owner only.
 _PRIVATE_MODE: Final = 0o600
-
-_TOKEN_PATTERN = r"^(?:env:[A-Za-z_][A-Za-z0-9_]*|file:[^\x00]+)$"
-
-_CLEAR_SCHEMA: dict[str, object] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": [
-        "seq",
-        "server",
-        "type_campaign",
-        "campaign_id",
-        "result",
-        "token",
-        "on_failure",
-        "retries",
-        "timeout_s",
-    ],
-    "properties": {
-        "seq": {"type": "integer", "minimum": 1},
-        "server": {"type": "string", "pattern": SERVER_PATTERN},
-        "type_campaign": {"enum": list(CAMPAIGN_TYPES)},
-        "campaign_id": {"type": "string", "pattern": CAMPAIGN_ID_PATTERN},
-        "result": {"enum": [*RESULT_FILTERS, None]},
-        "token": {"type": "string", "pattern": _TOKEN_PATTERN},
-        "on_failure": {"enum": [o.value for o in OnFailure]},
-        "retries": {"type": "integer", "minimum": 0, "maximum": 10},
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
-    },
-}
-
-#: The whole format; :func:`_check_consistent` adds what a schema cannot say.
-SCHEMA: Final[dict[str, object]] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "required": [
-        "format",
-        "saved_at",
-        "plan",
-        "base_url",
-        "simulated",
-        "settings",
-        "lanes",
-        "clears",
-        "clears_digest",
-        "digest",
-    ],
-    "properties": {
-        "format": {"const": FORMAT},
-        "saved_at": {"type": "string"},
-        "plan": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["path", "sha256", "tags"],
-            "properties": {
-                "path": {"type": "string", "minLength": 1},
-                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "tags": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "base_url": {"type": "string", "pattern": BASE_URL_PATTERN},
-        "simulated": {"type": "boolean"},
-        "settings": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["max_parallel_tokens", "cooldown_s", "lock_url"],
-            "properties": {
-                "max_parallel_tokens": {"type": "integer", "minimum": 1, "maximum": 10_000},
-                "cooldown_s": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
-                "lock_url": {
-                    "anyOf": [{"type": "null"}, {"type": "string", "pattern": LOCK_URL_PATTERN}]
-                },
-            },
-        },
-        "lanes": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["tokens", "seqs"],
-                "properties": {
-                    "tokens": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"type": "string", "pattern": _TOKEN_PATTERN},
-                    },
-                    "seqs": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"type": "integer", "minimum": 1},
-                    },
-                },
-            },
-        },
-        "clears": {"type": "array", "minItems": 1, "maxItems": MAX_CLEARS, "items": _CLEAR_SCHEMA},
-        "clears_digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        "digest": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
-    },
-}
 
 #: A lane as the file writes it: its token references, then its clears' seqs in order.
 LaneShape = tuple[tuple[str, ...], tuple[int, ...]]
