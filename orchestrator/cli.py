@@ -365,7 +365,7 @@ def _save(args: argparse.Namespace) -> int:
     plan, plan_sha256 = reviewed.load_for_review(args.plan, lambda: _load(args.plan, args.tag))
 
     def save(prepared: Prepared) -> None:
-        reviewed.save_reviewed(
+        digest = reviewed.save_reviewed(
             args.save,
             plan=prepared.plan,
             lanes=prepared.lanes,
@@ -375,7 +375,7 @@ def _save(args: argparse.Namespace) -> int:
             plan_sha256=plan_sha256,
             tags=args.tag,
         )
-        _say(f"saved the clears for review to {args.save}; send exactly them with:")
+        _say(f"saved the clears for review to {args.save} ({digest[:19]}); send exactly them:")
         _say(f"  orchestrator apply {shlex.quote(args.save)}")
 
     return _execute(plan, args, checked=save)
