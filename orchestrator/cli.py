@@ -12,15 +12,19 @@ import contextlib
 import dataclasses
 import functools
 import json
+import re
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 import anyio
 
+from orchestrator.completion import SHELLS, completion_script
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
-from orchestrator.output.views import render_confirmation, render_schedule
+from orchestrator.output.views import render_confirmation, render_schedule, schedule_document
 from orchestrator.plan.model import Lane, Plan
 from orchestrator.plan.one_off import plan_from_options
 from orchestrator.plan.schema import render_schema
@@ -37,6 +41,17 @@ from orchestrator.wolkvox.simulator import SimulatorConfig, serve
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+EXIT_CODES = """\
+exit codes:
+  0    every clear succeeded (or --dry-run)
+  1    at least one clear failed or was skipped
+  2    bad usage, plan or token: nothing was sent
+  130  interrupted by SIGINT (Ctrl-C)
+  143  interrupted by SIGTERM"""
+
+#: What a run id looks like (``20261128T045500Z-3fa9c1``), to tell one from a plan path.
+_RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code."""
@@ -44,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the signal over, nothing has been sent, so stopping at once is right.
     signal.signal(signal.SIGTERM, _terminate)
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_resume_spelled_apart(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
         return code
@@ -77,28 +92,47 @@ def _parser() -> argparse.ArgumentParser:
         prog="orchestrator",
         description="Reset wolkvox dialer campaigns in bulk, one call at a time per token.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a plan and print its schedule")
     validate.add_argument("plan", help="path of the YAML plan")
     _add_tag(validate)
+    validate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the clears, lanes and counts as JSON (errors too, with exit 2)",
+    )
     validate.set_defaults(handler=_validate)
 
-    run = commands.add_parser("run", help="clear the campaigns of a plan")
-    run.add_argument("plan", help="path of the YAML plan")
+    run = commands.add_parser(
+        "run",
+        help="clear the campaigns of a plan",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Optional here so that `run --resume PLAN` can take PLAN back from --resume.
+    run.add_argument("plan", nargs="?", help="path of the YAML plan")
     _add_tag(run)
     run.add_argument(
         "--resume",
         nargs="?",
         const=LATEST,
         metavar="RUN_ID",
-        help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
+        help="continue the latest unfinished or failed run of this plan "
+        "(--resume=RUN_ID: that run)",
+    )
+    run.add_argument(
+        "--resume-id", metavar="RUN_ID", help="continue the run RUN_ID (same as --resume=RUN_ID)"
     )
     _add_run_options(run)
     run.set_defaults(handler=_run)
 
     clear = commands.add_parser(
-        "clear", help="clear one campaign now, without a plan file (for runbooks)"
+        "clear",
+        help="clear one campaign now, without a plan file (for runbooks)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     clear.add_argument("--server", required=True, help="server code, e.g. 0014")
     clear.add_argument("--type-campaign", required=True, help="predictive or preview")
@@ -169,7 +203,59 @@ def _parser() -> argparse.ArgumentParser:
         "--burst-length", type=_count, default=5, help="answers in each --burst-5xx"
     )
     simulate.set_defaults(handler=_simulate)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script: add `source <(orchestrator completion bash)` "
+        "to ~/.bashrc, or `source <(orchestrator completion zsh)` to ~/.zshrc after compinit.",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    completion.set_defaults(handler=functools.partial(_completion, parser))
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("orchestrator")
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed)"
+
+
+def _resume_spelled_apart(argv: Sequence[str]) -> list[str]:
+    """``--resume=ID`` as ``--resume-id ID``: only a value joined by ``=`` is surely a run id.
+
+    ``--resume X`` may be ``run --resume plan.yaml``; :func:`_settle_resume` decides.
+    """
+    spelled: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":  # what follows is positional, whatever it looks like
+            return spelled + list(argv[index:])
+        if arg.startswith("--resume="):
+            spelled += ["--resume-id", arg.removeprefix("--resume=")]
+        else:
+            spelled.append(arg)
+    return spelled
+
+
+def _settle_resume(args: argparse.Namespace) -> None:
+    """The plan and the run to resume, whichever way they were written.
+
+    ``run --resume PLAN`` resumes PLAN's latest run; ``run PLAN --resume ID`` (and
+    ``run --resume ID PLAN``), where the plan is given apart, still name run ID.
+    """
+    written = args.resume
+    if written not in (None, LATEST) and args.plan is None:
+        args.plan, written = written, LATEST
+    if args.plan is None:
+        raise UsageError("run: give the plan: orchestrator run PLAN [--resume[=RUN_ID]]")
+    if args.resume_id is not None:
+        if not args.resume_id:
+            raise UsageError("--resume=: give a run id, or write --resume for the latest run")
+        if written not in (None, LATEST):
+            raise UsageError(f"--resume {written} and --resume-id: name the run once")
+        written = args.resume_id
+    args.resume = written
 
 
 _FAULT_OPTIONS = (
@@ -300,6 +386,8 @@ def _load(path: str, tags: list[str]) -> Plan:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.json:
+        return _validate_json(args)
     plan = _load(args.plan, args.tag)
     for warning in missing_tokens(plan):
         _say(warning)
@@ -307,7 +395,28 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_json(args: argparse.Namespace) -> int:
+    """``validate --json``: one JSON document on stdout, whether the plan is good or not."""
+    try:
+        plan = _load(args.plan, args.tag)
+    except PlanError as exc:
+        errors = [{"line": p.line, "path": p.path, "message": p.message} for p in exc.problems]
+    except UsageError as exc:
+        errors = [{"line": None, "path": "", "message": str(exc)}]
+    else:
+        lanes = build_lanes(plan.clears, None)
+        print(json.dumps(schedule_document(plan, lanes, missing_tokens(plan)), indent=2))
+        return 0
+    print(json.dumps({"valid": False, "plan": args.plan, "errors": errors}, indent=2))
+    return EXIT_USAGE
+
+
 def _run(args: argparse.Namespace) -> int:
+    _settle_resume(args)
+    if _RUN_ID.fullmatch(args.plan) and not Path(args.plan).exists():
+        raise UsageError(
+            f"{args.plan} is a run id, not a plan: orchestrator run PLAN --resume={args.plan}"
+        )
     return _execute(_load(args.plan, args.tag), args)
 
 
@@ -346,6 +455,11 @@ def _confirm(lanes: tuple[Lane, ...]) -> None:
     sys.stderr.flush()
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise UsageError("not confirmed; nothing was sent")
+
+
+def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    sys.stdout.write(completion_script(parser, args.shell))
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:

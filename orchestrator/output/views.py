@@ -42,6 +42,47 @@ def render_schedule(plan: Plan, lanes: Sequence[Lane]) -> str:
     return "\n".join(lines)
 
 
+def schedule_document(
+    plan: Plan, lanes: Sequence[Lane], warnings: Sequence[str]
+) -> dict[str, object]:
+    """``validate --json``: the counts, lanes and clears a script can rely on."""
+    clears = [c for lane in lanes for c in lane.clears]
+    unfiltered = sum(1 for c in clears if c.result is None)
+    return {
+        "valid": True,
+        "plan": plan.source,
+        "counts": {
+            "clears": len(clears),
+            "unfiltered": unfiltered,
+            "filtered": len(clears) - unfiltered,
+            "campaigns": len({c.target for c in clears}),
+            "lanes": len(lanes),
+        },
+        "warnings": list(warnings),
+        "lanes": [
+            {"lane": number, "tokens": list(lane.token_names), "seqs": [c.seq for c in lane.clears]}
+            for number, lane in enumerate(lanes, 1)
+        ],
+        "clears": [
+            {
+                "seq": c.seq,
+                "server": c.server,
+                "type_campaign": c.type_campaign,
+                "campaign_id": c.campaign_id,
+                "result": c.result_label,
+                "unfiltered": c.result is None,
+                "token": str(c.token),
+                "on_failure": str(c.on_failure),
+                "timeout_s": c.timeout_s,
+                "retries": c.retries,
+                "tags": list(c.tags),
+                "line": c.line,
+            }
+            for c in sorted(clears, key=lambda c: c.seq)
+        ],
+    }
+
+
 def render_confirmation(lanes: Sequence[Lane]) -> str:
     """What will be deleted, per campaign, with unfiltered clears set apart."""
     campaigns: dict[tuple[str, str, str], list[str]] = {}
