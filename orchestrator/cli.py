@@ -24,8 +24,13 @@ import anyio
 
 from orchestrator.completion import SHELLS, completion_script
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
-from orchestrator.output.views import render_confirmation, render_schedule, schedule_document
-from orchestrator.plan.model import Lane, Plan
+from orchestrator.output.views import (
+    confirmation,
+    render_schedule,
+    schedule_document,
+    target_of,
+)
+from orchestrator.plan.model import Plan
 from orchestrator.plan.one_off import plan_from_options
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
@@ -33,7 +38,7 @@ from orchestrator.plan.validate import load_plan
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
-from orchestrator.run.prepare import LATEST, RunOptions, prepare
+from orchestrator.run.prepare import LATEST, Prepared, RunOptions, prepare
 from orchestrator.state.journal import Journal, resolve_state_dir
 from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
 from orchestrator.wolkvox.simulator import SimulatorConfig, serve
@@ -440,20 +445,31 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
     )
     with prepare(plan, options, say=_say) as prepared:
         if not (args.dry_run or args.yes):
-            _confirm(prepared.lanes)
+            _confirm(prepared)
         return anyio.run(functools.partial(perform, prepared, say=_say))
 
 
-def _confirm(lanes: tuple[Lane, ...]) -> None:
+def _confirm(prepared: Prepared) -> None:
     if not sys.stdin.isatty():
         raise UsageError(
             "refusing to delete records without confirmation: stdin is not a terminal; "
             "pass --yes to run unattended"
         )
-    _say(render_confirmation(lanes))
-    sys.stderr.write("Delete these records? [y/N] ")
+    resume = prepared.state.resume if prepared.state is not None else None
+    servers = (c.server for lane in prepared.lanes for c in lane.clears)
+    target = target_of(prepared.base_url, servers, simulated=prepared.options.simulate)
+    asked = confirmation(
+        prepared.lanes,
+        target,
+        done=resume.succeeded if resume is not None else frozenset(),
+        resumed=prepared.run_id if resume is not None else None,
+    )
+    if asked is None:
+        return  # a resumed run with nothing left to send deletes nothing
+    _say(asked.text)
+    sys.stderr.write(asked.question)
     sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+    if not asked.confirmed(sys.stdin.readline()):
         raise UsageError("not confirmed; nothing was sent")
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import pty
+import select
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -245,3 +251,130 @@ def test_resume_spellings_that_cannot_be_read_exit_2(
 ) -> None:
     assert main(["run", *args, "--yes"]) == 2
     assert message in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    """Standard input as a terminal on which the operator types ``text``."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _clear(*args: str) -> list[str]:
+    base = ["clear", "--server", "0014", "--type-campaign", "preview", "--campaign-id", "12"]
+    return [*base, "--token-env", "T_GOOD", "--log-format", "json", *args]
+
+
+@pytest.mark.parametrize("reflex", ["y", "yes", "delete"])
+def test_a_one_off_clear_of_every_record_is_not_confirmed_by_a_reflex(
+    env: None,
+    sim: ThreadedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    reflex: str,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal(f"{reflex}\n"))
+    assert main(_clear("--base-url", sim.base_url)) == 2
+    err = capsys.readouterr().err
+    assert "To delete EVERY record of campaign 12 on 127.0.0.1, type the campaign id (12): " in err
+    assert "not confirmed; nothing was sent" in err
+    assert sim.simulator.stats()["total_calls"] == 0
+
+
+def test_a_one_off_clear_of_every_record_runs_once_its_id_is_typed(
+    env: None,
+    sim: ThreadedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal("12\n"))
+    assert main(_clear("--base-url", sim.base_url)) == 0
+    assert "Target: 127.0.0.1\n" in capsys.readouterr().err
+    assert sim.simulator.stats()["total_calls"] == 1
+
+
+def test_a_filtered_clear_keeps_y_or_n(
+    env: None,
+    sim: ThreadedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
+    assert main(_clear("--base-url", sim.base_url, "--result", "busy")) == 0
+    assert "Delete these records on 127.0.0.1? [y/N] " in capsys.readouterr().err
+    assert sim.simulator.stats()["total_calls"] == 1
+
+
+def test_several_campaigns_of_every_record_take_delete(
+    env: None,
+    sim: ThreadedSimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = write_plan(tmp_path, sim.base_url, PLAN.replace("[busy]", "all"))
+    monkeypatch.setattr(sys, "stdin", _Terminal("3002\n"))
+    assert main(["run", plan, "--log-format", "json"]) == 2
+    assert sim.simulator.stats()["total_calls"] == 0
+    monkeypatch.setattr(sys, "stdin", _Terminal("delete\n"))
+    assert main(["run", plan, "--log-format", "json"]) == 1  # T_BAD is rejected
+    err = capsys.readouterr().err
+    assert "To delete EVERY record of 2 campaigns on 127.0.0.1, type delete: " in err
+    assert sim.simulator.stats()["total_calls"] == 2
+
+
+def test_a_resume_prompt_lists_only_what_is_left(
+    env: None,
+    sim: ThreadedSimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = write_plan(tmp_path, sim.base_url)
+    run_id = _failed_run(plan, capsys)  # 3001 busy succeeded; 3002 (all records) failed
+    monkeypatch.setattr(sys, "stdin", _Terminal("3002\n"))
+    assert main(["run", plan, "--resume", "--log-format", "json"]) == 1
+    err = capsys.readouterr().err
+    assert f"Resuming run {run_id}: 1 of 2 clear(s) left, 1 done before.\n" in err
+    assert "campaign 3002: ALL RECORDS" in err
+    assert "3001" not in err.split("type the campaign id")[0]
+
+
+def test_the_prompt_under_a_pseudo_terminal_names_the_simulator(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WOLKVOX_", "T_"))}
+    env["ORCHESTRATOR_STATE_DIR"] = str(tmp_path / "state")
+    command = [sys.executable, "-m", "orchestrator", *_clear("--simulate")]
+    command.remove("--log-format")
+    command.remove("json")
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(
+        command, stdin=secondary, stdout=secondary, stderr=secondary, env=env
+    ) as child:
+        os.close(secondary)
+        try:
+            seen = _read_until(primary, b"type the campaign id (12): ")
+            assert b"Target: simulator" in seen
+            os.write(primary, b"12\n")
+            seen += _read_until(primary, b"exit 0")
+            assert child.wait(timeout=20) == 0
+        finally:
+            child.kill()
+            os.close(primary)
+    assert b"1 succeeded, 0 failed" in seen
+
+
+def _read_until(fd: int, wanted: bytes) -> bytes:
+    """Output of the pseudo-terminal ``fd`` up to ``wanted``; at most 20 s of waiting."""
+    seen = b""
+    deadline = time.monotonic() + 20
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"waited 20 s for {wanted!r}; saw {seen!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
