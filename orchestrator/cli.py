@@ -30,8 +30,8 @@ from orchestrator.output.views import (
     schedule_document,
     target_of,
 )
-from orchestrator.plan.model import Plan
-from orchestrator.plan.one_off import plan_from_options
+from orchestrator.plan.model import DEFAULT_BASE_URL, Plan
+from orchestrator.plan.one_off import plan_from_options, token_problems_by_option
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
@@ -46,11 +46,12 @@ from orchestrator.wolkvox.simulator import SimulatorConfig, serve
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+#: The help's list of exit codes; ``{given}`` is what ``run`` or ``clear`` is given.
 EXIT_CODES = """\
 exit codes:
   0    every clear succeeded (or --dry-run)
   1    at least one clear failed or was skipped
-  2    bad usage, plan or token: nothing was sent
+  2    bad usage, {given} or token: nothing was sent
   130  interrupted by SIGINT (Ctrl-C)
   143  interrupted by SIGTERM"""
 
@@ -70,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except PlanError as exc:
         _say("\n".join(str(p) for p in exc.problems))
-        _say("nothing was sent: the plan has errors")
+        faulty = "the options have" if args.command == "clear" else "the plan has"
+        _say(f"nothing was sent: {faulty} errors")
         return EXIT_USAGE
     except Terminated:
         _say("terminated before anything was sent")
@@ -113,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="clear the campaigns of a plan",
-        epilog=EXIT_CODES,
+        epilog=EXIT_CODES.format(given="plan"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Optional here so that `run --resume PLAN` can take PLAN back from --resume.
@@ -136,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     clear = commands.add_parser(
         "clear",
         help="clear one campaign now, without a plan file (for runbooks)",
-        epilog=EXIT_CODES,
+        description="Clear one campaign now, described by options instead of a plan file.\n"
+        "Without --result it deletes EVERY record of the campaign.",
+        epilog=EXIT_CODES.format(given="options"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     clear.add_argument("--server", required=True, help="server code, e.g. 0014")
@@ -155,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--retries", help="retries of a retryable answer (default 3)")
     clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
     clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
-    _add_run_options(clear)
+    _add_run_options(clear, one_off=True)
     clear.set_defaults(handler=_clear, resume=None)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
@@ -329,13 +333,17 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``run`` and ``clear`` share: one engine, one set of guards."""
+def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) -> None:
+    """The options ``run`` and ``clear`` share: one engine, one set of guards.
+
+    ``clear`` has no plan, so its help speaks of its options (``one_off``).
+    """
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument(
         "--dry-run", action="store_true", help="send nothing; print what would be sent"
     )
-    parser.add_argument("--base-url", help="URL template of the API (default from the plan)")
+    default_url = f"default {DEFAULT_BASE_URL}" if one_off else "default from the plan"
+    parser.add_argument("--base-url", help=f"URL template of the API ({default_url})")
     parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
     parser.add_argument(
         "--log-format",
@@ -349,7 +357,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="run against the built-in simulator on a free loopback port (no tokens needed)",
     )
     parser.add_argument(
-        "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
+        "--max-clears",
+        type=_count,
+        metavar="N",
+        help="refuse more than N clears (one per --result)"
+        if one_off
+        else "refuse a plan of more than N clears",
     )
     parser.add_argument(
         "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
@@ -426,7 +439,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    return _execute(plan_from_options(args), args)
+    plan = plan_from_options(args)
+    try:
+        return _execute(plan, args)
+    except PlanError as exc:  # a token that cannot be read: name the option that gave it
+        raise token_problems_by_option(exc, args) from None
 
 
 def _execute(plan: Plan, args: argparse.Namespace) -> int:

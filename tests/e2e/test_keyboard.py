@@ -378,3 +378,31 @@ def _read_until(fd: int, wanted: bytes) -> bytes:
             break
         seen += chunk
     return seen
+
+
+def test_clear_speaks_of_its_options_not_of_a_plan(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one help line per option
+    with pytest.raises(SystemExit):
+        main(["clear", "--help"])
+    help_text = capsys.readouterr().out
+    assert "  2    bad usage, options or token: nothing was sent" in help_text
+    assert "(default https://wv{server}.wolkvox.com)" in help_text
+    assert "refuse more than N clears (one per --result)" in help_text
+    assert "the plan" not in help_text and "a plan of" not in help_text
+    assert main([*_clear("--type-campaign", "dialer"), "--yes"]) == 2
+    assert capsys.readouterr().err == (
+        "orchestrator clear: --type-campaign: 'dialer' is not a campaign type "
+        "(expected one of predictive, preview)\n"
+        "nothing was sent: the options have errors\n"
+    )
+    monkeypatch.delenv("T_GOOD")
+    assert main([*_clear("--simulate"), "--dry-run"]) == 0  # needs no token
+    capsys.readouterr()
+    assert main([*_clear(), "--yes"]) == 2
+    assert capsys.readouterr().err == (
+        "orchestrator clear: --token-env: environment variable T_GOOD is not set "
+        "(needed by campaign 12)\n"
+        "nothing was sent: the options have errors\n"
+    )
