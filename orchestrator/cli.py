@@ -12,35 +12,31 @@ import contextlib
 import dataclasses
 import functools
 import json
-import re
 import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import NoReturn, TextIO
 
 import anyio
 
+from orchestrator.argtypes import count, fault, fraction, non_negative, port
 from orchestrator.completion import SHELLS, completion_script
+from orchestrator.confirm import confirm
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
-from orchestrator.output.views import (
-    confirmation,
-    render_schedule,
-    schedule_document,
-    target_of,
-)
+from orchestrator.output.views import render_schedule, schedule_document
 from orchestrator.plan.model import DEFAULT_BASE_URL, Plan
 from orchestrator.plan.one_off import plan_from_options, token_problems_by_option
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
+from orchestrator.resume_option import resume_spelled_apart, settle_resume
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
-from orchestrator.run.prepare import LATEST, Prepared, RunOptions, prepare
+from orchestrator.run.prepare import LATEST, RunOptions, prepare
 from orchestrator.state.journal import Journal, resolve_state_dir
-from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
+from orchestrator.wolkvox.faults import Faults, combined
 from orchestrator.wolkvox.simulator import SimulatorConfig, serve
 
 EXIT_SIGINT = 130
@@ -55,9 +51,6 @@ exit codes:
   130  interrupted by SIGINT (Ctrl-C)
   143  interrupted by SIGTERM"""
 
-#: What a run id looks like (``20261128T045500Z-3fa9c1``), to tell one from a plan path.
-_RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code."""
@@ -65,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the signal over, nothing has been sent, so stopping at once is right.
     signal.signal(signal.SIGTERM, _terminate)
     parser = _parser()
-    args = parser.parse_args(_resume_spelled_apart(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(resume_spelled_apart(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
         return code
@@ -164,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
-    runs.add_argument("--limit", type=_count, default=20, help="how many runs (default 20)")
+    runs.add_argument("--limit", type=count, default=20, help="how many runs (default 20)")
     _add_state_dir(runs)
     runs.set_defaults(handler=_runs)
 
@@ -185,15 +178,15 @@ def _parser() -> argparse.ArgumentParser:
         "campaign, or its first N); repeat an option to hit several campaigns.",
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    simulate.add_argument("--port", type=_port, default=8080, help="port (0: a free one)")
+    simulate.add_argument("--port", type=port, default=8080, help="port (0: a free one)")
     simulate.add_argument(
-        "--latency-ms", type=_non_negative, default=50.0, help="time each clear takes"
+        "--latency-ms", type=non_negative, default=50.0, help="time each clear takes"
     )
     simulate.add_argument(
-        "--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503"
+        "--fail-rate", type=fraction, default=0.0, help="share of calls answered 503"
     )
     simulate.add_argument(
-        "--token-limit", type=_count, default=1_000_000, help="calls per token per day"
+        "--token-limit", type=count, default=1_000_000, help="calls per token per day"
     )
     simulate.add_argument(
         "--shared-limit",
@@ -204,12 +197,12 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="seed for --fail-rate and fault rates (same answers each run)"
     )
     for option, text in _FAULT_OPTIONS:
-        simulate.add_argument(option, type=_fault, action="append", metavar="FAULT", help=text)
+        simulate.add_argument(option, type=fault, action="append", metavar="FAULT", help=text)
     simulate.add_argument(
-        "--slow-s", type=_non_negative, default=120.0, help="how long a --slow answer takes"
+        "--slow-s", type=non_negative, default=120.0, help="how long a --slow answer takes"
     )
     simulate.add_argument(
-        "--burst-length", type=_count, default=5, help="answers in each --burst-5xx"
+        "--burst-length", type=count, default=5, help="answers in each --burst-5xx"
     )
     simulate.set_defaults(handler=_simulate)
 
@@ -231,42 +224,6 @@ def _version() -> str:
         return "(version unknown: not installed)"
 
 
-def _resume_spelled_apart(argv: Sequence[str]) -> list[str]:
-    """``--resume=ID`` as ``--resume-id ID``: only a value joined by ``=`` is surely a run id.
-
-    ``--resume X`` may be ``run --resume plan.yaml``; :func:`_settle_resume` decides.
-    """
-    spelled: list[str] = []
-    for index, arg in enumerate(argv):
-        if arg == "--":  # what follows is positional, whatever it looks like
-            return spelled + list(argv[index:])
-        if arg.startswith("--resume="):
-            spelled += ["--resume-id", arg.removeprefix("--resume=")]
-        else:
-            spelled.append(arg)
-    return spelled
-
-
-def _settle_resume(args: argparse.Namespace) -> None:
-    """The plan and the run to resume, whichever way they were written.
-
-    ``run --resume PLAN`` resumes PLAN's latest run; ``run PLAN --resume ID`` (and
-    ``run --resume ID PLAN``), where the plan is given apart, still name run ID.
-    """
-    written = args.resume
-    if written not in (None, LATEST) and args.plan is None:
-        args.plan, written = written, LATEST
-    if args.plan is None:
-        raise UsageError("run: give the plan: orchestrator run PLAN [--resume[=RUN_ID]]")
-    if args.resume_id is not None:
-        if not args.resume_id:
-            raise UsageError("--resume=: give a run id, or write --resume for the latest run")
-        if written not in (None, LATEST):
-            raise UsageError(f"--resume {written} and --resume-id: name the run once")
-        written = args.resume_id
-    args.resume = written
-
-
 _FAULT_OPTIONS = (
     ("--token-rejected", "403 PLEASE VALIDATE TOKEN, and for every later call of that token"),
     ("--quota-spent", "the token's daily quota is spent: 403 TOKEN LIMIT EXCEEDED from then on"),
@@ -279,49 +236,6 @@ _FAULT_OPTIONS = (
         "5xx answers (JSON and a proxy's HTML) for the server's next --burst-length calls",
     ),
 )
-
-
-def _fault(text: str) -> FaultSpec:
-    try:
-        return parse_fault(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
 
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
@@ -358,7 +272,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) 
     )
     parser.add_argument(
         "--max-clears",
-        type=_count,
+        type=count,
         metavar="N",
         help="refuse more than N clears (one per --result)"
         if one_off
@@ -430,11 +344,7 @@ def _validate_json(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _settle_resume(args)
-    if _RUN_ID.fullmatch(args.plan) and not Path(args.plan).exists():
-        raise UsageError(
-            f"{args.plan} is a run id, not a plan: orchestrator run PLAN --resume={args.plan}"
-        )
+    settle_resume(args)
     return _execute(_load(args.plan, args.tag), args)
 
 
@@ -462,32 +372,8 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
     )
     with prepare(plan, options, say=_say) as prepared:
         if not (args.dry_run or args.yes):
-            _confirm(prepared)
+            confirm(prepared, sys.stdin, sys.stderr)
         return anyio.run(functools.partial(perform, prepared, say=_say))
-
-
-def _confirm(prepared: Prepared) -> None:
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "refusing to delete records without confirmation: stdin is not a terminal; "
-            "pass --yes to run unattended"
-        )
-    resume = prepared.state.resume if prepared.state is not None else None
-    servers = (c.server for lane in prepared.lanes for c in lane.clears)
-    target = target_of(prepared.base_url, servers, simulated=prepared.options.simulate)
-    asked = confirmation(
-        prepared.lanes,
-        target,
-        done=resume.succeeded if resume is not None else frozenset(),
-        resumed=prepared.run_id if resume is not None else None,
-    )
-    if asked is None:
-        return  # a resumed run with nothing left to send deletes nothing
-    _say(asked.text)
-    sys.stderr.write(asked.question)
-    sys.stderr.flush()
-    if not asked.confirmed(sys.stdin.readline()):
-        raise UsageError("not confirmed; nothing was sent")
 
 
 def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -485,9 +485,7 @@ def _yaml_error(exc: yaml.MarkedYAMLError, source: str, text: str) -> PlanError:
 def _tab_indented(text: str, line: int) -> bool:
     """Whether the indentation of ``line`` (1-based) of ``text`` holds a tab."""
     lines = text.splitlines()
-    if not 0 < line <= len(lines):
-        return False
-    written = lines[line - 1]
+    written = lines[line - 1] if 0 < line <= len(lines) else ""
     return "\t" in written[: len(written) - len(written.lstrip())]
 
 
