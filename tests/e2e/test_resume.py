@@ -378,9 +378,16 @@ def test_resume_refuses_a_run_that_is_still_running_in_another_process(
     deadline = time.monotonic() + WAIT_S
     while (line := live.next_line(deadline)) is None or line["event"] != "clear.succeeded":
         assert line is not None, f"the run ended early:\n{live.err}"
-    # 7 clears of 150 ms are left: the live run is far from done when this one looks.
-    second = cli.run("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
-    assert (state / "runs" / f"{live.lines[0]['run_id']}.lock").exists()  # while it runs
+    # Held still (its locks kept) while the second one looks, however slow its start-up:
+    # the live run is still running then, whatever the machine's load.
+    live.proc.send_signal(signal.SIGSTOP)
+    try:
+        second = cli.run(
+            "run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json"
+        )
+        assert (state / "runs" / f"{live.lines[0]['run_id']}.lock").exists()  # while it runs
+    finally:
+        live.proc.send_signal(signal.SIGCONT)
     assert live.finish() == 0, live.err
     sent = calls_of(sim.wait_idle()["timeline"])
     assert second.code == 2, f"resumed a live run: {sent}\n{second.err}"
