@@ -118,7 +118,7 @@ async def _open(
         base_url = simulator.url + SERVER_PREFIX
     log_format = pick_format(options.log_format, sys.stdout)
     progress = None
-    if progress_wanted(log_format, sys.stderr):
+    if progress_wanted(sys.stderr):
         parallel = plan.settings.max_parallel_tokens
         progress = stack.enter_context(Progress(prepared.lanes, max_parallel=parallel))
     stream = progress.log_stream() if progress else None
