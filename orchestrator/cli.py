@@ -270,7 +270,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simulate",
         action="store_true",
-        help="run against the built-in simulator on a free loopback port (no tokens needed)",
+        help="run against the built-in simulator on a free loopback port (no tokens needed); "
+        "journaled apart from real runs unless --state-dir is given",
     )
     parser.add_argument(
         "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
