@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn, TextIO
 
 import anyio
@@ -436,8 +435,7 @@ def _target(run: RunRecord | RunSummary) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    state_dir = resolve_state_dir(args.state_dir)
-    journal, record = _journal_of(args.run_id, state_dir)
+    journal, record = Journal.open_holding(resolve_state_dir(args.state_dir), args.run_id)
     with journal:
         clears = journal.clears(args.run_id)
         calls = journal.calls_per_token(args.run_id)
@@ -468,28 +466,6 @@ def _show(args: argparse.Namespace) -> int:
             f"(attempts {c.attempts}{', ' + detail if detail else ''})"
         )
     return 0
-
-
-def _journal_of(run_id: str, state_dir: Path) -> tuple[Journal, RunRecord]:
-    """The journal that holds ``run_id`` (open) and its record: the state directory's,
-    else its simulated runs'.
-
-    A simulated run is kept apart, yet its id is found like any other. The simulated
-    journal is only read when it exists: looking does not create it.
-    """
-    searched: list[Path] = []
-    for place in (state_dir, state_dir / SIMULATED_DIR):
-        if searched and not (place / JOURNAL_FILE).exists():
-            continue
-        journal = Journal.open(place)
-        with contextlib.ExitStack() as unless_found:
-            unless_found.callback(journal.close)
-            record = journal.run(run_id)
-            if record is not None:
-                unless_found.pop_all()
-                return journal, record
-        searched.append(journal.path)
-    raise UsageError(f"no run {run_id} in {' nor in '.join(map(str, searched))}")
 
 
 def _sent_to(run: RunRecord) -> str:

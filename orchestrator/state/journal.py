@@ -21,6 +21,7 @@ database path and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -182,6 +183,28 @@ class Journal:
         except OSError as exc:
             raise journal_error(path, "opened", exc) from exc
         return cls(connect(path), path)
+
+    @classmethod
+    def open_holding(cls, state_dir: Path, run_id: str) -> tuple[Journal, RunRecord]:
+        """The journal of ``state_dir`` that holds ``run_id``, open, and the run's record.
+
+        A simulated run is kept apart (:func:`run_state_dir`), yet its id is found like
+        any other: the journal of simulated runs is searched too, when it exists (the
+        search creates none). Raises :class:`JournalError` when neither holds the run.
+        """
+        searched: list[Path] = []
+        for place in (state_dir, state_dir / SIMULATED_DIR):
+            if searched and not (place / JOURNAL_FILE).exists():
+                continue
+            journal = cls.open(place)
+            with contextlib.ExitStack() as unless_found:
+                unless_found.callback(journal.close)
+                record = journal.run(run_id)
+                if record is not None:
+                    unless_found.pop_all()
+                    return journal, record
+            searched.append(journal.path)
+        raise JournalError(f"no run {run_id} in {' nor in '.join(map(str, searched))}")
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`JournalError`. Idempotent."""
