@@ -35,7 +35,14 @@ from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
 from orchestrator.run.prepare import LATEST, RunOptions, prepare
-from orchestrator.state.journal import Journal, resolve_state_dir
+from orchestrator.state.journal import (
+    JOURNAL_FILE,
+    SIMULATED_DIR,
+    Journal,
+    RunRecord,
+    RunSummary,
+    resolve_state_dir,
+)
 from orchestrator.wolkvox.faults import Faults, combined
 from orchestrator.wolkvox.simulator import SimulatorConfig, serve
 
@@ -158,10 +165,17 @@ def _parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
     runs.add_argument("--limit", type=count, default=20, help="how many runs (default 20)")
+    runs.add_argument(
+        "--simulated",
+        action="store_true",
+        help="list the runs made with --simulate (kept apart unless --state-dir was given)",
+    )
     _add_state_dir(runs)
     runs.set_defaults(handler=_runs)
 
-    show = commands.add_parser("show", help="print every clear of a journaled run")
+    show = commands.add_parser(
+        "show", help="print every clear of a journaled run (simulated runs included)"
+    )
     show.add_argument("run_id", metavar="RUN_ID")
     show.add_argument("--json", action="store_true", help="print JSON")
     _add_state_dir(show)
@@ -268,7 +282,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) 
     parser.add_argument(
         "--simulate",
         action="store_true",
-        help="run against the built-in simulator on a free loopback port (no tokens needed)",
+        help="run against the built-in simulator on a free loopback port (no tokens needed); "
+        "journaled apart from real runs unless --state-dir is given",
     )
     parser.add_argument(
         "--max-clears",
@@ -420,14 +435,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    with Journal.open(resolve_state_dir(args.state_dir)) as journal:
+    state_dir = resolve_state_dir(args.state_dir)
+    simulated = state_dir / SIMULATED_DIR
+    with Journal.open(simulated if args.simulated else state_dir) as journal:
         runs = journal.runs(args.limit)
     if args.json:
         print(json.dumps([_as_dict(run) for run in runs], indent=2))
         return 0
     print(
         f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} "
-        f"{'SKIPPED':>7} {'PENDING':>7}  PLAN"
+        f"{'SKIPPED':>7} {'PENDING':>7}  {'TARGET':<30}  PLAN"
     )
     for run in runs:
         t = run.totals
@@ -435,17 +452,24 @@ def _runs(args: argparse.Namespace) -> int:
         pending = t["pending"] + t["in_flight"]
         print(
             f"{run.run_id:<26} {run.started_at:<28} {exit_code:>4} {t['succeeded']:>6} "
-            f"{t['failed']:>6} {t['skipped']:>7} {pending:>7}  {run.plan}"
+            f"{t['failed']:>6} {t['skipped']:>7} {pending:>7}  {_target(run):<30}  {run.plan}"
             + ("  (dry run)" if run.dry_run else "")
         )
+    if not args.simulated and (simulated / JOURNAL_FILE).exists():
+        _say("runs made with --simulate are kept apart: orchestrator runs --simulated")
     return 0
 
 
+def _target(run: RunRecord | RunSummary) -> str:
+    """Where a run was sent, in a word: ``simulated``, the URL template, or ``-``."""
+    if run.simulated:
+        return "simulated"
+    return run.base_url or "-"  # "-": recorded by an orchestrator that did not say
+
+
 def _show(args: argparse.Namespace) -> int:
-    with Journal.open(resolve_state_dir(args.state_dir)) as journal:
-        record = journal.run(args.run_id)
-        if record is None:
-            raise UsageError(f"no run {args.run_id} in {journal.path}")
+    journal, record = Journal.open_holding(resolve_state_dir(args.state_dir), args.run_id)
+    with journal:
         clears = journal.clears(args.run_id)
         calls = journal.calls_per_token(args.run_id)
     if args.json:
@@ -457,6 +481,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     exit_code = "unfinished" if record.exit_code is None else f"exit {record.exit_code}"
     print(f"run {record.run_id}: {record.plan}, started {record.started_at}, {exit_code}")
+    print(f"  sent to {_sent_to(record)}")
     for c in clears:
         detail = ", ".join(
             f"{k} {v}"
@@ -474,6 +499,12 @@ def _show(args: argparse.Namespace) -> int:
             f"(attempts {c.attempts}{', ' + detail if detail else ''})"
         )
     return 0
+
+
+def _sent_to(run: RunRecord) -> str:
+    if run.simulated:
+        return f"the built-in simulator at {run.base_url}, not wolkvox (simulated)"
+    return run.base_url or "(not recorded)"
 
 
 def _as_dict(value: object) -> dict[str, object]:

@@ -103,7 +103,7 @@ class LineWriter:
 
 def make_logger(
     fmt: LogFormat,
-    run_id: str,
+    run_id: str | None,
     stream: TextIO | LineWriter | None = None,
     *,
     extra_processors: tuple[Processor, ...] = (),
@@ -144,7 +144,9 @@ def make_logger(
     ).bind(run_id=run_id)
 
 
-def make_log(fmt: LogFormat, run_id: str, stream: TextIO | None = None) -> tuple[Any, EventLog]:
+def make_log(
+    fmt: LogFormat, run_id: str | None, stream: TextIO | None = None
+) -> tuple[Any, EventLog]:
     """A run's logger (see :func:`make_logger`) and the listener that logs its clear events.
 
     The two share one :class:`LineWriter`, so a line that cannot be written halts

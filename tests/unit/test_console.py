@@ -109,10 +109,20 @@ def console(
             (
                 "info",
                 "run.started",
+                {"plan": "plans/n.yaml", "clears": 2, "tokens": 1, "simulated": True},
+            ),
+            f"02:10:05 ▶ run {RUN_ID} started  plans/n.yaml: 2 clears, 1 token"
+            "  at the simulator, not wolkvox",
+        ),
+        (
+            (
+                "info",
+                "run.started",
                 {"plan": "plans/n.yaml", "clears": 1, "tokens": 1, "dry_run": True},
             ),
-            f"02:10:05 ▶ run {RUN_ID} started  plans/n.yaml: 1 clear, 1 token"
-            "  dry run, nothing is sent",
+            # A dry run is not journaled: no id that ``show`` could not find.
+            "02:10:05 ▶ dry run started  plans/n.yaml: 1 clear, 1 token"
+            "  nothing is sent, not journaled",
         ),
         (
             ClearStarted(CLEAR, ID, 1),
