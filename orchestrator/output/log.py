@@ -25,6 +25,8 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     Outcome,
+    RestReason,
+    TokenResting,
     TokenWaiting,
     clear_fields,
     outcome_fields,
@@ -101,7 +103,7 @@ class LineWriter:
 
 def make_logger(
     fmt: LogFormat,
-    run_id: str,
+    run_id: str | None,
     stream: TextIO | LineWriter | None = None,
     *,
     extra_processors: tuple[Processor, ...] = (),
@@ -142,7 +144,9 @@ def make_logger(
     ).bind(run_id=run_id)
 
 
-def make_log(fmt: LogFormat, run_id: str, stream: TextIO | None = None) -> tuple[Any, EventLog]:
+def make_log(
+    fmt: LogFormat, run_id: str | None, stream: TextIO | None = None
+) -> tuple[Any, EventLog]:
     """A run's logger (see :func:`make_logger`) and the listener that logs its clear events.
 
     The two share one :class:`LineWriter`, so a line that cannot be written halts
@@ -169,6 +173,8 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
     """An event's name, level and the fields that follow the clear's own, in line order."""
     if isinstance(event, TokenWaiting):
         return "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
+    if isinstance(event, TokenResting):
+        return "token.resting", _RESTING_LEVEL[event.reason], _rest_fields(event)
     if isinstance(event, ClearStarted):
         return "clear.started", "info", {"attempt": event.attempt}
     if isinstance(event, ClearRetrying):
@@ -185,6 +191,27 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
     outcome = outcome_fields(event)
     del outcome["outcome"]
     return name, level, outcome
+
+
+#: A resumed run's rest was planned; the others follow an answer the operator should see.
+_RESTING_LEVEL = {
+    RestReason.OUTCOME_UNKNOWN: "warning",
+    RestReason.MAINTENANCE: "warning",
+    RestReason.IN_FLIGHT_AT_RESUME: "info",
+}
+
+
+def _rest_fields(event: TokenResting) -> dict[str, object]:
+    answer = event.answer
+    return {
+        "reason": event.reason.value,
+        "rest_s": round(event.rest_s, 3),
+        # The same form as the line's own timestamp (ISO 8601, UTC), so the two compare.
+        "until": event.until.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "http_status": answer.http_status if answer else None,
+        "msg": answer.msg if answer else None,
+        "error": answer.error if answer else None,
+    }
 
 
 class EventLog:

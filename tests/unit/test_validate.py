@@ -194,6 +194,24 @@ def test_cooldown_refuses_other_numbers(written: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "value"), [("", 1800.0), ("0", 0.0), ("'7200'", 7200.0), ("86400", 86400.0)]
+)
+def test_the_maintenance_wait_is_seconds_up_to_a_day(written: str, value: float) -> None:
+    setting = f"maintenance_wait_s: {written}" if written else "max_parallel_tokens: 1"
+    plan = parse(with_settings(setting, "campaign_id: 1, results: all"))
+    assert plan.settings.maintenance_wait_s == value
+
+
+@pytest.mark.parametrize("written", ["86400.5", "100000", "-1", "1e3", "30m"])
+def test_the_maintenance_wait_refuses_other_numbers(written: str) -> None:
+    text = f"version: 1\nsettings: {{maintenance_wait_s: {written}}}\ncampaigns: []\n"
+    assert problems(text)[0] == (
+        "p.yaml:2: settings.maintenance_wait_s: expected a number of seconds from 0 to 86400, "
+        f"got {written!r}"
+    )
+
+
 @pytest.mark.parametrize("written", ["no", "yes", "on", "Off"])
 def test_yaml_1_1_booleans_are_just_text(written: str) -> None:
     assert problems(campaigns(f"campaign_id: 1, results: all, on_failure: {written}")) == [
@@ -392,6 +410,36 @@ def test_unknown_keys_in_settings_and_defaults_are_refused() -> None:
     assert problems(text) == [
         "p.yaml:2: settings: unknown key 'cooldown' (did you mean 'cooldown_s'?)",
         "p.yaml:3: defaults: unknown key 'sever' (did you mean 'server'?)",
+    ]
+
+
+def test_a_key_in_the_wrong_block_is_told_where_it_belongs() -> None:
+    text = (
+        "version: 1\n"
+        "type_campaign: predictive\n"
+        "settings:\n"
+        "  token_env: T\n"
+        "defaults:\n"
+        "  server: '0014'\n"
+        "  type_campaign: predictive\n"
+        "  token_env: T\n"
+        "  cooldown_s: 5\n"
+        "  settings: {}\n"
+        "campaigns:\n"
+        "  - campaign_id: 1\n"
+        "    results: all\n"
+        "    max_parallel_tokens: 2\n"
+        "  - campaign_id: 2\n"
+        "    results: all\n"
+        "campaign_id: 3\n"
+    )
+    assert problems(text) == [
+        "p.yaml:2: type_campaign belongs under defaults: or a campaign",
+        "p.yaml:4: settings: token_env belongs under defaults: or a campaign",
+        "p.yaml:9: defaults: cooldown_s belongs under settings:",
+        "p.yaml:10: defaults: settings belongs at the top level",
+        "p.yaml:14: campaigns[0]: max_parallel_tokens belongs under settings:",
+        "p.yaml:17: campaign_id belongs under a campaign",
     ]
 
 
