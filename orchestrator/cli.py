@@ -12,12 +12,10 @@ import contextlib
 import dataclasses
 import functools
 import json
-import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import NoReturn, TextIO
 
 import anyio
@@ -27,13 +25,13 @@ from orchestrator.completion import SHELLS, completion_script
 from orchestrator.confirm import confirm
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
 from orchestrator.output.views import render_schedule, schedule_document
-from orchestrator.plan import reviewed
 from orchestrator.plan.model import DEFAULT_BASE_URL, Plan
 from orchestrator.plan.one_off import plan_from_options, token_problems_by_option
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
 from orchestrator.resume_option import resume_spelled_apart, settle_resume
+from orchestrator.reviewed_command import add_apply, add_save, apply, save
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
@@ -136,25 +134,11 @@ def _parser() -> argparse.ArgumentParser:
         "--resume-id", metavar="RUN_ID", help="continue the run RUN_ID (same as --resume=RUN_ID)"
     )
     _add_run_options(run)
-    run.add_argument(
-        "--save",
-        metavar="PATH",
-        help="with --dry-run: save the exact clears to PATH, for `orchestrator apply`",
-    )
+    add_save(run)
     run.set_defaults(handler=_run)
 
-    apply = commands.add_parser(
-        "apply",
-        help="send exactly the clears a reviewed file saved (run --dry-run --save)",
-        description="Send exactly the clears saved by "
-        "`orchestrator run PLAN --dry-run --save PATH`,\n"
-        "once nothing they depend on changed since: the file, the plan it came from, the\n"
-        "base URL, the tokens. Any change: exit 2, nothing sent.",
-        epilog=EXIT_CODES.format(given="reviewed file"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    apply.add_argument("reviewed", metavar="REVIEWED", help="path of the reviewed file")
-    _add_apply_options(apply)
+    apply = add_apply(commands, epilog=EXIT_CODES.format(given="reviewed file"))
+    _add_state_dir(apply)
     apply.set_defaults(handler=_apply)
 
     clear = commands.add_parser(
@@ -331,33 +315,6 @@ def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) 
     _add_state_dir(parser)
 
 
-def _add_apply_options(parser: argparse.ArgumentParser) -> None:
-    """The options of ``run`` that keep their meaning for a reviewed file."""
-    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    parser.add_argument(
-        "--base-url", help="refuse unless the reviewed clears go to this URL template"
-    )
-    parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default="auto",
-        help="JSON lines, or a readable rendering (auto: console on a terminal)",
-    )
-    parser.add_argument(
-        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
-    )
-    parser.add_argument(
-        "--metrics-file", metavar="PATH", help="write Prometheus metrics of the run to PATH"
-    )
-    parser.add_argument(
-        "--check-quota",
-        action="store_true",
-        help="before clearing, refuse to start when a token lacks the calls its lane may need",
-    )
-    _add_state_dir(parser)
-
-
 def _add_tag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tag",
@@ -415,41 +372,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _save(args: argparse.Namespace) -> int:
-    """``run --dry-run --save PATH``: the dry run, its clears saved for ``apply``."""
-    reviewed.check_save(args.save, args.plan, dry_run=args.dry_run, resume=args.resume)
-    plan, plan_sha256 = reviewed.load_for_review(args.plan, lambda: _load(args.plan, args.tag))
-
-    def save(prepared: Prepared) -> None:
-        digest = reviewed.save_reviewed(
-            args.save,
-            plan=prepared.plan,
-            lanes=prepared.lanes,
-            base_url=prepared.base_url,
-            simulated=args.simulate,
-            plan_path=str(Path(args.plan).resolve()),
-            plan_sha256=plan_sha256,
-            tags=args.tag,
-        )
-        _say(f"saved the clears for review to {args.save} ({digest[:19]}); send exactly them:")
-        _say(f"  orchestrator apply {shlex.quote(args.save)}")
-
-    return _execute(plan, args, checked=save)
+    return save(args, load=lambda: _load(args.plan, args.tag), execute=_execute, say=_say)
 
 
 def _apply(args: argparse.Namespace) -> int:
-    review = reviewed.load_reviewed(args.reviewed)
-    for note in reviewed.check_current(review, base_url=args.base_url):
-        _say(note)
-    # Every other option of run at its default (no dry run, no resume), whatever run gains.
-    run_defaults = vars(_parser().parse_args(["run", args.reviewed]))
-    forced = {"simulate": review.simulated, "base_url": None}
-    options = argparse.Namespace(**run_defaults | vars(args) | forced)
-    try:
-        return _execute(
-            review.plan, options, checked=lambda p: reviewed.check_prepared(review, p.lanes)
-        )
-    except PlanError as exc:  # only the tokens are read from a reviewed plan
-        raise reviewed.token_problem(review, [p.message for p in exc.problems]) from exc
+    run_defaults = _parser().parse_args(["run", args.reviewed])
+    return apply(args, run_defaults=run_defaults, execute=_execute, say=_say)
 
 
 def _clear(args: argparse.Namespace) -> int:
