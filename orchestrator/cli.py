@@ -35,7 +35,7 @@ from orchestrator.reviewed_command import add_apply, add_save, apply, save
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
-from orchestrator.run.prepare import LATEST, Prepared, RunOptions, prepare
+from orchestrator.run.prepare import LATEST, Prepared, RunOptions, check_request_urls, prepare
 from orchestrator.state.journal import (
     JOURNAL_FILE,
     SIMULATED_DIR,
@@ -342,6 +342,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         return _validate_json(args)
     plan = _load(args.plan, args.tag)
+    check_request_urls(plan, plan.settings.base_url, "base_url")  # as run would refuse it
     for warning in missing_tokens(plan):
         _say(warning)
     _say(render_schedule(plan, build_lanes(plan.clears, None)), sys.stdout)
@@ -352,6 +353,7 @@ def _validate_json(args: argparse.Namespace) -> int:
     """``validate --json``: one JSON document on stdout, whether the plan is good or not."""
     try:
         plan = _load(args.plan, args.tag)
+        check_request_urls(plan, plan.settings.base_url, "base_url")
     except PlanError as exc:
         errors = [{"line": p.line, "path": p.path, "message": p.message} for p in exc.problems]
     except UsageError as exc:

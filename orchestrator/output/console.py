@@ -288,6 +288,8 @@ def _clear_started(e: EventDict) -> Line:
 def _clear_retrying(e: EventDict) -> Line:
     # The delay before the answer: a long answer is cut, the delay never.
     delay = _seconds(e.get("delay_s"))
+    if delay and e.get("retry_after_capped"):
+        delay += " (Retry-After capped)"
     said = ": ".join(part for part in (f"attempt {_text(e.get('attempt'))}", _answer(e)) if part)
     return "retrying", [_head("retrying"), *_clear(e), f"in {delay}" if delay else "", said]
 

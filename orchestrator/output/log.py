@@ -186,6 +186,9 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
             "http_status": answer.http_status,
             "code": answer.code,
         }
+        if answer.retry_after_capped:
+            # The server asked for a longer wait than the backoff's cap: say it was cut.
+            details["retry_after_capped"] = True
         return "clear.retrying", "warning", details
     name, level = _FINISHED_EVENT[event.outcome]
     outcome = outcome_fields(event)

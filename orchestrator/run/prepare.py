@@ -129,7 +129,7 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     _check_options(plan, options)
     base_url = options.base_url or plan.settings.base_url
     if not options.simulate:
-        _check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
+        check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
     lanes = _lanes(plan, options, say)
     if options.dry_run:  # a dry run opens no connection, lock or journal
         say(render_schedule(plan, lanes))
@@ -163,7 +163,7 @@ def _check_options(plan: Plan, options: RunOptions) -> None:
             raise UsageError(f"{option}: cannot write into {folder}")
 
 
-def _check_request_urls(plan: Plan, base_url: str, option: str) -> None:
+def check_request_urls(plan: Plan, base_url: str, option: str) -> None:
     """Build each server's request URL now, so a URL that cannot be sent refuses the run.
 
     A host must survive the IDNA encoding the resolver applies when the request

@@ -43,6 +43,7 @@ CLEAR = LANE.clears[0]
 ALL = dataclasses.replace(
     CLEAR, seq=8, result=None, token=TokenRef("file", "/run/secrets/ops"), type_campaign="preview"
 )
+CAPPED = dataclasses.replace(UNAVAILABLE, retry_after_s=60.0, retry_after_capped=True)
 ID = LANE.token_id
 #: The maintenance answer as wolkvox (and the simulator) sends it.
 MAINTENANCE = Answer(
@@ -136,6 +137,11 @@ def console(
             ClearRetrying(CLEAR, ID, 1, 0.6, UNAVAILABLE),
             "02:10:05 ↻ retrying   #7 0014/predictive/3001/busy  env:TOK_A  in 0.6 s"
             "  attempt 1: unreadable body: HTTP 503",
+        ),
+        (
+            ClearRetrying(CLEAR, ID, 1, 60.0, CAPPED),
+            "02:10:05 ↻ retrying   #7 0014/predictive/3001/busy  env:TOK_A  in 1m00s"
+            " (Retry-After capped)  attempt 1: unreadable bod…",
         ),
         (
             ClearRetrying(CLEAR, ID, 2, 75.0, TIMEOUT),
