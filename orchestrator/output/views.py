@@ -35,11 +35,32 @@ def render_schedule(plan: Plan, lanes: Sequence[Lane]) -> str:
     )
     lines.append("Every clear, lane by lane, in sending order:")
     for number, lane in enumerate(lanes, 1):
+        if lane.pool:
+            lines.extend(_pool_lines(number, lane))
+            continue
         names = ", ".join(lane.token_names)
         label = names if lane.secret is None else f"{names} (token_id {lane.token_id})"
         lines.append(f"lane {number}: {label}: {len(lane.clears)} clear(s), one at a time")
         lines.extend(f"  {_clear_line(clear)}" for clear in lane.clears)
     return "\n".join(lines)
+
+
+def _pool_lines(number: int, lane: Lane) -> list[str]:
+    """A pool: its tokens, then its campaigns in the order they are expected to start."""
+    campaigns = lane.campaigns()
+    lines = [
+        f"lane {number}: {lane.token_id}, a pool of {len(lane.pool)} token(s): "
+        f"{len(campaigns)} campaign(s), {len(lane.clears)} clear(s); whichever token is "
+        "free takes the next campaign, each campaign's clears one at a time in this order"
+    ]
+    for token in lane.pool:
+        names = ", ".join(token.token_names)
+        label = names if token.secret is None else f"{names} (token_id {token.token_id})"
+        lines.append(f"  token {label}")
+    for position, chain in enumerate(campaigns, 1):
+        lines.append(f"  campaign {position} to start:")
+        lines.extend(f"    {_clear_line(clear)}" for clear in chain)
+    return lines
 
 
 def render_confirmation(lanes: Sequence[Lane]) -> str:

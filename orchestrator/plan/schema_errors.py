@@ -141,7 +141,7 @@ def _unknown(path: Path, name: str, allowed: list[str]) -> str:
 
 
 def _repeated(where: _Where, items: list[Any], schema: dict[str, object]) -> Finding:
-    what = str(schema.get("title", "an item")).removeprefix("a ")
+    what = str(schema.get("title", "an item")).removeprefix("an ").removeprefix("a ")
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, str):
