@@ -25,6 +25,7 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     Outcome,
+    TokenLeftPool,
     TokenWaiting,
     clear_fields,
     outcome_fields,
@@ -169,6 +170,9 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
     """An event's name, level and the fields that follow the clear's own, in line order."""
     if isinstance(event, TokenWaiting):
         return "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
+    if isinstance(event, TokenLeftPool):
+        left: dict[str, object] = {"pool": event.pool_id, "reason": event.reason.value}
+        return "token.left_pool", "warning", left | {"tokens_left": event.tokens_left}
     if isinstance(event, ClearStarted):
         return "clear.started", "info", {"attempt": event.attempt}
     if isinstance(event, ClearRetrying):

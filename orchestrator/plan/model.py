@@ -9,6 +9,7 @@ comes from (:class:`TokenRef`); :mod:`orchestrator.plan.tokens` turns those into
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -237,3 +238,8 @@ class Lane:
             key = (server, type_campaign, campaign_id.lstrip("0") or "0")
             chains.setdefault(key, []).append(clear)
         return tuple(tuple(chain) for chain in chains.values())
+
+
+def count_tokens(lanes: Sequence[Lane]) -> int:
+    """How many distinct tokens serve ``lanes``: each pool's tokens, each lane's one."""
+    return len({token.token_id for lane in lanes for token in lane.tokens})

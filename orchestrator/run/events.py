@@ -58,6 +58,21 @@ class TokenWaiting:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLeftPool:
+    """Token ``token_id`` left pool ``pool_id`` for ``reason`` while it served ``clear``.
+
+    The campaign of ``clear`` carries on with another token of the pool; ``tokens_left``
+    say how many are still in it (none: the rest of the pool is skipped with ``reason``).
+    """
+
+    clear: Clear
+    token_id: str
+    pool_id: str
+    reason: Reason
+    tokens_left: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClearStarted:
     """An attempt of ``clear`` is about to be sent."""
 
@@ -98,7 +113,7 @@ class ClearFinished:
     unrecorded: str | None = None
 
 
-Event = TokenWaiting | ClearStarted | ClearRetrying | ClearFinished
+Event = TokenWaiting | TokenLeftPool | ClearStarted | ClearRetrying | ClearFinished
 
 #: Receives every event, synchronously, in the order things happened.
 Listener = Callable[[Event], None]

@@ -32,7 +32,7 @@ from orchestrator.errors import (
 from orchestrator.output.log import EventLog, make_logger, pick_format
 from orchestrator.output.progress import Progress, progress_wanted
 from orchestrator.output.report import ReportCollector, write_json_atomically
-from orchestrator.plan.model import Lane, Plan
+from orchestrator.plan.model import Lane, Plan, count_tokens
 from orchestrator.run.ending import (
     EXIT_USAGE,
     Ending,
@@ -210,7 +210,7 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
         "run.started",
         plan=spec.plan.source,
         clears=sum(len(lane.clears) for lane in spec.lanes),
-        tokens=len(spec.lanes),
+        tokens=count_tokens(spec.lanes),
         dry_run=spec.dry_run,
     )
     ending = Ending()
@@ -235,7 +235,7 @@ async def _schedule(
     async with contextlib.AsyncExitStack() as stack:
         transport = parts.transport
         if transport is None:
-            running = min(spec.plan.settings.max_parallel_tokens, len(spec.lanes))
+            running = min(spec.plan.settings.max_parallel_tokens, count_tokens(spec.lanes))
             transport = await stack.enter_async_context(AiohttpTransport(limit=max(1, running)))
         scheduler = Scheduler(
             spec.lanes,

@@ -23,7 +23,7 @@ from yarl import URL
 
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.output.views import render_schedule
-from orchestrator.plan.model import Lane, Plan
+from orchestrator.plan.model import Lane, Plan, count_tokens
 from orchestrator.plan.tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
 from orchestrator.plan.validate import check_base_url
 from orchestrator.run.events import Reason
@@ -128,7 +128,7 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     if options.dry_run:  # a dry run opens no connection, lock or journal
         say(render_schedule(plan, lanes))
         return Prepared(plan, lanes, options, new_run_id(), base_url, None)
-    at_once = min(plan.settings.max_parallel_tokens, len(lanes))
+    at_once = min(plan.settings.max_parallel_tokens, count_tokens(lanes))
     ensure_open_files(files_needed(at_once, simulated=options.simulate), lanes_at_once=at_once)
     held = contextlib.ExitStack()
     with contextlib.ExitStack() as on_refusal:

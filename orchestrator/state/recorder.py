@@ -12,6 +12,7 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     Reason,
+    TokenLeftPool,
     TokenWaiting,
     answer_values,
 )
@@ -63,7 +64,7 @@ class JournalRecorder:
         """Commit ``event``'s change to its clear's row; raise :class:`JournalError` if it fails."""
         if self._error is not None:
             raise self._error
-        if isinstance(event, TokenWaiting):
+        if isinstance(event, TokenWaiting | TokenLeftPool):
             return  # changes no clear
         sql, values, must_match = self._change(event)
         seq = event.clear.seq
