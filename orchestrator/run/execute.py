@@ -31,7 +31,7 @@ from orchestrator.errors import (
 )
 from orchestrator.output.log import EventLog, make_logger, pick_format
 from orchestrator.output.progress import Progress, progress_wanted
-from orchestrator.output.report import ReportCollector, write_json_atomically
+from orchestrator.output.report import ReportCollector, pool_campaigns, write_json_atomically
 from orchestrator.plan.model import Lane, Plan, count_tokens
 from orchestrator.run.ending import (
     EXIT_USAGE,
@@ -351,6 +351,7 @@ def _write_report(
                 "error": result.error,
                 "unrecorded": list(result.unrecorded),
                 "clears": collector.clears(),
+                "pool_campaigns": pool_campaigns(spec.lanes, collector),
             },
         )
     except ReportError as exc:

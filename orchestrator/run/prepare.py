@@ -230,13 +230,24 @@ def _carried_over(journal: Journal, run_id: str, lanes: tuple[Lane, ...]) -> Res
     except OrchestratorError as exc:
         raise UsageError(f"--resume: {exc}") from exc
     # The lane that runs each clear now: its token may have been rotated since (the same
-    # digest, so the same seqs).
+    # digest, so the same seqs). In a pool, the token that sent it, if it is still there.
     token_of = {clear.seq: lane.token_id for lane in lanes for clear in lane.clears}
+    pooled = {
+        clear.seq: {token.token_id for token in lane.pool}
+        for lane in lanes
+        for clear in lane.clears
+    }
+    cooling = set()
+    for c in prior:
+        if _maybe_running(c) and not pooled[c.seq]:
+            cooling.add(token_of[c.seq])
+        elif _maybe_running(c) and c.token_id in pooled[c.seq]:
+            cooling.add(c.token_id)
     return Resume(
         succeeded=frozenset(c.seq for c in prior if c.state == "succeeded"),
         # A call in flight at a crash, or cut by a second signal, may still be running at
-        # wolkvox: its lane rests before it sends again.
-        cooling_tokens=frozenset(token_of[c.seq] for c in prior if _maybe_running(c)),
+        # wolkvox: its token rests before it sends again.
+        cooling_tokens=frozenset(cooling),
     )
 
 

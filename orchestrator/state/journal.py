@@ -85,8 +85,10 @@ _SELECT_CLEARS = (
 # What earlier sessions of a resumed run attempted: a recorder counts on from there.
 _SELECT_ATTEMPTED = "SELECT seq, attempts FROM clears WHERE run_id = ? AND attempts > 0"
 # Every attempt is one call against the token's daily quota, whichever session made it.
+# A pool's clear names its pool (pool-1) until a token sends it: no token's calls.
 _SELECT_CALLS = (
     "SELECT token_id, SUM(attempts) FROM clears WHERE run_id = ?"
+    " AND (attempts > 0 OR token_id NOT LIKE 'pool-%')"
     " GROUP BY token_id ORDER BY token_id"
 )
 
