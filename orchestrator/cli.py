@@ -29,6 +29,7 @@ from orchestrator.plan.validate import load_plan
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
+from orchestrator.run.order import in_start_order
 from orchestrator.run.prepare import LATEST, RunOptions, prepare
 from orchestrator.state.journal import Journal, resolve_state_dir
 from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
@@ -303,7 +304,8 @@ def _validate(args: argparse.Namespace) -> int:
     plan = _load(args.plan, args.tag)
     for warning in missing_tokens(plan):
         _say(warning)
-    _say(render_schedule(plan, build_lanes(plan.clears, None)), sys.stdout)
+    lanes, _ = in_start_order(plan, build_lanes(plan.clears, None), resolve_state_dir(None))
+    _say(render_schedule(plan, lanes), sys.stdout)
     return 0
 
 

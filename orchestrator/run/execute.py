@@ -120,7 +120,9 @@ async def _open(
     progress = None
     if progress_wanted(log_format, sys.stderr):
         parallel = plan.settings.max_parallel_tokens
-        progress = stack.enter_context(Progress(prepared.lanes, max_parallel=parallel))
+        progress = stack.enter_context(
+            Progress(prepared.lanes, max_parallel=parallel, estimates=prepared.estimates)
+        )
     stream = progress.log_stream() if progress else None
     spec = RunSpec(
         plan,

@@ -28,6 +28,7 @@ from orchestrator.plan.tokens import build_lanes, missing_tokens, placeholder_to
 from orchestrator.plan.validate import check_base_url
 from orchestrator.run.events import Reason
 from orchestrator.run.openfiles import ensure_open_files, files_needed
+from orchestrator.run.order import Estimates, in_start_order
 from orchestrator.state.journal import ClearRecord, Journal, plan_digest, resolve_state_dir
 from orchestrator.state.locks import RunLock
 from orchestrator.wolkvox.client import build_url
@@ -91,6 +92,8 @@ class Prepared:
     #: ``None`` for a dry run: it opens no journal.
     state: State | None
     _held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    #: Expected durations of the clears, from the journal (which ordered the lanes).
+    estimates: Estimates = field(default_factory=Estimates)
 
     def close(self) -> None:
         """Release the run lock and close the journal."""
@@ -124,21 +127,22 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     base_url = options.base_url or plan.settings.base_url
     if not options.simulate:
         _check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
-    lanes = _lanes(plan, options, say)
+    state_dir = resolve_state_dir(options.state_dir)
+    # The journal's last durations, read only: the longest expected campaigns start first.
+    lanes, estimates = in_start_order(plan, _lanes(plan, options, say), state_dir)
     if options.dry_run:  # a dry run opens no connection, lock or journal
         say(render_schedule(plan, lanes))
-        return Prepared(plan, lanes, options, new_run_id(), base_url, None)
+        return Prepared(plan, lanes, options, new_run_id(), base_url, None, estimates=estimates)
     at_once = min(plan.settings.max_parallel_tokens, count_tokens(lanes))
     ensure_open_files(files_needed(at_once, simulated=options.simulate), lanes_at_once=at_once)
     held = contextlib.ExitStack()
     with contextlib.ExitStack() as on_refusal:
         on_refusal.push(held)
-        state_dir = resolve_state_dir(options.state_dir)
         journal = Journal.open(state_dir)
         held.callback(journal.close)
         run_id, state = _state(plan, lanes, options, journal, state_dir, held)
         on_refusal.pop_all()
-    return Prepared(plan, lanes, options, run_id, base_url, state, held)
+    return Prepared(plan, lanes, options, run_id, base_url, state, held, estimates=estimates)
 
 
 def _check_options(plan: Plan, options: RunOptions) -> None:

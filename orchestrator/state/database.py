@@ -72,6 +72,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX IF EXISTS runs_by_start",
         "CREATE INDEX runs_of_digest ON runs (digest, recorded)",
     ),
+    (
+        # How long each clear took, so the next run can start the longest first.
+        "ALTER TABLE clears ADD COLUMN duration_ms INTEGER",
+    ),
 )
 #: ``PRAGMA user_version`` of the schema above; a newer file is refused, not altered.
 SCHEMA_VERSION = len(_MIGRATIONS)

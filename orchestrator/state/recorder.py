@@ -30,7 +30,7 @@ _MARK_RETRYING = (
 )
 _MARK_DONE = (
     "UPDATE clears SET state = ?, attempts = ?, reason = ?, http_status = ?, code = ?,"
-    f" msg = ?, error = ?, updated_at = {NOW} WHERE run_id = ? AND seq = ?"
+    f" msg = ?, error = ?, duration_ms = ?, updated_at = {NOW} WHERE run_id = ? AND seq = ?"
 )
 # A succeeded row keeps its state and answer; any other row records the skip.
 _MARK_ALREADY_SUCCEEDED = (
@@ -110,6 +110,7 @@ class JournalRecorder:
                 code,
                 msg,
                 error,
+                event.duration_ms,
             )
             return _MARK_DONE, values, True
         raise TypeError(f"{type(event).__name__} changes no clear")
