@@ -377,6 +377,7 @@ class Scheduler:
     async def _run_clear(self, state: _LaneState, clear: Clear) -> ClearFinished | None:
         """Run ``clear`` to its end; ``None`` when its token left the pool before it ended."""
         tries, state.tries = state.tries or _Attempts(started=self._clock.monotonic()), None
+        tries.reason = tries.error = None  # a token that left the pool took its reason along
         while True:
             answer = await self._locked_call(state, clear, tries)
             if answer is None and state.left is not None:

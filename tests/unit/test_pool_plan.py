@@ -11,6 +11,7 @@ from orchestrator.output.views import render_schedule
 from orchestrator.plan.model import Order, Plan, TokenPool, TokenRef
 from orchestrator.plan.tokens import build_lanes, read_tokens
 from orchestrator.plan.validate import parse_plan
+from orchestrator.run.ending import describe
 
 HEAD = """\
 version: 1
@@ -131,3 +132,12 @@ def test_the_schedule_shows_each_pool_its_tokens_and_its_campaigns_in_start_orde
     assert "lane 1: pool-1, a pool of 3 token(s): 2 campaign(s), 4 clear(s)" in shown
     assert "  token env:WV_1\n  token env:WV_2\n  token env:WV_3\n  campaign 1 to start:" in shown
     assert "lane 2: env:WV_2: 2 clear(s), one at a time" in shown
+
+
+def test_an_unexpected_error_quoting_a_pool_token_does_not_show_it() -> None:
+    plan = parse(POOLED)
+    lanes = build_lanes(
+        plan.clears, read_tokens(plan, {"WV_1": "a1", "WV_2": "b2", "WV_3": "s3cr3t-two"})
+    )
+    text = describe(RuntimeError("header wolkvox-token: s3cr3t-two refused"), lanes)
+    assert "s3cr3t-two" not in text and text.startswith("RuntimeError: header wolkvox-token:")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 from fakes import BAD_REQUEST, OK, QUOTA, REJECTED, UNAVAILABLE, FakeClock, make_clear, make_lane
-from test_scheduler import BOUND_S, finished, make_scheduler, outcomes, within
+from test_scheduler import BOUND_S, ScriptedLocks, finished, make_scheduler, outcomes, within
 
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, Token, TokenPool, TokenRef
 from orchestrator.run.events import ClearStarted, Event, TokenLeftPool
+from orchestrator.run.scheduler import Scheduler
+from orchestrator.state.locks import Lease, LockError
 from orchestrator.wolkvox.client import Answer
 
 
@@ -228,3 +232,32 @@ async def test_a_resting_pool_token_is_not_used_before_its_cooldown() -> None:
     await asyncio.wait_for(scheduler.run(), BOUND_S)
     assert clock.sleeps[0] == 60.0
     assert len(outcomes(events)) == 2
+
+
+class OneBrokenLock(ScriptedLocks):
+    """Token A's lock service is gone; every other token's lock holds."""
+
+    @contextlib.asynccontextmanager
+    async def hold(self, token_id: str) -> AsyncIterator[Lease]:
+        if token_id == tid("A"):
+            raise LockError("lost contact with Redis")
+        async with super().hold(token_id) as lease:
+            yield lease
+
+
+async def test_a_token_whose_lock_is_lost_leaves_the_pool_without_sending() -> None:
+    sender, events, locks = PoolSender(), [], OneBrokenLock()
+    scheduler = Scheduler(
+        [pool_lane(["A", "B"], campaigns=3)],
+        sender,
+        max_parallel=4,
+        cooldown_s=0,
+        listeners=[events.append],
+        clock=FakeClock(),
+        locks=locks,
+    )
+    await within(scheduler.run())
+    assert outcomes(events) == {seq: ("succeeded", None) for seq in range(1, 7)}
+    assert {token for _, token in sender.calls} == {tid("B")}
+    (left,) = [e for e in events if isinstance(e, TokenLeftPool)]
+    assert (left.token_id, left.reason.value) == (tid("A"), "lock_lost")
