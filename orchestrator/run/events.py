@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -46,6 +47,19 @@ class Reason(StrEnum):
     LOCK_LOST = "lock_lost"
     #: The run could not record an event (the journal cannot be written, say) and halted.
     RECORDING_FAILED = "recording_failed"
+    #: wolkvox still answered "under maintenance" after ``maintenance_wait_s`` of waiting.
+    MAINTENANCE = "maintenance"
+
+
+class RestReason(StrEnum):
+    """Why a token is kept unused for a while."""
+
+    #: A call got no answer (timeout, dropped connection): wolkvox may still be working on it.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    #: ``--resume``: the token's call was in flight when the earlier attempt of the run ended.
+    IN_FLIGHT_AT_RESUME = "in_flight_at_resume"
+    #: wolkvox answered that it is under maintenance: nothing was done, try again later.
+    MAINTENANCE = "maintenance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,21 @@ class TokenLeftPool:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenResting:
+    """The token starts resting for ``rest_s`` seconds, until ``until`` (UTC), before ``clear``.
+
+    ``answer`` is the answer that made it rest; ``None`` for a resumed run's rest.
+    """
+
+    clear: Clear
+    token_id: str
+    reason: RestReason
+    rest_s: float
+    until: datetime
+    answer: Answer | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClearStarted:
     """An attempt of ``clear`` is about to be sent."""
 
@@ -83,7 +112,12 @@ class ClearStarted:
 
 @dataclass(frozen=True, slots=True)
 class ClearRetrying:
-    """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later."""
+    """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later.
+
+    ``delay_s`` counts from this event. When the answer left the outcome unknown, the
+    token's rest came first, announced by its own :class:`TokenResting`, and this
+    event follows that rest: ``delay_s`` is the backoff alone.
+    """
 
     clear: Clear
     token_id: str
@@ -99,6 +133,9 @@ class ClearFinished:
     ``answer`` is the last answer received (``None`` when nothing was sent or the
     call was cut); ``blocked_by`` names the failed clear that stopped its lane;
     ``unrecorded`` says why the journal could not record this outcome, when it could not.
+    ``duration_ms`` runs from the clear's first attempt to its end, waits between
+    attempts and rests included; ``rested_ms`` is the part of it the token spent
+    resting (:class:`TokenResting`).
     """
 
     clear: Clear
@@ -111,9 +148,10 @@ class ClearFinished:
     error: str | None = None
     blocked_by: int | None = None
     unrecorded: str | None = None
+    rested_ms: int = 0
 
 
-Event = TokenWaiting | TokenLeftPool | ClearStarted | ClearRetrying | ClearFinished
+Event = TokenWaiting | TokenResting | TokenLeftPool | ClearStarted | ClearRetrying | ClearFinished
 
 #: Receives every event, synchronously, in the order things happened.
 Listener = Callable[[Event], None]
@@ -173,6 +211,8 @@ def outcome_fields(event: ClearFinished) -> dict[str, object]:
         "error": error,
         "duration_ms": event.duration_ms,
     }
+    if event.rested_ms:
+        fields["rested_ms"] = event.rested_ms
     if event.blocked_by is not None:
         fields["blocked_by"] = event.blocked_by
     if event.unrecorded is not None:
