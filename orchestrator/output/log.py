@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from orchestrator.output.console import ConsoleLineRenderer, console_width
+from orchestrator.plan.model import Lane, TokenPool
 from orchestrator.run.events import (
     ClearRetrying,
     ClearStarted,
@@ -219,25 +220,43 @@ def _rest_fields(event: TokenResting) -> dict[str, object]:
 class EventLog:
     """A scheduler listener that writes each event as one log line."""
 
-    def __init__(self, logger: Any, lines: LineWriter | None = None) -> None:
-        """Log through ``logger``; raise the failure ``lines`` kept, if any, at the next event."""
+    def __init__(
+        self,
+        logger: Any,
+        lines: LineWriter | None = None,
+        *,
+        pool_tokens: Mapping[str, str] | None = None,
+    ) -> None:
+        """Log through ``logger``; raise the failure ``lines`` kept, if any, at the next event.
+
+        ``pool_tokens`` names each pool token by its reference, by ``token_id``: a pooled
+        clear's line names the token that sent it, not the whole pool.
+        """
         self._logger = logger
         self._lines = lines
+        self._pool_tokens = pool_tokens or {}
 
     def __call__(self, event: Event) -> None:
         """Log ``event``; raise when a line of this log could not be written."""
         if self._lines is not None and self._lines.failure is not None:
             raise self._lines.failure
         name, level, details = _describe(event)
-        getattr(self._logger, level)(name, **_identity(event), **details)
+        getattr(self._logger, level)(name, **self._identity(event), **details)
+
+    def _identity(self, event: Event) -> dict[str, object]:
+        """The clear's fields, with its token's reference beside its fingerprint."""
+        fields: dict[str, object] = {}
+        for key, value in clear_fields(event.clear, event.token_id).items():
+            fields[key] = value
+            if key == "token_id":
+                # What people call the token (validate and --dry-run say the same); never
+                # its value. A pool's clear names its pool until one of its tokens takes it.
+                token = event.clear.token
+                pooled = isinstance(token, TokenPool) and event.token_id in self._pool_tokens
+                fields["token"] = self._pool_tokens[event.token_id] if pooled else str(token)
+        return fields
 
 
-def _identity(event: Event) -> dict[str, object]:
-    """The clear's fields, with its token's reference beside its fingerprint."""
-    fields: dict[str, object] = {}
-    for key, value in clear_fields(event.clear, event.token_id).items():
-        fields[key] = value
-        if key == "token_id":
-            # What people call the token (validate and --dry-run say the same); never its value.
-            fields["token"] = str(event.clear.token)
-    return fields
+def pool_token_names(lanes: Sequence[Lane]) -> dict[str, str]:
+    """Each pool token's references in the plan, by ``token_id``, for :class:`EventLog`."""
+    return {token.token_id: ", ".join(token.token_names) for lane in lanes for token in lane.pool}

@@ -29,7 +29,7 @@ from orchestrator.errors import (
     TokenInfoError,
     UsageError,
 )
-from orchestrator.output.log import EventLog, make_logger, pick_format
+from orchestrator.output.log import EventLog, make_logger, pick_format, pool_token_names
 from orchestrator.output.progress import Progress, progress_wanted
 from orchestrator.output.report import ReportCollector, pool_campaigns, write_json_atomically
 from orchestrator.plan.model import Lane, Plan, count_tokens
@@ -208,7 +208,8 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     parts = engine or Engine()
     started_at, started = utc_now(), time.monotonic()
     collector = ReportCollector(keep_clears=spec.report_path is not None)
-    listeners: tuple[Listener, ...] = (EventLog(spec.logger), collector, *parts.listeners)
+    log = EventLog(spec.logger, pool_tokens=pool_token_names(spec.lanes))
+    listeners: tuple[Listener, ...] = (log, collector, *parts.listeners)
     spec.logger.info(
         "run.started",
         plan=spec.plan.source,

@@ -67,6 +67,9 @@ def test_a_pooled_run_reports_calls_per_token_and_each_campaigns_chain(
     assert all(len(c["token_ids"]) == 1 for c in chains)
     run_id = events(done.lines, "run.finished")[0]["run_id"]
     assert cli.show(run_id, state)["calls_per_token"] == stats["calls_per_token"]
+    # Each line names the pool's token that sent the clear, beside its fingerprint.
+    named = {(e["token"], e["token_id"]) for e in events(done.lines, "clear.succeeded")}
+    assert named == {("env:T_A", token["T_A"]), ("env:T_B", token["T_B"])}
 
 
 def test_two_processes_sharing_a_pools_tokens_never_use_one_twice_at_once(
