@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
 from typing import TextIO, cast
@@ -25,7 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.plan.model import Clear, Lane, count_tokens
+from orchestrator.plan.model import Clear, Lane, TokenPool, count_tokens
 from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
@@ -108,6 +108,8 @@ class _LaneView:
     known_left_s: float = 0.0
     #: Clears left that the journal has no duration of.
     unknown_left: int = 0
+    #: A pool's lane: a row per token, each showing the campaign that token is on.
+    rows: dict[str, _LaneView] = field(default_factory=dict)
 
 
 class Progress:
@@ -136,6 +138,8 @@ class Progress:
             for lane in lanes
         ]
         for lane, view in zip(lanes, self._lanes, strict=True):
+            for token in lane.pool:
+                view.rows[token.token_id] = _LaneView(", ".join(token.token_names), view.total)
             for clear in lane.clears:
                 if self._estimates.known(clear):
                     view.known_left_s += self._estimates.of(clear)
@@ -230,24 +234,37 @@ class Progress:
     def _view(self, clear: Clear) -> _LaneView | None:
         return self._lane_of.get(clear.seq)
 
+    def _row(self, event: Event) -> _LaneView | None:
+        """Where an event shows: its lane, or in a pool, the row of the token that sent it."""
+        view = self._view(event.clear)
+        if view is None or not view.rows:
+            return view
+        if view.state is _State.QUEUED:
+            view.state = _State.BETWEEN  # the pool is under way
+        row = view.rows.get(event.token_id)
+        if row is not None:
+            row.done = view.done  # the pool's clears done, as the row's count shows
+        return row
+
     def _begin(self, view: _LaneView, clear: Clear) -> None:
         if view.clear is not None and view.clear.seq == clear.seq and view.state in _WORKING:
             return
         view.clear, view.attempt, view.waited_s, view.why = clear, 0, None, ""
         view.rest_until = 0.0
         # Two references holding one token share a lane: name the one this clear uses.
-        view.label = str(clear.token)
+        if not isinstance(clear.token, TokenPool):
+            view.label = str(clear.token)
         view.began_at = self._clock()
 
     def _on_waiting(self, event: TokenWaiting) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
         view.state, view.waited_s = _State.WAITING, event.waited_s
 
     def _on_resting(self, event: TokenResting) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
@@ -255,14 +272,14 @@ class Progress:
         view.why = _REST_WHY[event.reason]
 
     def _on_started(self, event: ClearStarted) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
         view.state, view.attempt = _State.SENDING, event.attempt
 
     def _on_retrying(self, event: ClearRetrying) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
@@ -292,6 +309,10 @@ class Progress:
         view.done += 1
         view.last = outcome if reason is None else f"{outcome} ({reason})"
         view.state = _State.DONE if view.done >= view.total else _State.BETWEEN
+        row = view.rows.get(event.token_id)
+        if row is not None:
+            row.clear, row.last, row.state = event.clear, view.last, _State.BETWEEN
+            row.done = view.done
 
     # Drawing: runs on rich's refresh thread; reads the counters, never changes them.
 
@@ -305,7 +326,13 @@ class Progress:
             self._counts_text(),
         )
         parts: list[RenderableType] = [head, self._times_text(now)]
-        running = [view for view in self._lanes if view.state not in (_State.QUEUED, _State.DONE)]
+        running = [
+            row
+            for view in self._lanes
+            if view.state not in (_State.QUEUED, _State.DONE)
+            for row in (view.rows.values() if view.rows else (view,))
+            if row.state is not _State.QUEUED
+        ]
         if running:
             parts.append(self._lanes_table(running[:MAX_ROWS], now))
         if len(running) > MAX_ROWS:

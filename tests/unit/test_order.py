@@ -156,3 +156,19 @@ def test_the_time_left_comes_from_the_journal_and_says_so() -> None:
     # Nothing was sent yet: the known clear takes 30 s, the other the default.
     assert progress.estimate_left() == pytest.approx(30.0 + DEFAULT_CLEAR_S)
     assert "from the last 5 runs" in shown(progress)
+
+
+def test_a_pool_shows_a_row_per_token_on_its_campaign_and_spreads_its_time_left() -> None:
+    pool = pool_of("1", "2", "3", "4")
+    p1, p2 = (token.token_id for token in pool.pool)
+    progress = make(pool, clock=Clock())
+    progress(ClearStarted(pool.clears[0], p1, 1))
+    progress(ClearStarted(pool.clears[2], p2, 1))
+    text = shown(progress)
+    assert "env:P_1" in text and "env:P_2" in text
+    assert "#1 0014/predictive/1/busy" in text and "#3 0014/predictive/2/busy" in text
+    assert "pool(" not in text
+    progress(ClearFinished(pool.clears[0], p1, Outcome.SUCCEEDED, None, 1, OK, 4000))
+    # 7 clears left at 4 s each, over 2 tokens; the one under way on P_2 began just now.
+    assert progress.estimate_left() == pytest.approx(7 * 4.0 / 2)
+    assert "lanes: 1 running, 0 queued, 0 done" in shown(progress)
