@@ -46,6 +46,19 @@ class UsageError(OrchestratorError):
     """The command line asks for something that cannot be done; nothing was sent."""
 
 
+class TooManyNodes(Exception):
+    """Stops the YAML composer when a plan has more nodes than it may: it becomes a PlanError."""
+
+
+class TooManyItems(Exception):
+    """Stops the YAML composer when one list or mapping grows too long: it becomes a PlanError."""
+
+    def __init__(self, shape: str, line: int) -> None:
+        super().__init__()
+        self.shape = shape
+        self.line = line
+
+
 class Terminated(OrchestratorError):
     """SIGTERM arrived before a run took the signal over: nothing was sent."""
 

@@ -244,8 +244,10 @@ def _run_started(e: EventDict) -> Line:
     )
     plan = _text(e.get("plan"))
     what = f"{plan}: {counts}" if plan and counts else plan or counts
-    dry = "dry run, nothing is sent" if e.get("dry_run") else ""
-    return "started", [f"run {_text(e.get('run_id'))} started", what, dry]
+    if e.get("dry_run"):  # it has no run id: it is not journaled
+        return "started", ["dry run started", what, "nothing is sent, not journaled"]
+    where = "at the simulator, not wolkvox" if e.get("simulated") else ""
+    return "started", [f"run {_text(e.get('run_id'))} started", what, where]
 
 
 def _run_interrupted(e: EventDict) -> Line:
@@ -286,6 +288,8 @@ def _clear_started(e: EventDict) -> Line:
 def _clear_retrying(e: EventDict) -> Line:
     # The delay before the answer: a long answer is cut, the delay never.
     delay = _seconds(e.get("delay_s"))
+    if delay and e.get("retry_after_capped"):
+        delay += " (Retry-After capped)"
     said = ": ".join(part for part in (f"attempt {_text(e.get('attempt'))}", _answer(e)) if part)
     return "retrying", [_head("retrying"), *_clear(e), f"in {delay}" if delay else "", said]
 

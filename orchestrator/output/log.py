@@ -105,7 +105,7 @@ class LineWriter:
 
 def make_logger(
     fmt: LogFormat,
-    run_id: str,
+    run_id: str | None,
     stream: TextIO | LineWriter | None = None,
     *,
     extra_processors: tuple[Processor, ...] = (),
@@ -146,7 +146,9 @@ def make_logger(
     ).bind(run_id=run_id)
 
 
-def make_log(fmt: LogFormat, run_id: str, stream: TextIO | None = None) -> tuple[Any, EventLog]:
+def make_log(
+    fmt: LogFormat, run_id: str | None, stream: TextIO | None = None
+) -> tuple[Any, EventLog]:
     """A run's logger (see :func:`make_logger`) and the listener that logs its clear events.
 
     The two share one :class:`LineWriter`, so a line that cannot be written halts
@@ -189,6 +191,9 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
             "http_status": answer.http_status,
             "code": answer.code,
         }
+        if answer.retry_after_capped:
+            # The server asked for a longer wait than the backoff's cap: say it was cut.
+            details["retry_after_capped"] = True
         return "clear.retrying", "warning", details
     name, level = _FINISHED_EVENT[event.outcome]
     outcome = outcome_fields(event)

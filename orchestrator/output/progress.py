@@ -1,8 +1,9 @@
 """Live progress of a run on a terminal: counts, each running lane's clear, time left.
 
 A :class:`Progress` is a scheduler listener and a context manager around a
-``rich.live.Live`` on stderr, so stdout stays the log. It is shown only where a
-person watches (:func:`progress_wanted`). When stdout is the same terminal,
+``rich.live.Live`` on stderr, so stdout stays the log. It is shown wherever a
+person watches stderr (:func:`progress_wanted`), whatever stdout is: ``run ... >
+run.jsonl`` on a terminal shows it too. When stdout is the same terminal,
 :meth:`Progress.log_stream` gives the logger a stream whose lines are printed
 above the display instead of through it.
 """
@@ -47,14 +48,12 @@ _HALT_REASONS = frozenset({"interrupted", "aborted", "recording_failed"})
 _MAX_WHY_CHARS = 40
 
 
-def progress_wanted(log_format: str, stderr: TextIO) -> bool:
-    """True when a live display should be shown: console log format and stderr a terminal.
+def progress_wanted(stderr: TextIO) -> bool:
+    """True when a live display should be shown: whenever ``stderr`` is a terminal.
 
-    ``log_format`` is the resolved format (``"json"`` or ``"console"``, as returned by
-    :func:`orchestrator.output.log.pick_format`), not ``"auto"``.
+    Whatever stdout is and whichever log format it carries: the display is drawn on
+    stderr, so a JSON log redirected to a file or a pipe stays whole.
     """
-    if log_format != "console":
-        return False
     try:
         return stderr.isatty()
     except (ValueError, OSError):

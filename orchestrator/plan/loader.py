@@ -35,7 +35,7 @@ from typing import Final, NoReturn
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from orchestrator.errors import PlanError, Problem
+from orchestrator.errors import PlanError, Problem, TooManyItems, TooManyNodes
 from orchestrator.plan.model import MAX_CLEARS
 
 __all__ = [
@@ -97,18 +97,6 @@ _PLAIN: Final = "\0plain"
 _TEXT_TAGS: Final = frozenset({_PLAIN, _STR, _STD + "int", _STD + "float", _NULL})
 
 
-class _TooManyNodes(Exception):
-    """Raised from inside the composer to stop it."""
-
-
-class _TooManyItems(Exception):
-    """Raised from inside the composer when one list or mapping grows too long."""
-
-    def __init__(self, collection: Node) -> None:
-        super().__init__()
-        self.collection = collection
-
-
 class _Untyped:
     """Loader hooks: no implicit typing, and a count of the nodes composed."""
 
@@ -129,7 +117,7 @@ class _Untyped:
         # its index there: a position in a list, None for a key, the key for a value.
         self.composed += 1
         if self.composed > MAX_NODES:
-            raise _TooManyNodes
+            raise TooManyNodes
         if isinstance(current_node, MappingNode) and current_index is None:
             finished = current_node.value[-1] if current_node.value else ()
         elif isinstance(current_node, SequenceNode) and isinstance(current_index, int):
@@ -138,7 +126,8 @@ class _Untyped:
             return  # a mapping's value, or the document's root
         _forget_end(*finished)
         if len(current_node.value) >= MAX_ITEMS:
-            raise _TooManyItems(current_node)
+            shape = "list" if isinstance(current_node, SequenceNode) else "mapping"
+            raise TooManyItems(shape, line_of(current_node))
 
     def ascend_resolver(self) -> None:
         """Nothing to undo: :meth:`descend_resolver` keeps no path."""
@@ -202,15 +191,14 @@ def compose(text: str | bytes, source: str) -> Node | None:
     except UnicodeEncodeError as exc:
         line = text.count("\n", 0, exc.start) + 1
         raise _whole_file(source, "the plan is not valid Unicode text", line) from None
-    except _TooManyNodes:
+    except TooManyNodes:
         raise _whole_file(source, f"the plan has more than {MAX_NODES} YAML nodes") from None
-    except _TooManyItems as exc:
-        shape = "list" if isinstance(exc.collection, SequenceNode) else "mapping"
+    except TooManyItems as exc:
         message = (
-            f"a {shape} of more than {MAX_ITEMS} entries; a plan has at most "
+            f"a {exc.shape} of more than {MAX_ITEMS} entries; a plan has at most "
             f"{MAX_CLEARS} clears: split it up"
         )
-        raise _whole_file(source, message, line_of(exc.collection)) from None
+        raise _whole_file(source, message, exc.line) from None
     except RecursionError:
         # Only the pure-Python composer recurses; libyaml stops at depth 1000.
         raise _whole_file(source, "the plan is nested too deeply") from None
@@ -219,7 +207,7 @@ def compose(text: str | bytes, source: str) -> Node | None:
         in_bytes = loader is not None and not isinstance(loader, yaml.SafeLoader)
         raise _reader_error(exc, text.encode() if in_bytes else text, source) from exc
     except yaml.MarkedYAMLError as exc:
-        raise _yaml_error(exc, source) from exc
+        raise _yaml_error(exc, source, text) from exc
     finally:
         if loader is not None:
             loader.dispose()
@@ -467,15 +455,26 @@ def _too_large(source: str) -> PlanError:
     return _whole_file(source, f"the plan is larger than {MAX_BYTES // (1024 * 1024)} MiB")
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError, source: str) -> PlanError:
+def _yaml_error(exc: yaml.MarkedYAMLError, source: str, text: str) -> PlanError:
     mark = exc.problem_mark or exc.context_mark
     line = int(mark.line) + 1 if mark is not None else None
     if exc.context == "expected a single document in the stream":
         return _whole_file(source, "the file holds more than one YAML document", line)
+    if "tab" in (exc.problem or "") or (line is not None and _tab_indented(text, line)):
+        # PyYAML words this "found character that cannot start any token".
+        message = "tab characters are not allowed in YAML indentation; use spaces"
+        return _whole_file(source, message, line)
     message = f"invalid YAML: {exc.problem or exc.context}"
     if exc.problem and exc.context:
         message += f" ({exc.context})"
     return _whole_file(source, message, line)
+
+
+def _tab_indented(text: str, line: int) -> bool:
+    """Whether the indentation of ``line`` (1-based) of ``text`` holds a tab."""
+    lines = text.splitlines()
+    written = lines[line - 1] if 0 < line <= len(lines) else ""
+    return "\t" in written[: len(written) - len(written.lstrip())]
 
 
 def _reader_error(exc: yaml.reader.ReaderError, text: str | bytes, source: str) -> PlanError:

@@ -146,7 +146,9 @@ def tell(result: RunResult, prepared: Prepared, say: Say) -> None:
             f"{len(result.unrecorded)} clear(s) ({shown}{more}): --resume may send them again"
         )
     totals = result.totals
+    # A dry run has no id to give: it is not journaled, so ``show`` could not find one.
+    run = "dry run, not journaled" if prepared.run_id is None else f"run {prepared.run_id}"
     say(
         f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "
-        f"in {result.duration_ms / 1000:.1f} s (run {prepared.run_id}, exit {result.exit_code})"
+        f"in {result.duration_ms / 1000:.1f} s ({run}, exit {result.exit_code})"
     )

@@ -62,8 +62,11 @@ class RunSpec:
     lanes: tuple[Lane, ...]
     base_url: str
     logger: Any
-    run_id: str
+    #: ``None`` for a dry run: it is never journaled, so it has no id ``show`` could find.
+    run_id: str | None
     dry_run: bool = False
+    #: Sent to the built-in simulator (``--simulate``), not to wolkvox.
+    simulated: bool = False
     report_path: str | None = None
     #: Records each event durably before the run goes on (the journal).
     recorder: Recorder | None = None
@@ -98,10 +101,10 @@ async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None)
             )
     except BaseException as exc:
         if begun and state is not None:
-            finish_journal(state, prepared.run_id, exit_code_of(exc), say)
+            finish_journal(state, state.run_id, exit_code_of(exc), say)
         raise
     if begun and state is not None:
-        finish_journal(state, prepared.run_id, result.exit_code, say)
+        finish_journal(state, state.run_id, result.exit_code, say)
     if options.metrics_file and not options.dry_run:
         write_metrics(options.metrics_file, prepared, started_wall, result, say)
     tell(result, prepared, say)
@@ -119,7 +122,7 @@ async def _open(
         base_url = simulator.url + SERVER_PREFIX
     log_format = pick_format(options.log_format, sys.stdout)
     progress = None
-    if progress_wanted(log_format, sys.stderr):
+    if progress_wanted(sys.stderr):
         parallel = plan.settings.max_parallel_tokens
         progress = stack.enter_context(
             Progress(prepared.lanes, max_parallel=parallel, estimates=prepared.estimates)
@@ -132,6 +135,7 @@ async def _open(
         make_logger(log_format, prepared.run_id, stream),
         prepared.run_id,
         dry_run=options.dry_run,
+        simulated=options.simulate,
         report_path=options.report,
     )
     if prepared.state is not None:
@@ -143,7 +147,7 @@ async def _with_state(
     spec: RunSpec, state: State, prepared: Prepared, stack: contextlib.AsyncExitStack
 ) -> RunSpec:
     """Take the token locks, check the quota, then write the run's start to the journal."""
-    options = prepared.options
+    options, run_id = prepared.options, state.run_id
     lock_url = options.lock_url or spec.plan.settings.lock_url
     # The longest a call can keep a token busy: Redis locks keep off every token that
     # long when Redis cannot prove it kept the leases of calls that may still run.
@@ -160,15 +164,21 @@ async def _with_state(
     # said yes: a run refused up to here leaves the journal as it was.
     if state.resume is None:
         state.journal.begin_run(
-            spec.run_id, spec.plan.source, state.digest, spec.lanes, started_at=utc_now()
+            run_id,
+            spec.plan.source,
+            state.digest,
+            spec.lanes,
+            started_at=utc_now(),
+            base_url=spec.base_url,
+            simulated=spec.simulated,
         )
     else:
-        state.journal.resume_run(spec.run_id)
+        state.journal.resume_run(run_id, base_url=spec.base_url)
     try:
-        recorder = state.journal.listener(spec.run_id)
+        recorder = state.journal.listener(run_id)
     except OrchestratorError:
         # Begun but refused before anything was sent: the journal says so.
-        finish_journal(state, spec.run_id, EXIT_USAGE, lambda text: None)
+        finish_journal(state, run_id, EXIT_USAGE, lambda text: None)
         raise
     return dataclasses.replace(spec, recorder=recorder, locks=locks, resume=resume)
 
@@ -216,6 +226,8 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
         clears=sum(len(lane.clears) for lane in spec.lanes),
         tokens=count_tokens(spec.lanes),
         dry_run=spec.dry_run,
+        base_url=_target(spec),
+        simulated=spec.simulated,
     )
     ending = Ending()
     try:
@@ -305,6 +317,12 @@ def _pretend(lanes: tuple[Lane, ...], listeners: tuple[Listener, ...]) -> None:
                 listener(event)
 
 
+def _target(spec: RunSpec) -> str | None:
+    """Where the run sends: the API's URL template; ``None`` for a simulated dry run,
+    which starts no simulator and so has no URL to send to."""
+    return None if spec.simulated and spec.dry_run else spec.base_url
+
+
 # -------------------------------------------------------------------- the ending
 
 
@@ -348,6 +366,8 @@ def _write_report(
                 "run_id": spec.run_id,
                 "plan": spec.plan.source,
                 "dry_run": spec.dry_run,
+                "base_url": _target(spec),
+                "simulated": spec.simulated,
                 "started_at": started_at,
                 "finished_at": utc_now(),
                 "exit_code": result.exit_code,

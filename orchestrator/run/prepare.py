@@ -29,7 +29,7 @@ from orchestrator.plan.validate import check_base_url
 from orchestrator.run.events import Reason
 from orchestrator.run.openfiles import ensure_open_files, files_needed
 from orchestrator.run.order import Estimates, in_start_order
-from orchestrator.state.journal import ClearRecord, Journal, plan_digest, resolve_state_dir
+from orchestrator.state.journal import ClearRecord, Journal, RunRecord, plan_digest, run_state_dir
 from orchestrator.state.locks import RunLock
 from orchestrator.wolkvox.client import build_url
 
@@ -72,6 +72,8 @@ class State:
 
     journal: Journal
     state_dir: Path
+    #: The run's id: only a journaled run has one, so ``show`` finds every id it is told.
+    run_id: str
     digest: str
     #: Held while this process runs the run, so no other process resumes it meanwhile.
     run_lock: RunLock
@@ -86,7 +88,6 @@ class Prepared:
     plan: Plan
     lanes: tuple[Lane, ...]
     options: RunOptions
-    run_id: str
     #: The API's URL template (with ``--simulate``, the simulator's replaces it once started).
     base_url: str
     #: ``None`` for a dry run: it opens no journal.
@@ -94,6 +95,11 @@ class Prepared:
     _held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     #: Expected durations of the clears, from the journal (which ordered the lanes).
     estimates: Estimates = field(default_factory=Estimates)
+
+    @property
+    def run_id(self) -> str | None:
+        """The journaled run's id; ``None`` for a dry run, which is never journaled."""
+        return None if self.state is None else self.state.run_id
 
     def close(self) -> None:
         """Release the run lock and close the journal."""
@@ -126,13 +132,13 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     _check_options(plan, options)
     base_url = options.base_url or plan.settings.base_url
     if not options.simulate:
-        _check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
-    state_dir = resolve_state_dir(options.state_dir)
+        check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
+    state_dir = run_state_dir(options.state_dir, simulated=options.simulate)
     # The journal's last durations, read only: the longest expected campaigns start first.
     lanes, estimates = in_start_order(plan, _lanes(plan, options, say), state_dir)
     if options.dry_run:  # a dry run opens no connection, lock or journal
         say(render_schedule(plan, lanes))
-        return Prepared(plan, lanes, options, new_run_id(), base_url, None, estimates=estimates)
+        return Prepared(plan, lanes, options, base_url, None, estimates=estimates)
     at_once = min(plan.settings.max_parallel_tokens, count_tokens(lanes))
     ensure_open_files(files_needed(at_once, simulated=options.simulate), lanes_at_once=at_once)
     held = contextlib.ExitStack()
@@ -140,9 +146,9 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
         on_refusal.push(held)
         journal = Journal.open(state_dir)
         held.callback(journal.close)
-        run_id, state = _state(plan, lanes, options, journal, state_dir, held)
+        state = _state(plan, lanes, options, journal, state_dir, held)
         on_refusal.pop_all()
-    return Prepared(plan, lanes, options, run_id, base_url, state, held, estimates=estimates)
+    return Prepared(plan, lanes, options, base_url, state, held, estimates=estimates)
 
 
 def _check_options(plan: Plan, options: RunOptions) -> None:
@@ -161,7 +167,7 @@ def _check_options(plan: Plan, options: RunOptions) -> None:
             raise UsageError(f"{option}: cannot write into {folder}")
 
 
-def _check_request_urls(plan: Plan, base_url: str, option: str) -> None:
+def check_request_urls(plan: Plan, base_url: str, option: str) -> None:
     """Build each server's request URL now, so a URL that cannot be sent refuses the run.
 
     A host must survive the IDNA encoding the resolver applies when the request
@@ -198,25 +204,27 @@ def _state(
     journal: Journal,
     state_dir: Path,
     held: contextlib.ExitStack,
-) -> tuple[str, State]:
-    """The run's id and journal state: a new run, or the run to resume (read only)."""
+) -> State:
+    """The run's journal state: a new run, or the run to resume (read only)."""
     digest = plan_digest(lanes)
     if options.resume is None:
         run_id = new_run_id()
     else:
-        run_id = _resumable(plan, journal, digest, options.resume)
+        record = _resumable(plan, journal, digest, options)
+        _check_same_target(record, options)
+        run_id = record.run_id
     run_lock = RunLock.take(state_dir, run_id)
     if run_lock is None:
         raise UsageError(f"--resume: run {run_id} is still running in another process")
     held.callback(run_lock.release)
     # Read under the run lock, so no other process moves the run on meanwhile.
     resume = None if options.resume is None else _carried_over(journal, run_id, lanes)
-    return run_id, State(journal, state_dir, digest, run_lock, resume)
+    return State(journal, state_dir, run_id, digest, run_lock, resume)
 
 
-def _resumable(plan: Plan, journal: Journal, digest: str, wanted: str) -> str:
-    run_id = None if wanted == LATEST else wanted
-    record = journal.find_resumable(digest, run_id)
+def _resumable(plan: Plan, journal: Journal, digest: str, options: RunOptions) -> RunRecord:
+    run_id = None if options.resume == LATEST else options.resume
+    record = journal.find_resumable(digest, run_id, simulated=options.simulate)
     if record is None:
         which = f"run {run_id}" if run_id else f"unfinished or failed run of {plan.source}"
         raise UsageError(f"--resume: found no {which} to resume in {journal.path}")
@@ -225,7 +233,23 @@ def _resumable(plan: Plan, journal: Journal, digest: str, wanted: str) -> str:
             f"--resume: run {record.run_id} was made from a different plan "
             f"(digest {record.digest[:12]}, this plan {digest[:12]}); nothing was sent"
         )
-    return record.run_id
+    return record
+
+
+def _check_same_target(record: RunRecord, options: RunOptions) -> None:
+    """Refuse to resume a simulated run for real, or a real run at the simulator.
+
+    A resumed run does not send again what succeeded before: had that been at the
+    simulator, real records would be left and reported cleared. A run that did not
+    record whether it was simulated (an older journal's) is not checked. Another
+    base URL is allowed: a run is resumed where it can get through now.
+    """
+    if record.simulated is not None and record.simulated != options.simulate:
+        was, now = ("simulated", "a real run") if record.simulated else ("real", "simulated")
+        raise UsageError(
+            f"--resume: run {record.run_id} was {was} and cannot be resumed as {now}; "
+            "nothing was sent"
+        )
 
 
 def _carried_over(journal: Journal, run_id: str, lanes: tuple[Lane, ...]) -> Resume:

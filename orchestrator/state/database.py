@@ -73,6 +73,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_of_digest ON runs (digest, recorded)",
     ),
     (
+        # Where a run went: the API's URL template (never a token: it has no user info or
+        # query) and whether it was the simulator. NULL in runs recorded before version 3,
+        # which did not say.
+        "ALTER TABLE runs ADD COLUMN base_url TEXT",
+        "ALTER TABLE runs ADD COLUMN simulated INTEGER CHECK (simulated IN (0, 1))",
+    ),
+    (
         # How long each clear took, so the next run can start the longest first.
         "ALTER TABLE clears ADD COLUMN duration_ms INTEGER",
     ),

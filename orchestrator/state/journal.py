@@ -1,8 +1,10 @@
 """The run journal: every clear's state in SQLite, so a crashed run can be resumed.
 
-A run is journaled in ``<state dir>/journal.sqlite3``: one ``runs`` row and one
-``clears`` row per clear of the plan. The scheduler's events move a clear from
-``pending`` to ``in_flight`` (committed *before* its request leaves) and on to
+A run is journaled in ``<state dir>/journal.sqlite3`` (a simulated run in the
+``simulated/`` folder of the state directory: :func:`run_state_dir`): one ``runs``
+row, saying where the run was sent, and one ``clears`` row per clear of the plan.
+The scheduler's events move a clear from ``pending`` to ``in_flight`` (committed
+*before* its request leaves) and on to
 ``succeeded``, ``failed`` or ``skipped`` (committed when it ends, before its token
 is used again). Each change is one transaction. A resumed run reopens the same run
 row, so it keeps counting attempts where the crashed one stopped.
@@ -19,6 +21,7 @@ database path and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -54,27 +57,39 @@ __all__ = [
     "plan_digest",
     "read_durations",
     "resolve_state_dir",
+    "run_state_dir",
 ]
 
 #: The file inside the state directory.
 JOURNAL_FILE = "journal.sqlite3"
+#: The folder of the state directory that keeps simulated runs, unless told otherwise.
+SIMULATED_DIR = "simulated"
 
 _INSERT_RUN = (
-    "INSERT INTO runs (run_id, plan, digest, started_at, dry_run, recorded)"
-    " VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(recorded), 0) + 1 FROM runs))"
+    "INSERT INTO runs (run_id, plan, digest, started_at, dry_run, base_url, simulated, recorded)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(recorded), 0) + 1 FROM runs))"
 )
 _INSERT_CLEAR = (
     "INSERT INTO clears (run_id, seq, token_id, server, type_campaign, campaign_id, result,"
     f" updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, {NOW})"
 )
 _FINISH_RUN = "UPDATE runs SET finished_at = ?, exit_code = ? WHERE run_id = ?"
-_REOPEN_RUN = "UPDATE runs SET finished_at = NULL, exit_code = NULL WHERE run_id = ?"
+# A resumed run may be sent elsewhere than before: the row names its latest target.
+_REOPEN_RUN = (
+    "UPDATE runs SET finished_at = NULL, exit_code = NULL,"
+    " base_url = COALESCE(?, base_url) WHERE run_id = ?"
+)
 
-_RUN_COLUMNS = "run_id, plan, digest, started_at, finished_at, exit_code, dry_run"
+_RUN_COLUMNS = (
+    "run_id, plan, digest, started_at, finished_at, exit_code, dry_run, base_url, simulated"
+)
 _SELECT_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
-# Dry runs sent nothing, so there is nothing to resume in them.
+# Dry runs sent nothing, so there is nothing to resume in them. A simulated run is no
+# run to resume for real, nor the other way round; a run that did not record which it
+# was (NULL) may be either.
 _SELECT_RESUMABLE = (
     f"SELECT {_RUN_COLUMNS} FROM runs WHERE digest = ? AND dry_run = 0"
+    " AND (simulated IS NULL OR simulated = ?)"
     " AND (finished_at IS NULL OR exit_code != 0) ORDER BY recorded DESC LIMIT 1"
 )
 _SELECT_RUNS = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY recorded DESC LIMIT ?"
@@ -165,6 +180,18 @@ def read_durations(
         conn.close()
 
 
+def run_state_dir(cli_value: str | None, *, simulated: bool) -> Path:
+    """The state directory a run journals in: :func:`resolve_state_dir`, except that a
+    simulated run keeps to its ``simulated/`` folder unless ``--state-dir`` names one.
+
+    So runs against the simulator (the Quickstart's) never land in the journal of
+    real runs, nor take their token locks; ``ORCHESTRATOR_STATE_DIR`` names the
+    production directory, so only ``--state-dir`` puts them elsewhere.
+    """
+    state_dir = resolve_state_dir(cli_value)
+    return state_dir / SIMULATED_DIR if simulated and not cli_value else state_dir
+
+
 # ----------------------------------------------------------------------- journal
 
 
@@ -201,6 +228,28 @@ class Journal:
             raise journal_error(path, "opened", exc) from exc
         return cls(connect(path), path)
 
+    @classmethod
+    def open_holding(cls, state_dir: Path, run_id: str) -> tuple[Journal, RunRecord]:
+        """The journal of ``state_dir`` that holds ``run_id``, open, and the run's record.
+
+        A simulated run is kept apart (:func:`run_state_dir`), yet its id is found like
+        any other: the journal of simulated runs is searched too, when it exists (the
+        search creates none). Raises :class:`JournalError` when neither holds the run.
+        """
+        searched: list[Path] = []
+        for place in (state_dir, state_dir / SIMULATED_DIR):
+            if searched and not (place / JOURNAL_FILE).exists():
+                continue
+            journal = cls.open(place)
+            with contextlib.ExitStack() as unless_found:
+                unless_found.callback(journal.close)
+                record = journal.run(run_id)
+                if record is not None:
+                    unless_found.pop_all()
+                    return journal, record
+            searched.append(journal.path)
+        raise JournalError(f"no run {run_id} in {' nor in '.join(map(str, searched))}")
+
     def close(self) -> None:
         """Close the connection; later calls raise :class:`JournalError`. Idempotent."""
         try:
@@ -230,12 +279,15 @@ class Journal:
         *,
         started_at: str,
         dry_run: bool = False,
+        base_url: str | None = None,
+        simulated: bool = False,
     ) -> None:
         """Record a new run and every clear of ``lanes`` as ``pending``, in one transaction.
 
-        The run is recorded after every run already in the journal, whatever
-        ``started_at`` says: that order is the one :meth:`find_resumable` and
-        :meth:`runs` follow.
+        ``base_url`` is the API's URL template the run sends to, ``simulated`` whether
+        that is the simulator. The run is recorded after every run already in the
+        journal, whatever ``started_at`` says: that order is the one
+        :meth:`find_resumable` and :meth:`runs` follow.
         """
         rows = [
             (
@@ -251,16 +303,20 @@ class Journal:
             for clear in lane.clears
         ]
         with transaction(self._conn, self._path):
-            self._conn.execute(_INSERT_RUN, (run_id, plan, digest, started_at, int(dry_run)))
+            self._conn.execute(
+                _INSERT_RUN,
+                (run_id, plan, digest, started_at, int(dry_run), base_url, int(simulated)),
+            )
             self._conn.executemany(_INSERT_CLEAR, rows)
 
-    def resume_run(self, run_id: str) -> dict[int, ClearRecord]:
+    def resume_run(self, run_id: str, *, base_url: str | None = None) -> dict[int, ClearRecord]:
         """Mark ``run_id`` unfinished again and return its clears by seq, as they were left.
 
-        Raises :class:`JournalError` when the journal has no such run.
+        ``base_url``, when given, replaces the target the run records: where its latest
+        session sends. Raises :class:`JournalError` when the journal has no such run.
         """
         with transaction(self._conn, self._path):
-            if self._conn.execute(_REOPEN_RUN, (run_id,)).rowcount != 1:
+            if self._conn.execute(_REOPEN_RUN, (base_url, run_id)).rowcount != 1:
                 raise JournalError(f"journal {self._path} has no run {run_id}")
             rows = self._conn.execute(_SELECT_CLEARS, (run_id,)).fetchall()
         return {record.seq: record for record in map(_clear_record, rows)}
@@ -293,17 +349,20 @@ class Journal:
 
     # -- reading
 
-    def find_resumable(self, digest: str, run_id: str | None = None) -> RunRecord | None:
+    def find_resumable(
+        self, digest: str, run_id: str | None = None, *, simulated: bool = False
+    ) -> RunRecord | None:
         """The run to resume, or ``None``.
 
-        With ``run_id``: that run, whatever its digest (the caller compares
-        digests and refuses a mismatch). Without: of the runs of ``digest`` that
-        are unfinished or ended with a non-zero exit code, the one recorded last;
-        dry runs are never picked, since they sent nothing.
+        With ``run_id``: that run, whatever its digest and target (the caller
+        compares them and refuses a mismatch). Without: of the runs of ``digest``
+        that are unfinished or ended with a non-zero exit code, the one recorded
+        last; dry runs are never picked, since they sent nothing, nor runs that
+        recorded a ``simulated`` flag other than ``simulated``.
         """
         if run_id is not None:
             return self.run(run_id)
-        row = self._fetchone(_SELECT_RESUMABLE, (digest,))
+        row = self._fetchone(_SELECT_RESUMABLE, (digest, int(simulated)))
         return None if row is None else _run_record(row)
 
     def run(self, run_id: str) -> RunRecord | None:
@@ -368,6 +427,8 @@ class Journal:
             exit_code=record.exit_code,
             dry_run=record.dry_run,
             totals=totals,
+            base_url=record.base_url,
+            simulated=record.simulated,
         )
 
     def _fetchone(self, sql: str, params: tuple[object, ...]) -> Sequence[Any] | None:
@@ -382,8 +443,18 @@ class Journal:
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
-    run_id, plan, digest, started_at, finished_at, exit_code, dry_run = row
-    return RunRecord(run_id, plan, digest, started_at, finished_at, exit_code, bool(dry_run))
+    run_id, plan, digest, started_at, finished_at, exit_code, dry_run, base_url, simulated = row
+    return RunRecord(
+        run_id,
+        plan,
+        digest,
+        started_at,
+        finished_at,
+        exit_code,
+        bool(dry_run),
+        base_url,
+        None if simulated is None else bool(simulated),
+    )
 
 
 def _clear_record(row: Sequence[Any]) -> ClearRecord:

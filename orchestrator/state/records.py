@@ -10,7 +10,11 @@ STATES: tuple[str, ...] = ("succeeded", "failed", "skipped", "pending", "in_flig
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """One journaled run. ``finished_at`` and ``exit_code`` are ``None`` until it ends."""
+    """One journaled run. ``finished_at`` and ``exit_code`` are ``None`` until it ends.
+
+    ``base_url`` (the API's URL template it was sent to) and ``simulated`` are ``None``
+    for a run recorded by an orchestrator that did not record them.
+    """
 
     run_id: str
     plan: str
@@ -19,6 +23,8 @@ class RunRecord:
     finished_at: str | None
     exit_code: int | None
     dry_run: bool
+    base_url: str | None = None
+    simulated: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,8 @@ class RunSummary:
     exit_code: int | None
     dry_run: bool
     totals: dict[str, int]
+    base_url: str | None = None
+    simulated: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,13 +100,17 @@ def test_runs_and_show_list_journaled_runs_with_totals_exit_codes_and_clear_stat
         (0, str(plan), False),
         (1, str(plan), False),
     ]
+    assert [(by_id[i]["base_url"], by_id[i]["simulated"]) for i in ids_] == [
+        (sim.base_url, False),
+        (dead, False),
+    ]
     totals = ("succeeded", "failed", "skipped", "pending", "in_flight")
     assert by_id[good_id]["totals"] == dict(zip(totals, (4, 0, 0, 0, 0), strict=True))
     assert by_id[bad_id]["totals"] == dict(zip(totals, (0, 1, 3, 0, 0), strict=True))
     assert all(r["finished_at"] for r in runs)
 
     assert table.code == 0, table.err
-    assert table.out.split()[:8] == [
+    assert table.out.split()[:9] == [
         "RUN",
         "STARTED",
         "EXIT",
@@ -114,11 +118,12 @@ def test_runs_and_show_list_journaled_runs_with_totals_exit_codes_and_clear_stat
         "FAILED",
         "SKIPPED",
         "PENDING",
+        "TARGET",
         "PLAN",
     ]
     rows = {line.split()[0]: line.split() for line in table.out.splitlines()[1:]}
-    assert rows[bad_id][2:] == ["1", "0", "1", "3", "0", str(plan)]
-    assert rows[good_id][2:] == ["0", "4", "0", "0", "0", str(plan)]
+    assert rows[bad_id][2:] == ["1", "0", "1", "3", "0", dead, str(plan)]
+    assert rows[good_id][2:] == ["0", "4", "0", "0", "0", sim.base_url, str(plan)]
 
     assert shown_bad.code == 0, shown_bad.err
     bad_run = json.loads(shown_bad.out)
@@ -139,6 +144,7 @@ def test_runs_and_show_list_journaled_runs_with_totals_exit_codes_and_clear_stat
     head = text.out.splitlines()[0]
     assert text.code == 0 and head.startswith(f"run {bad_id}: {plan}, started ")
     assert head.endswith(", exit 1")
+    assert text.out.splitlines()[1] == f"  sent to {dead}"
     assert unknown.code == 2
     assert f"orchestrator: no run {unknown_id} in {state / 'journal.sqlite3'}" in unknown.err
     assert sim.stats()["total_calls"] == 4

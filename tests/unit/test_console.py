@@ -43,6 +43,7 @@ CLEAR = LANE.clears[0]
 ALL = dataclasses.replace(
     CLEAR, seq=8, result=None, token=TokenRef("file", "/run/secrets/ops"), type_campaign="preview"
 )
+CAPPED = dataclasses.replace(UNAVAILABLE, retry_after_s=60.0, retry_after_capped=True)
 ID = LANE.token_id
 #: The maintenance answer as wolkvox (and the simulator) sends it.
 MAINTENANCE = Answer(
@@ -109,10 +110,20 @@ def console(
             (
                 "info",
                 "run.started",
+                {"plan": "plans/n.yaml", "clears": 2, "tokens": 1, "simulated": True},
+            ),
+            f"02:10:05 ▶ run {RUN_ID} started  plans/n.yaml: 2 clears, 1 token"
+            "  at the simulator, not wolkvox",
+        ),
+        (
+            (
+                "info",
+                "run.started",
                 {"plan": "plans/n.yaml", "clears": 1, "tokens": 1, "dry_run": True},
             ),
-            f"02:10:05 ▶ run {RUN_ID} started  plans/n.yaml: 1 clear, 1 token"
-            "  dry run, nothing is sent",
+            # A dry run is not journaled: no id that ``show`` could not find.
+            "02:10:05 ▶ dry run started  plans/n.yaml: 1 clear, 1 token"
+            "  nothing is sent, not journaled",
         ),
         (
             ClearStarted(CLEAR, ID, 1),
@@ -126,6 +137,11 @@ def console(
             ClearRetrying(CLEAR, ID, 1, 0.6, UNAVAILABLE),
             "02:10:05 ↻ retrying   #7 0014/predictive/3001/busy  env:TOK_A  in 0.6 s"
             "  attempt 1: unreadable body: HTTP 503",
+        ),
+        (
+            ClearRetrying(CLEAR, ID, 1, 60.0, CAPPED),
+            "02:10:05 ↻ retrying   #7 0014/predictive/3001/busy  env:TOK_A  in 1m00s"
+            " (Retry-After capped)  attempt 1: unreadable bod…",
         ),
         (
             ClearRetrying(CLEAR, ID, 2, 75.0, TIMEOUT),

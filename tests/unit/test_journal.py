@@ -56,6 +56,8 @@ MAINTENANCE = Answer(
     msg="SERVICE UNDER MAINTENANCE",
 )
 T0 = "2026-11-28T02:00:00Z"
+BASE_URL = "https://wv{server}.wolkvox.com"
+SIM_URL = "http://127.0.0.1:40123/wv{server}"
 
 
 def clear(seq: int, **overrides: object) -> Clear:
@@ -234,8 +236,9 @@ def test_begin_listener_finish_round_trip(journal: Journal, lanes: list[Lane]) -
     journal.finish_run("r1", exit_code=130, finished_at="2026-11-28T02:05:00Z")
 
     assert journal.run("r1") == RunRecord(
-        "r1", "plans/nightly.yaml", plan_digest(lanes), T0, "2026-11-28T02:05:00Z", 130, False
-    )
+        "r1", "plans/nightly.yaml", plan_digest(lanes), T0, "2026-11-28T02:05:00Z", 130, False,
+        None, False,
+    )  # fmt: skip
     ok_msg = "All records has been deleted"
     # seq, token_id, server, type_campaign, campaign_id, result, state, attempts,
     # http_status, code, msg, error, reason
@@ -257,7 +260,7 @@ def test_begin_run_marks_every_clear_pending(journal: Journal, lanes: list[Lane]
         (3, "pending", 0),
     ]
     assert journal.run("r1") == RunRecord(
-        "r1", "plans/nightly.yaml", plan_digest(lanes), T0, None, None, False
+        "r1", "plans/nightly.yaml", plan_digest(lanes), T0, None, None, False, None, False
     )
 
 
@@ -826,3 +829,74 @@ def sigkilled_script(state_dir: Path, body: str) -> str:
         record = journal.listener("r1")
         """
     ) + textwrap.dedent(body)
+
+
+# -------------------------------------------------------------- where a run went
+
+
+def test_a_run_records_its_target_and_whether_it_was_simulated(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    digest = plan_digest(lanes)
+    journal.begin_run("real", "p.yaml", digest, lanes, started_at=T0, base_url=BASE_URL)
+    journal.begin_run(
+        "sim", "p.yaml", digest, lanes, started_at=T0, base_url=SIM_URL, simulated=True
+    )
+    real, sim = journal.run("real"), journal.run("sim")
+    assert real is not None and (real.base_url, real.simulated) == (BASE_URL, False)
+    assert sim is not None and (sim.base_url, sim.simulated) == (SIM_URL, True)
+    assert {(s.run_id, s.base_url, s.simulated) for s in journal.runs()} == {
+        ("real", BASE_URL, False),
+        ("sim", SIM_URL, True),
+    }
+
+
+def test_a_simulated_run_is_never_the_latest_to_resume_for_real_nor_the_other_way(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    digest = plan_digest(lanes)
+    journal.begin_run("real", "p.yaml", digest, lanes, started_at=T0, base_url=BASE_URL)
+    journal.begin_run(
+        "sim", "p.yaml", digest, lanes, started_at=T0, base_url=SIM_URL, simulated=True
+    )
+    real = journal.find_resumable(digest)
+    sim = journal.find_resumable(digest, simulated=True)
+    assert real is not None and real.run_id == "real"
+    assert sim is not None and sim.run_id == "sim"
+
+
+def test_a_resumed_run_records_the_target_of_its_latest_session(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    digest = plan_digest(lanes)
+    journal.begin_run("r1", "p.yaml", digest, lanes, started_at=T0, base_url=BASE_URL)
+    journal.finish_run("r1", exit_code=1, finished_at=T0)
+    journal.resume_run("r1")  # told nothing: keeps what it had
+    record = journal.run("r1")
+    assert record is not None and record.base_url == BASE_URL
+    journal.resume_run("r1", base_url="https://proxy.example/{server}")
+    record = journal.run("r1")
+    assert record is not None and record.base_url == "https://proxy.example/{server}"
+
+
+def test_runs_recorded_before_version_3_say_their_target_is_unknown(
+    tmp_path: Path, lanes: list[Lane]
+) -> None:
+    digest = plan_digest(lanes)
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
+        for statement in _VERSION_1:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO runs (run_id, plan, digest, started_at) VALUES ('old', 'p', ?, ?)",
+            (digest, T0),
+        )
+    conn.close()
+    with Journal.open(tmp_path) as journal:
+        old = journal.run("old")
+        assert old is not None and (old.base_url, old.simulated) == (None, None)
+        # Whether it was simulated is unknown, so either kind of run may resume it.
+        assert journal.find_resumable(digest) == old
+        assert journal.find_resumable(digest, simulated=True) == old
+        begin(journal, lanes, "new")
+        new = journal.run("new")
+        assert new is not None and new.simulated is False

@@ -95,6 +95,14 @@ def test_a_retry_is_logged_with_its_delay_and_the_answer_that_caused_it(logged: 
     ]
 
 
+def test_a_retry_after_longer_than_the_cap_is_logged_as_capped(logged: Logged) -> None:
+    capped = dataclasses.replace(UNAVAILABLE, retry_after_s=60.0, retry_after_capped=True)
+    [line] = logged(ClearRetrying(CLEAR, LANE.token_id, 1, 60.0, capped))
+    assert (line["delay_s"], line["retry_after_capped"]) == (60.0, True)
+    [plain] = logged(ClearRetrying(CLEAR, LANE.token_id, 1, 1.0, UNAVAILABLE))
+    assert "retry_after_capped" not in plain
+
+
 def test_a_success_is_logged_with_the_answer(logged: Logged) -> None:
     event = ClearFinished(CLEAR, LANE.token_id, Outcome.SUCCEEDED, None, 1, OK, 52)
     assert logged(event) == [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import PlanError
-from orchestrator.output.views import render_schedule
+from orchestrator.output.views import render_schedule, schedule_document
 from orchestrator.plan.model import Order, Plan, TokenPool, TokenRef
 from orchestrator.plan.tokens import build_lanes, read_tokens
 from orchestrator.plan.validate import parse_plan
@@ -141,3 +141,16 @@ def test_an_unexpected_error_quoting_a_pool_token_does_not_show_it() -> None:
     )
     text = describe(RuntimeError("header wolkvox-token: s3cr3t-two refused"), lanes)
     assert "s3cr3t-two" not in text and text.startswith("RuntimeError: header wolkvox-token:")
+
+
+def test_validate_json_names_each_pool_and_its_clears_in_start_order() -> None:
+    plan = parse(POOLED)
+    document = schedule_document(plan, build_lanes(plan.clears, None), [])
+    pool, alone = document["lanes"]  # type: ignore[misc]
+    assert pool == {
+        "lane": 1,
+        "tokens": ["env:WV_1", "env:WV_2", "env:WV_3"],
+        "pool": "pool-1",
+        "seqs": [1, 2, 3, 4],
+    }
+    assert "pool" not in alone

@@ -89,26 +89,19 @@ def make(*lanes: Lane, clock: Clock | None = None, **kw: int) -> Progress:
 # progress_wanted
 
 
-@pytest.mark.parametrize(
-    ("log_format", "tty", "wanted"),
-    [
-        ("console", True, True),
-        ("console", False, False),
-        ("json", True, False),
-        ("json", False, False),
-        ("auto", True, False),
-    ],
-)
-def test_progress_is_wanted_only_for_a_console_log_with_stderr_on_a_terminal(
-    log_format: str, tty: bool, wanted: bool
-) -> None:
-    assert progress_wanted(log_format, Tty() if tty else io.StringIO()) is wanted
+def test_progress_is_wanted_whenever_stderr_is_a_terminal() -> None:
+    # Whatever stdout is and whatever log format it carries: the display is on stderr.
+    assert progress_wanted(Tty()) is True
+
+
+def test_progress_is_never_wanted_when_stderr_is_no_terminal() -> None:
+    assert progress_wanted(io.StringIO()) is False
 
 
 def test_a_closed_stderr_wants_no_progress() -> None:
     stream = io.StringIO()
     stream.close()
-    assert progress_wanted("console", stream) is False
+    assert progress_wanted(stream) is False
 
 
 # counts and lanes
