@@ -261,3 +261,20 @@ async def test_a_token_whose_lock_is_lost_leaves_the_pool_without_sending() -> N
     assert {token for _, token in sender.calls} == {tid("B")}
     (left,) = [e for e in events if isinstance(e, TokenLeftPool)]
     assert (left.token_id, left.reason.value) == (tid("A"), "lock_lost")
+
+
+async def test_an_interrupt_lets_the_pools_calls_finish_and_starts_no_campaign() -> None:
+    sender, events = PoolSender(), []
+    sender.gates.update({1: asyncio.Event(), 3: asyncio.Event()})
+    scheduler = make_scheduler([pool_lane(["A", "B"], campaigns=4)], sender, events)  # type: ignore[arg-type]
+    task = asyncio.create_task(scheduler.run())
+    await within(sender.started[1].wait())
+    await within(sender.started[3].wait())
+    scheduler.interrupt()
+    sender.gates[1].set()
+    sender.gates[3].set()
+    await within(task)
+    result = outcomes(events)
+    assert (result[1], result[3]) == (("succeeded", None), ("succeeded", None))
+    assert {result[s] for s in (2, 4, 5, 6, 7, 8)} == {("skipped", "interrupted")}
+    assert sorted(seq for seq, _ in sender.calls) == [1, 3]
