@@ -1,7 +1,9 @@
 """The ``orchestrator`` command: a thin shell over plan loading and the runner.
 
-Exit codes: 0 every clear succeeded; 1 a clear failed or was skipped; 2 bad
-usage or plan, nothing sent; 130/143 interrupted by SIGINT/SIGTERM.
+Exit codes: 0 every clear succeeded (in this run, or already in the run it
+resumes); 1 a clear failed or was skipped; 2 bad usage or plan, nothing sent;
+130/143 interrupted by SIGINT/SIGTERM. A reader that stops reading the output
+(``orchestrator runs | head -1``) is no error: the command stops writing, quietly.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -47,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+        _flush(sys.stdout)
         return code
     except PlanError as exc:
         _say("\n".join(str(p) for p in exc.problems))
@@ -116,8 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--retries", help="retries of a retryable answer (default 3)")
     clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
     clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
+    clear.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue the one-off clear RUN_ID, given the same options, where it stopped",
+    )
     _add_run_options(clear)
-    clear.set_defaults(handler=_clear, resume=None)
+    clear.set_defaults(handler=_clear)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -287,7 +296,34 @@ def _add_tag(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(text: str, stream: TextIO | None = None) -> None:
-    print(text, file=stream or sys.stderr, flush=True)
+    """Print ``text`` on ``stream`` (stderr by default), flushed.
+
+    A reader that went away (``| head -1``) read what it wanted: that is no error,
+    so the rest goes nowhere, quietly.
+    """
+    stream = stream or sys.stderr
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        _drop(stream)
+
+
+def _flush(stream: TextIO) -> None:
+    try:
+        stream.flush()
+    except BrokenPipeError:
+        _drop(stream)
+
+
+def _drop(stream: TextIO) -> None:
+    """Point ``stream``'s descriptor at /dev/null, so that later writes cannot fail."""
+    # What is still buffered, and the interpreter's last flush at exit, go nowhere
+    # rather than fail again with a traceback.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _load(path: str, tags: list[str]) -> Plan:
@@ -303,19 +339,49 @@ def _validate(args: argparse.Namespace) -> int:
     plan = _load(args.plan, args.tag)
     for warning in missing_tokens(plan):
         _say(warning)
-    _say(render_schedule(plan, build_lanes(plan.clears, None)), sys.stdout)
+    _out(render_schedule(plan, build_lanes(plan.clears, None)))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _execute(_load(args.plan, args.tag), args)
+    tags = [word for tag in args.tag for word in ("--tag", tag)]
+    again = ("orchestrator", "run", args.plan, *tags, *_run_options_again(args))
+    return _execute(_load(args.plan, args.tag), args, again)
 
 
 def _clear(args: argparse.Namespace) -> int:
-    return _execute(plan_from_options(args), args)
+    token = ("--token-env", args.token_env) if args.token_env else ("--token-file", args.token_file)
+    campaign = [
+        *("--server", args.server, "--type-campaign", args.type_campaign),
+        *("--campaign-id", args.campaign_id),
+        *(word for result in args.result for word in ("--result", result)),
+        *token,
+    ]
+    for option in ("--retries", "--timeout-s", "--cooldown-s"):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            campaign += [option, value]
+    again = ("orchestrator", "clear", *campaign, *_run_options_again(args))
+    return _execute(plan_from_options(args), args, again)
 
 
-def _execute(plan: Plan, args: argparse.Namespace) -> int:
+def _run_options_again(args: argparse.Namespace) -> list[str]:
+    """The options a resume repeats to continue the run where and as it was going.
+
+    Not ``--yes``: a person resuming by hand is asked first.
+    """
+    words: list[str] = []
+    for option in ("--state-dir", "--base-url", "--lock-url", "--report", "--metrics-file"):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value:
+            words += [option, value]
+    for flag in ("--simulate", "--check-quota"):
+        if getattr(args, flag[2:].replace("-", "_")):
+            words.append(flag)
+    return words
+
+
+def _execute(plan: Plan, args: argparse.Namespace, again: tuple[str, ...]) -> int:
     options = RunOptions(
         dry_run=args.dry_run,
         base_url=args.base_url,
@@ -328,6 +394,7 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
         resume=args.resume,
         metrics_file=args.metrics_file,
         check_quota=args.check_quota,
+        resume_command=again,
     )
     with prepare(plan, options, say=_say) as prepared:
         if not (args.dry_run or args.yes):
@@ -349,7 +416,7 @@ def _confirm(lanes: tuple[Lane, ...]) -> None:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(render_schema())
+    _out(render_schema().rstrip("\n"))
     return 0
 
 
@@ -390,9 +457,9 @@ def _runs(args: argparse.Namespace) -> int:
     with Journal.open(resolve_state_dir(args.state_dir)) as journal:
         runs = journal.runs(args.limit)
     if args.json:
-        print(json.dumps([_as_dict(run) for run in runs], indent=2))
+        _out(json.dumps([_as_dict(run) for run in runs], indent=2))
         return 0
-    print(
+    _out(
         f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} "
         f"{'SKIPPED':>7} {'PENDING':>7}  PLAN"
     )
@@ -400,7 +467,7 @@ def _runs(args: argparse.Namespace) -> int:
         t = run.totals
         exit_code = "-" if run.exit_code is None else str(run.exit_code)
         pending = t["pending"] + t["in_flight"]
-        print(
+        _out(
             f"{run.run_id:<26} {run.started_at:<28} {exit_code:>4} {t['succeeded']:>6} "
             f"{t['failed']:>6} {t['skipped']:>7} {pending:>7}  {run.plan}"
             + ("  (dry run)" if run.dry_run else "")
@@ -420,10 +487,10 @@ def _show(args: argparse.Namespace) -> int:
             "calls_per_token": calls,
             "clears": [_as_dict(c) for c in clears],
         }
-        print(json.dumps(document, indent=2))
+        _out(json.dumps(document, indent=2))
         return 0
     exit_code = "unfinished" if record.exit_code is None else f"exit {record.exit_code}"
-    print(f"run {record.run_id}: {record.plan}, started {record.started_at}, {exit_code}")
+    _out(f"run {record.run_id}: {record.plan}, started {record.started_at}, {exit_code}")
     for c in clears:
         detail = ", ".join(
             f"{k} {v}"
@@ -435,12 +502,17 @@ def _show(args: argparse.Namespace) -> int:
             )
             if v is not None
         )
-        print(
+        _out(
             f"  #{c.seq:<5} {c.state:<10} server {c.server} {c.type_campaign} "
             f"campaign {c.campaign_id}: {c.result} "
             f"(attempts {c.attempts}{', ' + detail if detail else ''})"
         )
     return 0
+
+
+def _out(text: str) -> None:
+    """Print ``text`` on stdout (see :func:`_say`)."""
+    _say(text, sys.stdout)
 
 
 def _as_dict(value: object) -> dict[str, object]:

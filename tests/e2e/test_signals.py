@@ -122,6 +122,7 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["exit_code"] == 143 and report["totals"] == {
         "succeeded": 1,
+        "already_succeeded": 0,
         "failed": 0,
         "skipped": 2,
     }
