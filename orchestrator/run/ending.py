@@ -202,32 +202,39 @@ def show_command(run_id: str, state_dir: str | None) -> str:
 
 
 def explain_interrupt(signum: int, in_flight: int, resting: int, *, cut: bool) -> str:
-    """What a signal does to the run, said once on stderr: the first, then the cut."""
-    calls = "1 call" if in_flight == 1 else f"{in_flight} calls"
-    tokens = "1 token" if resting == 1 else f"{resting} tokens"
+    """What a signal does to the run, for stderr: said at the first signal, and at the cut.
+
+    ``in_flight`` calls are waiting for their answer; ``resting`` tokens wait out their
+    cooldown after a call whose outcome is unknown (wolkvox may still be working on it).
+    """
+    calls = _plural(in_flight, "call")
+    tokens = _plural(resting, "token")
     if cut:
-        parts = [f"{calls} in flight"] if in_flight else []
-        parts += [f"the rest of {tokens}"] if resting else []
-        if not parts:
-            return "orchestrator: stopping now"
+        cutting = [f"{calls} in flight"] if in_flight else []
+        cutting += [f"the cooldown of {tokens}"] if resting else []
+        if not cutting:
+            return "orchestrator: interrupted again: nothing is left to cut"
         return (
-            f"orchestrator: cutting {' and '.join(parts)}: their outcome is unknown; "
-            "a later --resume rests their tokens before using them again"
+            f"orchestrator: interrupted again: cutting {' and '.join(cutting)}; the outcome "
+            "of a cut call is unknown, and --resume rests its token before using it again"
         )
-    name = "interrupted" if signum == signal.SIGINT else f"{signal.Signals(signum).name} received"
+    name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
     if not (in_flight or resting):
-        return f"orchestrator: {name}: nothing new starts; no call is in flight"
-    let = []
+        return f"orchestrator: {name}: nothing new starts, and no call is in flight"
+    waiting = []
     if in_flight:
-        let.append(f"{calls} in flight {'is' if in_flight == 1 else 'are'} let finish")
+        waiting.append(f"letting {calls} in flight finish")
     if resting:
-        rests = "rests" if resting == 1 else "rest"
-        let.append(f"{tokens} resting after an unknown outcome {rests} out the cooldown")
-    again = "Ctrl-C again" if signum == signal.SIGINT else "A second signal"
+        waiting.append(f"{tokens} resting after an unknown outcome")
+    again = "Press Ctrl-C again" if signum == signal.SIGINT else "Send a second signal"
     return (
-        f"orchestrator: {name}: nothing new starts; {' and '.join(let)}. "
-        f"{again} cuts them, leaving their outcome unknown."
+        f"orchestrator: {name}: nothing new starts; {', '.join(waiting)}. "
+        f"{again} to cut them: their outcome is then unknown."
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def explain_log_cut(exc: Exception, prepared: Prepared) -> str:
