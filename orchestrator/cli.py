@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import NoReturn, TextIO
 import anyio
 
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
+from orchestrator.output.streams import flush, print_line
 from orchestrator.output.views import render_confirmation, render_schedule
 from orchestrator.plan.model import Lane, Plan
 from orchestrator.plan.one_off import plan_from_options
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-        _flush(sys.stdout)
+        flush(sys.stdout)  # what a reader that went away (`| head -1`) left unread is dropped
         return code
     except PlanError as exc:
         _say("\n".join(str(p) for p in exc.problems))
@@ -296,34 +296,7 @@ def _add_tag(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(text: str, stream: TextIO | None = None) -> None:
-    """Print ``text`` on ``stream`` (stderr by default), flushed.
-
-    A reader that went away (``| head -1``) read what it wanted: that is no error,
-    so the rest goes nowhere, quietly.
-    """
-    stream = stream or sys.stderr
-    try:
-        print(text, file=stream, flush=True)
-    except BrokenPipeError:
-        _drop(stream)
-
-
-def _flush(stream: TextIO) -> None:
-    try:
-        stream.flush()
-    except BrokenPipeError:
-        _drop(stream)
-
-
-def _drop(stream: TextIO) -> None:
-    """Point ``stream``'s descriptor at /dev/null, so that later writes cannot fail."""
-    # What is still buffered, and the interpreter's last flush at exit, go nowhere
-    # rather than fail again with a traceback.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, stream.fileno())
-    finally:
-        os.close(devnull)
+    print_line(text, stream or sys.stderr)
 
 
 def _load(path: str, tags: list[str]) -> Plan:
@@ -350,17 +323,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    token = ("--token-env", args.token_env) if args.token_env else ("--token-file", args.token_file)
+    results = [word for result in args.result for word in ("--result", result)]
     campaign = [
         *("--server", args.server, "--type-campaign", args.type_campaign),
-        *("--campaign-id", args.campaign_id),
-        *(word for result in args.result for word in ("--result", result)),
-        *token,
+        *("--campaign-id", args.campaign_id, *results),
+        *_given(args, "--token-env", "--token-file", "--retries", "--timeout-s", "--cooldown-s"),
     ]
-    for option in ("--retries", "--timeout-s", "--cooldown-s"):
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            campaign += [option, value]
     again = ("orchestrator", "clear", *campaign, *_run_options_again(args))
     return _execute(plan_from_options(args), args, again)
 
@@ -370,15 +338,19 @@ def _run_options_again(args: argparse.Namespace) -> list[str]:
 
     Not ``--yes``: a person resuming by hand is asked first.
     """
-    words: list[str] = []
-    for option in ("--state-dir", "--base-url", "--lock-url", "--report", "--metrics-file"):
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value:
-            words += [option, value]
-    for flag in ("--simulate", "--check-quota"):
-        if getattr(args, flag[2:].replace("-", "_")):
-            words.append(flag)
-    return words
+    options = ("--state-dir", "--base-url", "--lock-url", "--report", "--metrics-file")
+    flags = [flag for flag in ("--simulate", "--check-quota") if getattr(args, _dest(flag))]
+    return [*_given(args, *options), *flags]
+
+
+def _given(args: argparse.Namespace, *options: str) -> list[str]:
+    """Each of ``options`` that has a value, followed by it."""
+    values = {option: getattr(args, _dest(option)) for option in options}
+    return [word for option, value in values.items() if value for word in (option, value)]
+
+
+def _dest(option: str) -> str:
+    return option.removeprefix("--").replace("-", "_")
 
 
 def _execute(plan: Plan, args: argparse.Namespace, again: tuple[str, ...]) -> int:
