@@ -13,6 +13,7 @@ chain; the JSON log keeps every field.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from structlog.typing import EventDict, WrappedLogger
 
@@ -298,6 +299,7 @@ def _finished(kind: str) -> Callable[[EventDict], Line]:
         attempts = e.get("attempts")
         took = [_plural(attempts, "attempt")] if isinstance(attempts, int) and attempts > 1 else []
         if e.get("duration_ms"):
+            # Rests in it (rested_ms) had lines of their own; the JSON log keeps the figure.
             took.append(_duration(e.get("duration_ms")))
         why = _words(e.get("reason"))
         if _shown(e.get("blocked_by")):
@@ -316,6 +318,34 @@ def _finished(kind: str) -> Callable[[EventDict], Line]:
 def _token_waiting(e: EventDict) -> Line:
     waited = _seconds(e.get("waited_s"))
     return "waiting", [_head("waited"), *_clear(e), f"{waited} for another process using the token"]
+
+
+#: Why a token rests, in words. Only the unknown outcome adds what the call got (a timeout,
+#: a dropped connection); "under maintenance" is all the maintenance answer says.
+_REST_WHY = {
+    "outcome_unknown": "outcome unknown",
+    "in_flight_at_resume": "in flight when the run stopped",
+    "maintenance": "wolkvox under maintenance",
+}
+
+
+def _token_resting(e: EventDict) -> Line:
+    reason = _text(e.get("reason"))
+    said = _answer(e) if reason == "outcome_unknown" else ""
+    why = ": ".join(part for part in (_REST_WHY.get(reason, _words(reason)), said) if part)
+    until = _local_time(e.get("until"))
+    rest = " ".join(
+        part for part in (_seconds(e.get("rest_s")), until and f"until {until}") if part
+    )
+    return "waiting", [_head("resting"), *_clear(e), rest, why]
+
+
+def _local_time(value: object) -> str:
+    """An ISO 8601 time as the local ``HH:MM:SS`` the lines start with; else as written."""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return _text(value)
 
 
 def _other(e: EventDict) -> Line:
@@ -341,4 +371,5 @@ _LINES: dict[str, Callable[[EventDict], Line]] = {
     "clear.failed": _finished("failed"),
     "clear.skipped": _finished("skipped"),
     "token.waiting": _token_waiting,
+    "token.resting": _token_resting,
 }

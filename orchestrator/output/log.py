@@ -25,6 +25,8 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     Outcome,
+    RestReason,
+    TokenResting,
     TokenWaiting,
     clear_fields,
     outcome_fields,
@@ -172,6 +174,8 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
     """An event's name, level and the fields that follow the clear's own, in line order."""
     if isinstance(event, TokenWaiting):
         return "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
+    if isinstance(event, TokenResting):
+        return "token.resting", _RESTING_LEVEL[event.reason], _rest_fields(event)
     if isinstance(event, ClearStarted):
         return "clear.started", "info", {"attempt": event.attempt}
     if isinstance(event, ClearRetrying):
@@ -188,6 +192,27 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
     outcome = outcome_fields(event)
     del outcome["outcome"]
     return name, level, outcome
+
+
+#: A resumed run's rest was planned; the others follow an answer the operator should see.
+_RESTING_LEVEL = {
+    RestReason.OUTCOME_UNKNOWN: "warning",
+    RestReason.MAINTENANCE: "warning",
+    RestReason.IN_FLIGHT_AT_RESUME: "info",
+}
+
+
+def _rest_fields(event: TokenResting) -> dict[str, object]:
+    answer = event.answer
+    return {
+        "reason": event.reason.value,
+        "rest_s": round(event.rest_s, 3),
+        # The same form as the line's own timestamp (ISO 8601, UTC), so the two compare.
+        "until": event.until.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "http_status": answer.http_status if answer else None,
+        "msg": answer.msg if answer else None,
+        "error": answer.error if answer else None,
+    }
 
 
 class EventLog:

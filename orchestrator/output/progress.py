@@ -31,6 +31,8 @@ from orchestrator.run.events import (
     ClearRetrying,
     ClearStarted,
     Event,
+    RestReason,
+    TokenResting,
     TokenWaiting,
     tally_of,
 )
@@ -65,12 +67,20 @@ class _State(Enum):
     WAITING = "waiting"
     SENDING = "sending"
     RETRYING = "retrying"
+    RESTING = "resting"
     BETWEEN = "between"
     DONE = "done"
 
 
 #: States in which a clear of the lane is under way (time spent on it counts towards it).
-_WORKING = frozenset({_State.WAITING, _State.SENDING, _State.RETRYING})
+_WORKING = frozenset({_State.WAITING, _State.SENDING, _State.RETRYING, _State.RESTING})
+
+#: Why a token rests, in a word or two.
+_REST_WHY = {
+    RestReason.OUTCOME_UNKNOWN: "outcome unknown",
+    RestReason.IN_FLIGHT_AT_RESUME: "resumed",
+    RestReason.MAINTENANCE: "maintenance",
+}
 
 
 @dataclass(slots=True)
@@ -88,6 +98,8 @@ class _LaneView:
     began_at: float = 0.0
     waited_s: float | None = None
     retry_at: float = 0.0
+    #: Clock time the token's rest ends (after a timeout, on resume, in maintenance).
+    rest_until: float = 0.0
     why: str = ""
     last: str = ""
 
@@ -128,6 +140,7 @@ class Progress:
         self._live: Live | None = None
         self._handlers: dict[type, Callable[[Event], None]] = {
             TokenWaiting: self._on_waiting,  # type: ignore[dict-item]
+            TokenResting: self._on_resting,  # type: ignore[dict-item]
             ClearStarted: self._on_started,  # type: ignore[dict-item]
             ClearRetrying: self._on_retrying,  # type: ignore[dict-item]
             ClearFinished: self._on_finished,  # type: ignore[dict-item]
@@ -203,6 +216,7 @@ class Progress:
         if view.clear is not None and view.clear.seq == clear.seq and view.state in _WORKING:
             return
         view.clear, view.attempt, view.waited_s, view.why = clear, 0, None, ""
+        view.rest_until = 0.0
         # Two references holding one token share a lane: name the one this clear uses.
         view.label = str(clear.token)
         view.began_at = self._clock()
@@ -213,6 +227,14 @@ class Progress:
             return
         self._begin(view, event.clear)
         view.state, view.waited_s = _State.WAITING, event.waited_s
+
+    def _on_resting(self, event: TokenResting) -> None:
+        view = self._view(event.clear)
+        if view is None:
+            return
+        self._begin(view, event.clear)
+        view.state, view.rest_until = _State.RESTING, self._clock() + event.rest_s
+        view.why = _REST_WHY[event.reason]
 
     def _on_started(self, event: ClearStarted) -> None:
         view = self._view(event.clear)
@@ -320,6 +342,10 @@ class Progress:
     def _state_text(self, view: _LaneView, now: float) -> str:
         of = f" of {view.clear.retries + 1}" if view.clear is not None else ""
         waited = f", waited {view.waited_s:.1f} s for the token" if view.waited_s else ""
+        if view.state is _State.RESTING:
+            # Counted down to the second, as the operator reads a clock: 0:42, 0:41...
+            left = _duration(math.ceil(max(0.0, view.rest_until - now)))
+            return f"resting {left} ({view.why})"
         if view.state is _State.WAITING:
             return f"waiting for token ({view.waited_s or 0:.1f} s)"
         if view.state is _State.SENDING:

@@ -35,6 +35,8 @@ MAX_CLEARS = 100_000
 DEFAULT_BASE_URL = "https://wv{server}.wolkvox.com"
 DEFAULT_MAX_PARALLEL_TOKENS = 32
 DEFAULT_COOLDOWN_S = 60.0
+#: How long a lane waits out wolkvox's maintenance before its clear fails.
+DEFAULT_MAINTENANCE_WAIT_S = 1800.0
 DEFAULT_TIMEOUT_S = 90.0
 DEFAULT_RETRIES = 3
 
@@ -138,6 +140,8 @@ class Settings:
 
     max_parallel_tokens: int = DEFAULT_MAX_PARALLEL_TOKENS
     cooldown_s: float = DEFAULT_COOLDOWN_S
+    #: Seconds a lane keeps retrying while wolkvox answers "under maintenance".
+    maintenance_wait_s: float = DEFAULT_MAINTENANCE_WAIT_S
     base_url: str = DEFAULT_BASE_URL
     #: Campaign ids no clear may touch; a plan that would is refused.
     protect: frozenset[str] = frozenset()

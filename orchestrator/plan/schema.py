@@ -28,6 +28,7 @@ from orchestrator.plan.model import (
     CAMPAIGN_TYPES,
     DEFAULT_BASE_URL,
     DEFAULT_COOLDOWN_S,
+    DEFAULT_MAINTENANCE_WAIT_S,
     DEFAULT_MAX_PARALLEL_TOKENS,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
@@ -38,6 +39,7 @@ from orchestrator.plan.model import (
 
 __all__ = [
     "ALL_RESULTS",
+    "MAX_MAINTENANCE_WAIT_S",
     "MAX_SECONDS",
     "PLAN_VERSION",
     "SCHEMA_FILE",
@@ -50,6 +52,8 @@ PLAN_VERSION: Final = "1"
 
 #: The longest timeout_s and cooldown_s, in seconds.
 MAX_SECONDS: Final = 3600.0
+#: The longest maintenance_wait_s, in seconds: a day.
+MAX_MAINTENANCE_WAIT_S: Final = 86400.0
 
 #: The ``results`` text meaning "no filter: every record of the campaign".
 ALL_RESULTS: Final = "all"
@@ -104,6 +108,11 @@ _SECONDS = (
     r"(?:(?:[0-9]{1,3}|[12][0-9]{3}|3[0-5][0-9]{2})(?:\.[0-9]+)?|3600(?:\.0+)?)"
 )
 COOLDOWN_PATTERN: Final = _whole(_SECONDS)
+#: Seconds as written, at most 86400.
+MAINTENANCE_WAIT_PATTERN: Final = _whole(
+    r"(?=[0-9]{1,20}(?:\.[0-9]{1,20})?$)0*"
+    r"(?:(?:[0-9]{1,4}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2})(?:\.[0-9]+)?|86400(?:\.0+)?)"
+)
 TIMEOUT_PATTERN: Final = _whole(r"(?![0.]*$)" + _SECONDS)
 _HTTPS_HOST = f"(?:(?:{_HOST_CHAR}|\\{{server\\}})+|{_IPV6_LITERAL})"
 BASE_URL_PATTERN: Final = _whole(
@@ -145,12 +154,19 @@ def _text_or_integer(
     return schema
 
 
-def _seconds(description: str, pattern: str, *, allow_zero: bool, default: float) -> Schema:
-    number: Schema = {"type": "number", "maximum": _number(MAX_SECONDS)}
+def _seconds(
+    description: str,
+    pattern: str,
+    *,
+    allow_zero: bool,
+    default: float,
+    maximum: float = MAX_SECONDS,
+) -> Schema:
+    number: Schema = {"type": "number", "maximum": _number(maximum)}
     number |= {"minimum": 0} if allow_zero else {"exclusiveMinimum": 0}
     low = "from 0 to" if allow_zero else "above 0 and at most"
     return {
-        "title": f"a number of seconds {low} {MAX_SECONDS:g}",
+        "title": f"a number of seconds {low} {maximum:g}",
         "description": description,
         "anyOf": [{"type": "string", "pattern": pattern}, number],
         "default": _number(default),
@@ -196,6 +212,17 @@ def _settings() -> Schema:
                 COOLDOWN_PATTERN,
                 allow_zero=True,
                 default=DEFAULT_COOLDOWN_S,
+            ),
+            "maintenance_wait_s": _seconds(
+                "Seconds a lane keeps trying while wolkvox answers that it is under "
+                "maintenance (403), waiting about 1, 2, 4, then 5 minutes between calls; "
+                "then the clear fails with reason maintenance. Those calls do not count "
+                f"against retries. From 0 to {MAX_MAINTENANCE_WAIT_S:g}, plain digits with "
+                "an optional decimal fraction.",
+                MAINTENANCE_WAIT_PATTERN,
+                allow_zero=True,
+                default=DEFAULT_MAINTENANCE_WAIT_S,
+                maximum=MAX_MAINTENANCE_WAIT_S,
             ),
             "base_url": {
                 "title": "a URL",

@@ -229,6 +229,7 @@ class _Check:
             if isinstance(protect, list)
             else default.protect,
             lock_url=_optional_text(data, "lock_url"),
+            maintenance_wait_s=float(_text(data, "maintenance_wait_s", default.maintenance_wait_s)),
         )
 
     # --- campaigns ------------------------------------------------------------

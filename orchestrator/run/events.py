@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -46,6 +47,19 @@ class Reason(StrEnum):
     LOCK_LOST = "lock_lost"
     #: The run could not record an event (the journal cannot be written, say) and halted.
     RECORDING_FAILED = "recording_failed"
+    #: wolkvox still answered "under maintenance" after ``maintenance_wait_s`` of waiting.
+    MAINTENANCE = "maintenance"
+
+
+class RestReason(StrEnum):
+    """Why a token is kept unused for a while."""
+
+    #: A call got no answer (timeout, dropped connection): wolkvox may still be working on it.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    #: ``--resume``: the token's call was in flight when the earlier attempt of the run ended.
+    IN_FLIGHT_AT_RESUME = "in_flight_at_resume"
+    #: wolkvox answered that it is under maintenance: nothing was done, try again later.
+    MAINTENANCE = "maintenance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,21 @@ class TokenWaiting:
     clear: Clear
     token_id: str
     waited_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResting:
+    """The token starts resting for ``rest_s`` seconds, until ``until`` (UTC), before ``clear``.
+
+    ``answer`` is the answer that made it rest; ``None`` for a resumed run's rest.
+    """
+
+    clear: Clear
+    token_id: str
+    reason: RestReason
+    rest_s: float
+    until: datetime
+    answer: Answer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +97,12 @@ class ClearStarted:
 
 @dataclass(frozen=True, slots=True)
 class ClearRetrying:
-    """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later."""
+    """Attempt ``attempt`` got a retryable answer; the next one follows ``delay_s`` later.
+
+    ``delay_s`` counts from this event. When the answer left the outcome unknown, the
+    token's rest came first, announced by its own :class:`TokenResting`, and this
+    event follows that rest: ``delay_s`` is the backoff alone.
+    """
 
     clear: Clear
     token_id: str
@@ -84,6 +118,9 @@ class ClearFinished:
     ``answer`` is the last answer received (``None`` when nothing was sent or the
     call was cut); ``blocked_by`` names the failed clear that stopped its lane;
     ``unrecorded`` says why the journal could not record this outcome, when it could not.
+    ``duration_ms`` runs from the clear's first attempt to its end, waits between
+    attempts and rests included; ``rested_ms`` is the part of it the token spent
+    resting (:class:`TokenResting`).
     """
 
     clear: Clear
@@ -96,9 +133,10 @@ class ClearFinished:
     error: str | None = None
     blocked_by: int | None = None
     unrecorded: str | None = None
+    rested_ms: int = 0
 
 
-Event = TokenWaiting | ClearStarted | ClearRetrying | ClearFinished
+Event = TokenWaiting | TokenResting | ClearStarted | ClearRetrying | ClearFinished
 
 #: How the ends of clears are counted, in the order every ending shows them.
 TALLIES = ("succeeded", "already_succeeded", "failed", "skipped")
@@ -174,6 +212,8 @@ def outcome_fields(event: ClearFinished) -> dict[str, object]:
         "error": error,
         "duration_ms": event.duration_ms,
     }
+    if event.rested_ms:
+        fields["rested_ms"] = event.rested_ms
     if event.blocked_by is not None:
         fields["blocked_by"] = event.blocked_by
     if event.unrecorded is not None:

@@ -33,6 +33,7 @@ from orchestrator.output.log import EventLog, LineWriter, make_logger, pick_form
 from orchestrator.output.progress import Progress, progress_wanted
 from orchestrator.output.report import ReportCollector, write_json_atomically
 from orchestrator.plan.model import Lane, Plan
+from orchestrator.run.clock import Clock
 from orchestrator.run.ending import (
     EXIT_USAGE,
     Ending,
@@ -47,7 +48,7 @@ from orchestrator.run.ending import (
 )
 from orchestrator.run.events import ClearFinished, Listener, Outcome, Reason, Recorder
 from orchestrator.run.prepare import Prepared, Resume, State, utc_now
-from orchestrator.run.scheduler import Backoff, Clock, Scheduler, default_backoff
+from orchestrator.run.scheduler import Backoff, Scheduler, default_backoff
 from orchestrator.state.locks import TokenLocks, open_token_locks
 from orchestrator.wolkvox.client import Transport, WolkvoxClient
 from orchestrator.wolkvox.quota import check_quota, render_quota
@@ -263,6 +264,7 @@ async def _schedule(
             locks=spec.locks,
             already_succeeded=spec.resume.succeeded,
             cooling_tokens=spec.resume.cooling_tokens,
+            maintenance_wait_s=spec.plan.settings.maintenance_wait_s,
         )
         try:
             async with anyio.create_task_group() as group:

@@ -10,21 +10,25 @@ limiter). Stopping is graceful first: :meth:`Scheduler.interrupt` starts nothing
 new and lets calls in flight finish (a cut call leaves wolkvox working on the
 token); a second :meth:`Scheduler.interrupt` cancels the cancel scopes of the calls
 in flight and of the tokens' rests, and nothing else.
+
+A token rests (each rest announced by a :class:`TokenResting`) after a call whose
+outcome is unknown, before a resumed run's first call on it if its call was in flight,
+and, up to ``maintenance_wait_s``, while wolkvox says it is under maintenance.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import datetime, timedelta
 
 import anyio
 
 from orchestrator.errors import LockError, OrchestratorError
-from orchestrator.plan.model import Clear, Lane, OnFailure, Secret
-from orchestrator.run.backoff import backoff_delay
+from orchestrator.plan.model import DEFAULT_MAINTENANCE_WAIT_S, Clear, Lane, OnFailure, Secret
+from orchestrator.run.backoff import MaintenanceWindow, backoff_delay, maintenance_delay
+from orchestrator.run.clock import Clock, SystemClock, utc_now
 from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
@@ -34,6 +38,8 @@ from orchestrator.run.events import (
     Outcome,
     Reason,
     Recorder,
+    RestReason,
+    TokenResting,
     TokenWaiting,
 )
 from orchestrator.state.locks import NoLocks, TokenLocks
@@ -54,28 +60,6 @@ _LANE_ENDING = {
 TIMED_OUT = Answer(Verdict.RETRY, error="timeout", outcome_unknown=True)
 
 
-class Clock(Protocol):
-    """Monotonic time and sleeping, replaceable in tests."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back."""
-
-    async def sleep(self, seconds: float) -> None:
-        """Return after ``seconds``."""
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        """``time.monotonic()``."""
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """``anyio.sleep(seconds)``."""
-        await anyio.sleep(seconds)
-
-
 def default_backoff(attempt: int, retry_after_s: float | None) -> float:
     """Full-jitter exponential backoff, 1 s base, 60 s cap, honouring Retry-After."""
     return backoff_delay(attempt, retry_after_s=retry_after_s)
@@ -84,8 +68,9 @@ def default_backoff(attempt: int, retry_after_s: float | None) -> float:
 @dataclass(slots=True)
 class _LaneState:
     lane: Lane
-    #: The token may be used again from this monotonic time (after a timeout).
-    free_at: float = 0.0
+    maintenance: MaintenanceWindow
+    #: A resumed run: the token's call was in flight when the run stopped; rest before use.
+    cooling: bool = False
     blocked: Reason | None = None
     blocked_by: int | None = None
 
@@ -93,10 +78,18 @@ class _LaneState:
 @dataclass(slots=True)
 class _Attempts:
     count: int = 0
+    #: Attempts answered "under maintenance": they do not count against ``retries``.
+    maintenance: int = 0
     answer: Answer | None = None
     started: float = 0.0
+    rested_s: float = 0.0
     error: str | None = None
     reason: Reason | None = field(default=None)
+
+    @property
+    def retried(self) -> int:
+        """The attempts that count against the clear's ``retries``."""
+        return self.count - self.maintenance
 
 
 class Scheduler:
@@ -122,6 +115,9 @@ class Scheduler:
         locks: TokenLocks | None = None,
         already_succeeded: frozenset[int] = frozenset(),
         cooling_tokens: frozenset[str] = frozenset(),
+        maintenance_wait_s: float = DEFAULT_MAINTENANCE_WAIT_S,
+        maintenance_backoff: Backoff = maintenance_delay,
+        wall_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._lanes = lanes
         self._send = send
@@ -131,6 +127,9 @@ class Scheduler:
         self._recorder = recorder
         self._clock = clock or SystemClock()
         self._backoff = backoff
+        self._maintenance_wait_s = maintenance_wait_s
+        self._maintenance_backoff = maintenance_backoff
+        self._wall_clock = wall_clock
         self._locks: TokenLocks = locks or NoLocks()
         # A resumed run: clears that succeeded before are not sent again, and tokens whose
         # call was in flight when the process died rest before their first use.
@@ -195,9 +194,8 @@ class Scheduler:
 
     async def _lane(self, lane: Lane, slots: anyio.CapacityLimiter) -> None:
         async with slots:
-            state = _LaneState(lane)
-            if lane.token_id in self._cooling_tokens:
-                state.free_at = self._clock.monotonic() + self._cooldown_s
+            maintenance = MaintenanceWindow(self._maintenance_wait_s, self._maintenance_backoff)
+            state = _LaneState(lane, maintenance, cooling=lane.token_id in self._cooling_tokens)
             try:
                 await self._run_lane(state)
             finally:
@@ -208,10 +206,14 @@ class Scheduler:
             if clear.seq in self._already_succeeded:
                 await self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
                 continue
-            if state.blocked is None and self._halt_reason is None:
-                wait = state.free_at - self._clock.monotonic()
-                if wait > 0:  # the token rests after a call whose outcome is unknown
-                    await self._pause(wait)
+            if state.cooling and state.blocked is None and self._halt_reason is None:
+                # The earlier attempt's call may still run at wolkvox: rest before the first.
+                state.cooling = False
+                if self._cooldown_s > 0:
+                    self._announce_rest(
+                        clear, state, RestReason.IN_FLIGHT_AT_RESUME, self._cooldown_s, None
+                    )
+                    await self._pause(self._cooldown_s)
             skip = state.blocked or self._halt_reason
             if skip is not None:
                 await self._skip(state, clear, skip)
@@ -253,16 +255,27 @@ class Scheduler:
                 outcome = Outcome.FAILED if tries.count else Outcome.SKIPPED
                 return await self._finish(state, clear, outcome, tries)
             tries.answer = answer
+            maintenance = answer.verdict is Verdict.MAINTENANCE
+            if maintenance:
+                tries.maintenance += 1
+            else:
+                state.maintenance.close()
             if answer.verdict is Verdict.SUCCEEDED:
                 return await self._finish(state, clear, Outcome.SUCCEEDED, tries)
-            if answer.verdict is not Verdict.RETRY or tries.count > clear.retries:
+            if not maintenance and (
+                answer.verdict is not Verdict.RETRY or tries.retried > clear.retries
+            ):
                 tries.reason = _failure_reason(answer)
                 return await self._finish(state, clear, Outcome.FAILED, tries)
             if state.blocked is Reason.LOCK_LOST:
                 tries.reason = Reason.LOCK_LOST
                 return await self._finish(state, clear, Outcome.FAILED, tries)
-            if await self._wait_to_retry(state, clear, tries, answer):
-                tries.reason = self._halt_reason
+            if maintenance:
+                halted = await self._wait_out_maintenance(state, clear, tries, answer)
+            else:
+                halted = await self._wait_to_retry(state, clear, tries, answer)
+            if halted:
+                tries.reason = self._halt_reason or Reason.MAINTENANCE
                 return await self._finish(state, clear, Outcome.FAILED, tries)
 
     async def _locked_call(
@@ -296,7 +309,7 @@ class Scheduler:
                 self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
                 if answer is not None and answer.outcome_unknown:
-                    await self._rest(state)
+                    await self._rest(state, clear, tries, answer)
         except LockError as exc:
             tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
             state.blocked = Reason.LOCK_LOST
@@ -323,7 +336,9 @@ class Scheduler:
         tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
         return None  # the lane itself goes on, to skip what is left
 
-    async def _rest(self, state: _LaneState) -> None:
+    async def _rest(
+        self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
+    ) -> None:
         """Keep the token unused for the cooldown after a call whose outcome is unknown.
 
         wolkvox may still be working on it. The rest is taken while the token's lock is
@@ -331,7 +346,9 @@ class Scheduler:
         the lock would pass to another process while the server still works on the token;
         only a second interrupt cuts it, as it cuts the calls in flight.
         """
-        state.free_at = self._clock.monotonic() + self._cooldown_s
+        if self._cooldown_s > 0:
+            self._announce_rest(clear, state, RestReason.OUTCOME_UNKNOWN, self._cooldown_s, answer)
+        began = self._clock.monotonic()
         with anyio.CancelScope() as scope:
             if self._cutting:
                 scope.cancel()
@@ -340,14 +357,40 @@ class Scheduler:
                 await self._clock.sleep(self._cooldown_s)
             finally:
                 self._rests.discard(scope)
+                tries.rested_s += self._clock.monotonic() - began
 
     async def _wait_to_retry(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
     ) -> bool:
-        delay = self._backoff(tries.count, answer.retry_after_s)
-        delay = max(delay, state.free_at - self._clock.monotonic())
+        # Any rest the token needed is over by now: the delay is the backoff alone.
+        delay = self._backoff(tries.retried, answer.retry_after_s)
         self._emit(ClearRetrying(clear, state.lane.token_id, tries.count, delay, answer))
         return await self._pause(delay)
+
+    async def _wait_out_maintenance(
+        self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
+    ) -> bool:
+        """Rest through wolkvox's maintenance; True when the run halted or the wait is spent."""
+        now = self._clock.monotonic()
+        delay = state.maintenance.next_wait(now, answer.retry_after_s)
+        if delay is None:
+            return True
+        self._announce_rest(clear, state, RestReason.MAINTENANCE, delay, answer)
+        try:
+            return await self._pause(delay)
+        finally:
+            tries.rested_s += self._clock.monotonic() - now
+
+    def _announce_rest(
+        self,
+        clear: Clear,
+        state: _LaneState,
+        why: RestReason,
+        seconds: float,
+        answer: Answer | None,
+    ) -> None:
+        until = self._wall_clock() + timedelta(seconds=seconds)
+        self._emit(TokenResting(clear, state.lane.token_id, why, seconds, until, answer))
 
     async def _finish(
         self, state: _LaneState, clear: Clear, outcome: Outcome, tries: _Attempts
@@ -362,6 +405,7 @@ class Scheduler:
             answer=tries.answer,
             duration_ms=elapsed_ms,
             error=tries.error,
+            rested_ms=round(tries.rested_s * 1000),
         )
         return await self._end(finished)
 

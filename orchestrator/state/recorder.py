@@ -12,6 +12,7 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     Reason,
+    TokenResting,
     TokenWaiting,
     answer_values,
 )
@@ -63,7 +64,9 @@ class JournalRecorder:
         """Commit ``event``'s change to its clear's row; raise :class:`JournalError` if it fails."""
         if self._error is not None:
             raise self._error
-        if isinstance(event, TokenWaiting):
+        if isinstance(event, TokenWaiting) or (
+            isinstance(event, TokenResting) and event.answer is None
+        ):
             return  # changes no clear
         sql, values, must_match = self._change(event)
         seq = event.clear.seq
@@ -91,7 +94,8 @@ class JournalRecorder:
         prior = self._prior_attempts.get(event.clear.seq, 0)
         if isinstance(event, ClearStarted):
             return _MARK_STARTED, (event.token_id, prior + event.attempt), True
-        if isinstance(event, ClearRetrying):
+        if isinstance(event, ClearRetrying | TokenResting) and event.answer is not None:
+            # The answer a rest waits on (a timeout, "under maintenance") is kept as a retry's.
             answer = event.answer
             state = "in_flight" if answer.outcome_unknown else "pending"
             answered = (state, answer.http_status, answer.code, answer.msg, answer.error)

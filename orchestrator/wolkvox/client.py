@@ -51,6 +51,8 @@ class Verdict(StrEnum):
     TOKEN_REJECTED = "token_rejected"
     #: The token's daily quota is spent (403 TOKEN LIMIT EXCEEDED).
     QUOTA_EXHAUSTED = "token_quota_exhausted"
+    #: wolkvox is under maintenance (a 403 that says so): nothing was done; wait and retry.
+    MAINTENANCE = "maintenance"
     #: Any other answer: the clear failed or is unconfirmed; not retried.
     FAILED = "failed"
 
@@ -239,6 +241,9 @@ def _verdict_for(code: int, text: str) -> Verdict:
         # limit: it means "busy, try again", so it must be recognised first.
         if "SIMULTANEOUS" in upper:
             return Verdict.RETRY
+        # During its maintenance windows (backups) wolkvox refuses every call with a 403.
+        if "MAINTENANCE" in upper:
+            return Verdict.MAINTENANCE
         if "VALIDATE TOKEN" in upper:
             return Verdict.TOKEN_REJECTED
         if "TOKEN LIMIT EXCEEDED" in upper:
@@ -255,8 +260,8 @@ def classify(response: HttpResponse, *, now: datetime | None = None) -> Answer:
     says (a proxy's 503 may wrap any body), and a 3xx is FAILED, since redirects
     are not followed (one could carry the token to another host). Otherwise the
     effective code (the body's ``code`` when usable, else the HTTP status) and
-    the body's text decide between RETRY, TOKEN_REJECTED, QUOTA_EXHAUSTED and
-    FAILED. An answer too long to read fails, unless its status asks for a retry.
+    the body's text decide between RETRY, TOKEN_REJECTED, QUOTA_EXHAUSTED,
+    MAINTENANCE and FAILED. An answer too long to read fails, unless its status asks for a retry.
     """
     status = response.status
     if response.oversized:

@@ -24,6 +24,13 @@ BAD_REQUEST = Answer(
 )
 REJECTED = Answer(Verdict.TOKEN_REJECTED, http_status=403, code=403, error="PLEASE VALIDATE TOKEN")
 QUOTA = Answer(Verdict.QUOTA_EXHAUSTED, http_status=403, code=403, error="TOKEN LIMIT EXCEEDED")
+MAINTENANCE = Answer(
+    Verdict.MAINTENANCE,
+    http_status=403,
+    code=403,
+    error="FORBIDDEN",
+    msg="SERVICE UNDER MAINTENANCE",
+)
 
 
 def make_clear(seq: int, campaign: str = "", **overrides: object) -> Clear:

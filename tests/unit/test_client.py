@@ -208,9 +208,29 @@ def test_http_401_without_json_is_token_rejected() -> None:
     assert classify(response(401, b"Unauthorized")).verdict is Verdict.TOKEN_REJECTED
 
 
-def test_403_maintenance_is_failed() -> None:
-    answer = classify(response(403, wolkvox(403, msg="Server under maintenance")))
-    assert answer.verdict is Verdict.FAILED
+@pytest.mark.parametrize(
+    "body",
+    [
+        wolkvox(403, msg="Server under maintenance"),
+        wolkvox(403, error="FORBIDDEN", msg="SERVICE UNDER MAINTENANCE"),
+        wolkvox("403", error="Maintenance window: backups"),
+    ],
+    ids=["msg", "as the simulator says it", "string code, in error"],
+)
+def test_403_maintenance_is_waited_out_not_failed(body: dict[str, object]) -> None:
+    answer = classify(response(403, body))
+    assert (answer.verdict, answer.http_status) == (Verdict.MAINTENANCE, 403)
+
+
+def test_only_a_403_that_speaks_of_maintenance_is_maintenance() -> None:
+    plain = classify(response(403, wolkvox(403, msg="ACCESS DENIED")))
+    busy = classify(response(503, wolkvox(503, msg="SERVICE UNDER MAINTENANCE")))
+    bad = classify(response(400, wolkvox(400, msg="maintenance")))
+    assert (plain.verdict, busy.verdict, bad.verdict) == (
+        Verdict.FAILED,
+        Verdict.RETRY,
+        Verdict.FAILED,
+    )
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])

@@ -12,7 +12,7 @@ import struct
 import termios
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,8 @@ from orchestrator.run.events import (
     Event,
     Outcome,
     Reason,
+    RestReason,
+    TokenResting,
     TokenWaiting,
 )
 from orchestrator.wolkvox.client import Answer, Verdict
@@ -42,6 +44,19 @@ ALL = dataclasses.replace(
     CLEAR, seq=8, result=None, token=TokenRef("file", "/run/secrets/ops"), type_campaign="preview"
 )
 ID = LANE.token_id
+#: The maintenance answer as wolkvox (and the simulator) sends it.
+MAINTENANCE = Answer(
+    Verdict.MAINTENANCE, 403, 403, msg="SERVICE UNDER MAINTENANCE", error="FORBIDDEN"
+)
+
+
+def local(clock: str) -> datetime:
+    """Today at ``clock`` on this machine's wall clock, as the UTC time events carry."""
+    hours, minutes, seconds = map(int, clock.split(":"))
+    today = datetime.now().replace(hour=hours, minute=minutes, second=seconds, microsecond=0)
+    return today.astimezone(UTC)
+
+
 #: A run's lines, in the order a run logs them: every kind of line at least once.
 RUN = [
     ("info", "run.started", {"plan": "plans/nightly.yaml", "clears": 25, "tokens": 3}),
@@ -52,7 +67,7 @@ RUN = [
     ClearFinished(CLEAR, ID, Outcome.SUCCEEDED, None, 2, OK, 1234),
     ClearFinished(ALL, ID, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, 4, TIMEOUT, 95_000),
     ("warning", "run.interrupted", {"signal": "SIGINT", "calls_in_flight": 1, "cut": False}),
-    ("warning", "token.resting", {"seq": 8, "token": "env:TOK_A", "why": None, "note": ""}),
+    TokenResting(ALL, ID, RestReason.OUTCOME_UNKNOWN, 60.0, local("02:11:05"), TIMEOUT),
     ("error", "run.finished", {"succeeded": 1, "failed": 1, "skipped": 0, "exit_code": 1}),
 ]
 
@@ -247,10 +262,39 @@ def console(
             # An event without a line of its own still reads as one line, empty fields left out.
             (
                 "warning",
-                "token.resting",
-                {"seq": 7, "token": "env:TOK_A", "token_id": ID, "rest_s": 60.0, "why": None},
+                "lock.renewed",
+                {"seq": 7, "token": "env:TOK_A", "token_id": ID, "lease_s": 60.0, "why": None},
             ),
-            "02:10:05 ! token.resting  #7  env:TOK_A  rest_s=60.0",
+            "02:10:05 ! lock.renewed  #7  env:TOK_A  lease_s=60.0",
+        ),
+        (
+            TokenResting(CLEAR, ID, RestReason.OUTCOME_UNKNOWN, 60.0, local("02:11:05"), TIMEOUT),
+            "02:10:05 ⋯ resting    #7 0014/predictive/3001/busy  env:TOK_A"
+            "  1m00s until 02:11:05  outcome unknown: timeout",
+        ),
+        (
+            TokenResting(CLEAR, ID, RestReason.IN_FLIGHT_AT_RESUME, 42.0, local("02:10:47")),
+            "02:10:05 ⋯ resting    #7 0014/predictive/3001/busy  env:TOK_A"
+            "  42.0 s until 02:10:47  in flight when the run stopped",
+        ),
+        (
+            TokenResting(CLEAR, ID, RestReason.MAINTENANCE, 120.0, local("02:12:05"), MAINTENANCE),
+            "02:10:05 ⋯ resting    #7 0014/predictive/3001/busy  env:TOK_A"
+            "  2m00s until 02:12:05  wolkvox under maintenance",
+        ),
+        (
+            ClearFinished(
+                CLEAR,
+                ID,
+                Outcome.FAILED,
+                Reason.MAINTENANCE,
+                5,
+                MAINTENANCE,
+                1_801_000,
+                rested_ms=1_800_000,
+            ),
+            "02:10:05 ✗ failed     #7 0014/predictive/3001/busy  env:TOK_A"
+            "  5 attempts, 30m01s  maintenance: HTTP 403: SERVICE UNDER…",
         ),
     ],
 )

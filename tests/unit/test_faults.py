@@ -350,3 +350,41 @@ def test_the_simulate_command_stages_the_faults_it_is_given() -> None:
     assert rejected[0] == 403 and json.loads(rejected[1])["msg"] == "PLEASE VALIDATE TOKEN"
     # --shared-limit: the first five calls on the server, of either token, spend the limit of 5.
     assert after == [200, 200, 403]
+
+
+def test_a_run_waits_out_maintenance_then_fails_a_clear_it_outlasts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("T_MAIN", TOKEN)
+    monkeypatch.setenv("T_OPS", OTHER_TOKEN)
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "state"))
+    report = tmp_path / "report.json"
+    # 3001 is under maintenance for one call; 3002 for all of them.
+    maintenance = FaultSpec(campaigns=(("3001", 1), ("3002", None)))
+    with running_simulator(latency_ms=1, faults=Faults(maintenance=maintenance)) as sim:
+        # A tiny maintenance_wait_s: each series of maintenance answers gets one short wait.
+        text = (
+            PLAN.format(base_url=sim.base_url)
+            .replace("cooldown_s: 0}", "cooldown_s: 0, maintenance_wait_s: 0.1}")
+            .replace("type_campaign: predictive}", "type_campaign: predictive, retries: 0}")
+        )
+        assert "maintenance_wait_s: 0.1" in text and "retries: 0" in text
+        path = tmp_path / "plan.yaml"
+        path.write_text(text)
+        code = main(["run", str(path), "--yes", "--log-format", "json", "--report", str(report)])
+    assert code == 1
+    clears = json.loads(report.read_text())["clears"]
+    # retries: 0, yet 3001 got a second call: a maintenance wait is not a retry.
+    assert [(c["campaign_id"], c["outcome"], c["reason"], c["attempts"]) for c in clears] == [
+        ("3001", "succeeded", None, 2),
+        ("3002", "failed", "maintenance", 2),
+        ("4001", "succeeded", None, 1),
+    ]
+    assert clears[1]["msg"] == "SERVICE UNDER MAINTENANCE"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rests = [line for line in lines if line["event"] == "token.resting"]
+    assert [(r["campaign_id"], r["reason"], r["rest_s"], r["http_status"]) for r in rests] == [
+        ("3001", "maintenance", 0.1, 403),
+        ("3002", "maintenance", 0.1, 403),
+    ]
+    assert not [line for line in lines if line["event"] == "clear.retrying"]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,15 @@ import pytest
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, TokenRef
 from orchestrator.plan.validate import load_plan
-from orchestrator.run.events import ClearFinished, ClearRetrying, ClearStarted, Outcome, Reason
+from orchestrator.run.events import (
+    ClearFinished,
+    ClearRetrying,
+    ClearStarted,
+    Outcome,
+    Reason,
+    RestReason,
+    TokenResting,
+)
 from orchestrator.run.prepare import RunOptions, prepare
 from orchestrator.state.journal import (
     SCHEMA_VERSION,
@@ -39,6 +48,13 @@ BUSY = Answer(
 )
 TIMEOUT = Answer(Verdict.RETRY, error="timeout", outcome_unknown=True)
 BAD = Answer(Verdict.FAILED, http_status=400, code=400, error="SOME PARAMETERS ARE REQUIRED")
+MAINTENANCE = Answer(
+    Verdict.MAINTENANCE,
+    http_status=403,
+    code=403,
+    error="FORBIDDEN",
+    msg="SERVICE UNDER MAINTENANCE",
+)
 T0 = "2026-11-28T02:00:00Z"
 
 
@@ -341,6 +357,28 @@ def test_retry_after_a_known_answer_goes_back_to_pending(
     listen(retrying(lanes[0], 0, BUSY))
     record = state_of(journal, "r1", 1)
     assert (record.state, record.http_status, record.code) == ("pending", 403, 403)
+
+
+def test_a_maintenance_wait_records_its_answer_and_the_clear_back_to_pending(
+    journal: Journal, lanes: list[Lane]
+) -> None:
+    # wolkvox did nothing: a crash during the wait must not make a resume rest the token.
+    begin(journal, lanes)
+    listen = journal.listener("r1")
+    listen(started(lanes[0], 0))
+    until = datetime(2026, 12, 4, 2, 11, tzinfo=UTC)
+    clear = lanes[0].clears[0]
+    listen(TokenResting(clear, lanes[0].token_id, RestReason.MAINTENANCE, 60, until, MAINTENANCE))
+    record = state_of(journal, "r1", 1)
+    assert (record.state, record.http_status, record.msg) == (
+        "pending",
+        403,
+        "SERVICE UNDER MAINTENANCE",
+    )
+    # A resumed run's rest comes with no answer and changes no clear.
+    listen(started(lanes[0], 0))
+    listen(TokenResting(clear, lanes[0].token_id, RestReason.IN_FLIGHT_AT_RESUME, 60, until))
+    assert state_of(journal, "r1", 1).state == "in_flight"
 
 
 def test_no_token_value_reaches_the_database_file(journal: Journal, lanes: list[Lane]) -> None:

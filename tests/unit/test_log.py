@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 import structlog
-from fakes import OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
+from fakes import MAINTENANCE, OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 
 from orchestrator.output.log import EventLog, LineWriter, make_log, make_logger, pick_format
 from orchestrator.plan.model import TokenRef
@@ -22,6 +22,8 @@ from orchestrator.run.events import (
     Event,
     Outcome,
     Reason,
+    RestReason,
+    TokenResting,
     TokenWaiting,
 )
 from orchestrator.wolkvox.client import Answer, Verdict
@@ -156,6 +158,53 @@ def test_waiting_for_another_process_is_logged_with_the_seconds_waited(logged: L
     assert logged(TokenWaiting(CLEAR, LANE.token_id, 2.34567)) == [
         {"event": "token.waiting", "level": "info", **IDENTITY, "waited_s": 2.346}
     ]
+
+
+def test_a_rest_is_logged_with_why_how_long_and_until_when(logged: Logged) -> None:
+    until = datetime(2026, 12, 4, 2, 11, 5, 250000, tzinfo=UTC)
+    rests = [
+        TokenResting(CLEAR, LANE.token_id, RestReason.OUTCOME_UNKNOWN, 60.0, until, TIMEOUT),
+        TokenResting(CLEAR, LANE.token_id, RestReason.IN_FLIGHT_AT_RESUME, 60.0, until),
+        TokenResting(CLEAR, LANE.token_id, RestReason.MAINTENANCE, 59.12345, until, MAINTENANCE),
+    ]
+    common = {"event": "token.resting", **IDENTITY, "until": "2026-12-04T02:11:05.250000Z"}
+    assert logged(*rests) == [
+        {
+            **common,
+            "level": "warning",
+            "reason": "outcome_unknown",
+            "rest_s": 60.0,
+            "http_status": None,
+            "msg": None,
+            "error": "timeout",
+        },
+        {
+            **common,
+            "level": "info",
+            "reason": "in_flight_at_resume",
+            "rest_s": 60.0,
+            "http_status": None,
+            "msg": None,
+            "error": None,
+        },
+        {
+            **common,
+            "level": "warning",
+            "reason": "maintenance",
+            "rest_s": 59.123,
+            "http_status": 403,
+            "msg": "SERVICE UNDER MAINTENANCE",
+            "error": "FORBIDDEN",
+        },
+    ]
+
+
+def test_a_clear_that_rested_says_how_long_in_rested_ms(logged: Logged) -> None:
+    event = ClearFinished(
+        CLEAR, LANE.token_id, Outcome.SUCCEEDED, None, 2, OK, 60_512, rested_ms=60_000
+    )
+    [line] = logged(event)
+    assert (line["duration_ms"], line["rested_ms"]) == (60_512, 60_000)
 
 
 def test_json_lines_start_with_event_timestamp_level_and_run_id() -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
-from fakes import OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
+from fakes import MAINTENANCE, OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 from rich.console import Console
 
 from orchestrator.output.log import make_logger
@@ -19,6 +20,8 @@ from orchestrator.run.events import (
     Event,
     Outcome,
     Reason,
+    RestReason,
+    TokenResting,
     TokenWaiting,
 )
 
@@ -200,6 +203,42 @@ def test_a_retry_without_an_http_status_shows_the_error() -> None:
     progress = make(A)
     feed(progress, started(A, 0), ClearRetrying(A.clears[0], A.token_id, 1, 60.0, TIMEOUT))
     assert "(timeout), retrying in 60s" in shown(progress)
+
+
+def test_a_resting_token_counts_down_its_rest_then_its_retry() -> None:
+    clock = Clock()
+    progress = make(A, clock=clock)
+    clear = A.clears[0]
+    until = datetime(2026, 12, 4, 2, 11, 5, tzinfo=UTC)
+    rest = TokenResting(clear, A.token_id, RestReason.OUTCOME_UNKNOWN, 60.0, until, TIMEOUT)
+    feed(progress, started(A, 0), rest)
+    assert "resting 1:00 (outcome unknown)" in shown(progress)
+    clock.now += 17.5
+    assert "resting 0:43 (outcome unknown)" in shown(progress)
+    clock.now += 42.5
+    progress(ClearRetrying(clear, A.token_id, 1, 2.0, TIMEOUT))
+    assert "resting" not in shown(progress)
+    assert "(timeout), retrying in 2s" in shown(progress)
+
+
+def test_a_resumed_lane_shows_its_rest_before_its_first_call() -> None:
+    clock = Clock()
+    progress = make(A, B, clock=clock)
+    until = datetime(2026, 12, 4, 2, 11, 5, tzinfo=UTC)
+    progress(TokenResting(A.clears[0], A.token_id, RestReason.IN_FLIGHT_AT_RESUME, 42.0, until))
+    text = shown(progress)
+    assert "resting 0:42 (resumed)" in text
+    assert "lanes: 1 running, 1 queued, 0 done" in text
+    progress(started(A, 0))
+    assert "resting" not in shown(progress) and "sending" in shown(progress)
+
+
+def test_a_maintenance_wait_is_shown_as_a_rest() -> None:
+    progress = make(A)
+    until = datetime(2026, 12, 4, 2, 12, 5, tzinfo=UTC)
+    rest = TokenResting(A.clears[0], A.token_id, RestReason.MAINTENANCE, 120.0, until, MAINTENANCE)
+    feed(progress, started(A, 0), rest)
+    assert "resting 2:00 (maintenance)" in shown(progress)
 
 
 def test_waiting_for_the_token_is_shown_and_kept_once_the_call_is_sent() -> None:

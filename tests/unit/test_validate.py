@@ -194,6 +194,24 @@ def test_cooldown_refuses_other_numbers(written: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "value"), [("", 1800.0), ("0", 0.0), ("'7200'", 7200.0), ("86400", 86400.0)]
+)
+def test_the_maintenance_wait_is_seconds_up_to_a_day(written: str, value: float) -> None:
+    setting = f"maintenance_wait_s: {written}" if written else "max_parallel_tokens: 1"
+    plan = parse(with_settings(setting, "campaign_id: 1, results: all"))
+    assert plan.settings.maintenance_wait_s == value
+
+
+@pytest.mark.parametrize("written", ["86400.5", "100000", "-1", "1e3", "30m"])
+def test_the_maintenance_wait_refuses_other_numbers(written: str) -> None:
+    text = f"version: 1\nsettings: {{maintenance_wait_s: {written}}}\ncampaigns: []\n"
+    assert problems(text)[0] == (
+        "p.yaml:2: settings.maintenance_wait_s: expected a number of seconds from 0 to 86400, "
+        f"got {written!r}"
+    )
+
+
 @pytest.mark.parametrize("written", ["no", "yes", "on", "Off"])
 def test_yaml_1_1_booleans_are_just_text(written: str) -> None:
     assert problems(campaigns(f"campaign_id: 1, results: all, on_failure: {written}")) == [
