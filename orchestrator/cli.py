@@ -17,28 +17,42 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import NoReturn, TextIO
 
 import anyio
 
+from orchestrator.argtypes import count, fault, fraction, non_negative, port
+from orchestrator.completion import SHELLS, completion_script
+from orchestrator.confirm import confirm
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
 from orchestrator.output.streams import flush, print_line
-from orchestrator.output.views import render_confirmation, render_schedule
-from orchestrator.plan.model import Lane, Plan
-from orchestrator.plan.one_off import plan_from_options
+from orchestrator.output.views import render_schedule, schedule_document
+from orchestrator.plan.model import DEFAULT_BASE_URL, Plan
+from orchestrator.plan.one_off import plan_from_options, token_problems_by_option
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
+from orchestrator.resume_option import command_again, resume_spelled_apart, settle_resume
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
 from orchestrator.run.prepare import LATEST, RunOptions, prepare
 from orchestrator.state.journal import Journal, resolve_state_dir
-from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
+from orchestrator.wolkvox.faults import Faults, combined
 from orchestrator.wolkvox.simulator import SimulatorConfig, serve
 
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+
+#: The help's list of exit codes; ``{given}`` is what ``run`` or ``clear`` is given.
+EXIT_CODES = """\
+exit codes:
+  0    every clear succeeded, in this run or before it was resumed (or --dry-run)
+  1    at least one clear failed or was skipped
+  2    bad usage, {given} or token: nothing was sent
+  130  interrupted by SIGINT (Ctrl-C)
+  143  interrupted by SIGTERM"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,14 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the signal over, nothing has been sent, so stopping at once is right.
     signal.signal(signal.SIGTERM, _terminate)
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(resume_spelled_apart(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
         flush(sys.stdout)  # what a reader that went away (`| head -1`) left unread is dropped
         return code
     except PlanError as exc:
         _say("\n".join(str(p) for p in exc.problems))
-        _say("nothing was sent: the plan has errors")
+        faulty = "the options have" if args.command == "clear" else "the plan has"
+        _say(f"nothing was sent: {faulty} errors")
         return EXIT_USAGE
     except Terminated:
         _say("terminated before anything was sent")
@@ -81,28 +96,49 @@ def _parser() -> argparse.ArgumentParser:
         prog="orchestrator",
         description="Reset wolkvox dialer campaigns in bulk, one call at a time per token.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a plan and print its schedule")
     validate.add_argument("plan", help="path of the YAML plan")
     _add_tag(validate)
+    validate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the clears, lanes and counts as JSON (errors too, with exit 2)",
+    )
     validate.set_defaults(handler=_validate)
 
-    run = commands.add_parser("run", help="clear the campaigns of a plan")
-    run.add_argument("plan", help="path of the YAML plan")
+    run = commands.add_parser(
+        "run",
+        help="clear the campaigns of a plan",
+        epilog=EXIT_CODES.format(given="plan"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Optional here so that `run --resume PLAN` can take PLAN back from --resume.
+    run.add_argument("plan", nargs="?", help="path of the YAML plan")
     _add_tag(run)
     run.add_argument(
         "--resume",
         nargs="?",
         const=LATEST,
         metavar="RUN_ID",
-        help="continue the latest unfinished or failed run of this plan (or RUN_ID)",
+        help="continue the latest unfinished or failed run of this plan "
+        "(--resume=RUN_ID: that run)",
+    )
+    run.add_argument(
+        "--resume-id", metavar="RUN_ID", help="continue the run RUN_ID (same as --resume=RUN_ID)"
     )
     _add_run_options(run)
     run.set_defaults(handler=_run)
 
     clear = commands.add_parser(
-        "clear", help="clear one campaign now, without a plan file (for runbooks)"
+        "clear",
+        help="clear one campaign now, without a plan file (for runbooks)",
+        description="Clear one campaign now, described by options instead of a plan file.\n"
+        "Without --result it deletes EVERY record of the campaign.",
+        epilog=EXIT_CODES.format(given="options"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     clear.add_argument("--server", required=True, help="server code, e.g. 0014")
     clear.add_argument("--type-campaign", required=True, help="predictive or preview")
@@ -121,16 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
     clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
     clear.add_argument(
-        "--resume",
+        "--resume-id",
+        dest="resume",
         metavar="RUN_ID",
-        help="continue the one-off clear RUN_ID, given the same options, where it stopped",
+        help="continue the one-off clear RUN_ID, given the same options (or --resume=RUN_ID)",
     )
-    _add_run_options(clear)
+    _add_run_options(clear, one_off=True)
     clear.set_defaults(handler=_clear)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
-    runs.add_argument("--limit", type=_count, default=20, help="how many runs (default 20)")
+    runs.add_argument("--limit", type=count, default=20, help="how many runs (default 20)")
     _add_state_dir(runs)
     runs.set_defaults(handler=_runs)
 
@@ -151,15 +188,15 @@ def _parser() -> argparse.ArgumentParser:
         "campaign, or its first N); repeat an option to hit several campaigns.",
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    simulate.add_argument("--port", type=_port, default=8080, help="port (0: a free one)")
+    simulate.add_argument("--port", type=port, default=8080, help="port (0: a free one)")
     simulate.add_argument(
-        "--latency-ms", type=_non_negative, default=50.0, help="time each clear takes"
+        "--latency-ms", type=non_negative, default=50.0, help="time each clear takes"
     )
     simulate.add_argument(
-        "--fail-rate", type=_fraction, default=0.0, help="share of calls answered 503"
+        "--fail-rate", type=fraction, default=0.0, help="share of calls answered 503"
     )
     simulate.add_argument(
-        "--token-limit", type=_count, default=1_000_000, help="calls per token per day"
+        "--token-limit", type=count, default=1_000_000, help="calls per token per day"
     )
     simulate.add_argument(
         "--shared-limit",
@@ -170,15 +207,31 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="seed for --fail-rate and fault rates (same answers each run)"
     )
     for option, text in _FAULT_OPTIONS:
-        simulate.add_argument(option, type=_fault, action="append", metavar="FAULT", help=text)
+        simulate.add_argument(option, type=fault, action="append", metavar="FAULT", help=text)
     simulate.add_argument(
-        "--slow-s", type=_non_negative, default=120.0, help="how long a --slow answer takes"
+        "--slow-s", type=non_negative, default=120.0, help="how long a --slow answer takes"
     )
     simulate.add_argument(
-        "--burst-length", type=_count, default=5, help="answers in each --burst-5xx"
+        "--burst-length", type=count, default=5, help="answers in each --burst-5xx"
     )
     simulate.set_defaults(handler=_simulate)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script: add `source <(orchestrator completion bash)` "
+        "to ~/.bashrc, or `source <(orchestrator completion zsh)` to ~/.zshrc after compinit.",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    completion.set_defaults(handler=functools.partial(_completion, parser))
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("orchestrator")
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed)"
 
 
 _FAULT_OPTIONS = (
@@ -195,49 +248,6 @@ _FAULT_OPTIONS = (
 )
 
 
-def _fault(text: str) -> FaultSpec:
-    try:
-        return parse_fault(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -247,13 +257,17 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``run`` and ``clear`` share: one engine, one set of guards."""
+def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) -> None:
+    """The options ``run`` and ``clear`` share: one engine, one set of guards.
+
+    ``clear`` has no plan, so its help speaks of its options (``one_off``).
+    """
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument(
         "--dry-run", action="store_true", help="send nothing; print what would be sent"
     )
-    parser.add_argument("--base-url", help="URL template of the API (default from the plan)")
+    default_url = f"default {DEFAULT_BASE_URL}" if one_off else "default from the plan"
+    parser.add_argument("--base-url", help=f"URL template of the API ({default_url})")
     parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
     parser.add_argument(
         "--log-format",
@@ -267,7 +281,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="run against the built-in simulator on a free loopback port (no tokens needed)",
     )
     parser.add_argument(
-        "--max-clears", type=_count, metavar="N", help="refuse a plan of more than N clears"
+        "--max-clears",
+        type=count,
+        metavar="N",
+        help="refuse more than N clears (one per --result)"
+        if one_off
+        else "refuse a plan of more than N clears",
     )
     parser.add_argument(
         "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
@@ -309,6 +328,8 @@ def _load(path: str, tags: list[str]) -> Plan:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.json:
+        return _validate_json(args)
     plan = _load(args.plan, args.tag)
     for warning in missing_tokens(plan):
         _say(warning)
@@ -316,44 +337,36 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_json(args: argparse.Namespace) -> int:
+    """``validate --json``: one JSON document on stdout, whether the plan is good or not."""
+    try:
+        plan = _load(args.plan, args.tag)
+    except PlanError as exc:
+        errors = [{"line": p.line, "path": p.path, "message": p.message} for p in exc.problems]
+    except UsageError as exc:
+        errors = [{"line": None, "path": "", "message": str(exc)}]
+    else:
+        lanes = build_lanes(plan.clears, None)
+        print(json.dumps(schedule_document(plan, lanes, missing_tokens(plan)), indent=2))
+        return 0
+    print(json.dumps({"valid": False, "plan": args.plan, "errors": errors}, indent=2))
+    return EXIT_USAGE
+
+
 def _run(args: argparse.Namespace) -> int:
-    tags = [word for tag in args.tag for word in ("--tag", tag)]
-    again = ("orchestrator", "run", args.plan, *tags, *_run_options_again(args))
-    return _execute(_load(args.plan, args.tag), args, again)
+    settle_resume(args)
+    return _execute(_load(args.plan, args.tag), args)
 
 
 def _clear(args: argparse.Namespace) -> int:
-    results = [word for result in args.result for word in ("--result", result)]
-    campaign = [
-        *("--server", args.server, "--type-campaign", args.type_campaign),
-        *("--campaign-id", args.campaign_id, *results),
-        *_given(args, "--token-env", "--token-file", "--retries", "--timeout-s", "--cooldown-s"),
-    ]
-    again = ("orchestrator", "clear", *campaign, *_run_options_again(args))
-    return _execute(plan_from_options(args), args, again)
+    plan = plan_from_options(args)
+    try:
+        return _execute(plan, args)
+    except PlanError as exc:  # a token that cannot be read: name the option that gave it
+        raise token_problems_by_option(exc, args) from None
 
 
-def _run_options_again(args: argparse.Namespace) -> list[str]:
-    """The options a resume repeats to continue the run where and as it was going.
-
-    Not ``--yes``: a person resuming by hand is asked first.
-    """
-    options = ("--state-dir", "--base-url", "--lock-url", "--report", "--metrics-file")
-    flags = [flag for flag in ("--simulate", "--check-quota") if getattr(args, _dest(flag))]
-    return [*_given(args, *options), *flags]
-
-
-def _given(args: argparse.Namespace, *options: str) -> list[str]:
-    """Each of ``options`` that has a value, followed by it."""
-    values = {option: getattr(args, _dest(option)) for option in options}
-    return [word for option, value in values.items() if value for word in (option, value)]
-
-
-def _dest(option: str) -> str:
-    return option.removeprefix("--").replace("-", "_")
-
-
-def _execute(plan: Plan, args: argparse.Namespace, again: tuple[str, ...]) -> int:
+def _execute(plan: Plan, args: argparse.Namespace) -> int:
     options = RunOptions(
         dry_run=args.dry_run,
         base_url=args.base_url,
@@ -366,25 +379,17 @@ def _execute(plan: Plan, args: argparse.Namespace, again: tuple[str, ...]) -> in
         resume=args.resume,
         metrics_file=args.metrics_file,
         check_quota=args.check_quota,
-        resume_command=again,
+        resume_command=command_again(args),
     )
     with prepare(plan, options, say=_say) as prepared:
         if not (args.dry_run or args.yes):
-            _confirm(prepared.lanes)
+            confirm(prepared, sys.stdin, sys.stderr)
         return anyio.run(functools.partial(perform, prepared, say=_say))
 
 
-def _confirm(lanes: tuple[Lane, ...]) -> None:
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "refusing to delete records without confirmation: stdin is not a terminal; "
-            "pass --yes to run unattended"
-        )
-    _say(render_confirmation(lanes))
-    sys.stderr.write("Delete these records? [y/N] ")
-    sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-        raise UsageError("not confirmed; nothing was sent")
+def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    sys.stdout.write(completion_script(parser, args.shell))
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:

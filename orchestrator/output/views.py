@@ -1,4 +1,4 @@
-"""Human-readable views of what a plan will do: the schedule and the confirmation.
+"""Human-readable views of what a plan will do: the schedule, for people and for scripts.
 
 These never show a token: lanes are named by token name and ``token_id``.
 """
@@ -42,28 +42,45 @@ def render_schedule(plan: Plan, lanes: Sequence[Lane]) -> str:
     return "\n".join(lines)
 
 
-def render_confirmation(lanes: Sequence[Lane]) -> str:
-    """What will be deleted, per campaign, with unfiltered clears set apart."""
-    campaigns: dict[tuple[str, str, str], list[str]] = {}
-    for lane in lanes:
-        for clear in lane.clears:
-            campaigns.setdefault(clear.target, []).append(clear.result or ALL_MARK)
+def schedule_document(
+    plan: Plan, lanes: Sequence[Lane], warnings: Sequence[str]
+) -> dict[str, object]:
+    """``validate --json``: the counts, lanes and clears a script can rely on."""
     clears = [c for lane in lanes for c in lane.clears]
-    everything = [t for t, results in campaigns.items() if ALL_MARK in results]
-    filtered = [t for t in campaigns if t not in everything]
-    lines = [
-        f"This run deletes records from {len(campaigns)} campaign(s), {describe_counts(clears)}."
-    ]
-    if everything:
-        lines.append(f"EVERY record of {len(everything)} campaign(s):")
-        lines.extend(f"  server {s} {t} campaign {c}: {ALL_MARK}" for s, t, c in everything)
-    if filtered:
-        lines.append(f"Records with these results in {len(filtered)} campaign(s):")
-        lines.extend(
-            f"  server {s} {t} campaign {c}: {', '.join(campaigns[(s, t, c)])}"
-            for s, t, c in filtered
-        )
-    return "\n".join(lines)
+    unfiltered = sum(1 for c in clears if c.result is None)
+    return {
+        "valid": True,
+        "plan": plan.source,
+        "counts": {
+            "clears": len(clears),
+            "unfiltered": unfiltered,
+            "filtered": len(clears) - unfiltered,
+            "campaigns": len({c.target for c in clears}),
+            "lanes": len(lanes),
+        },
+        "warnings": list(warnings),
+        "lanes": [
+            {"lane": number, "tokens": list(lane.token_names), "seqs": [c.seq for c in lane.clears]}
+            for number, lane in enumerate(lanes, 1)
+        ],
+        "clears": [
+            {
+                "seq": c.seq,
+                "server": c.server,
+                "type_campaign": c.type_campaign,
+                "campaign_id": c.campaign_id,
+                "result": c.result_label,
+                "unfiltered": c.result is None,
+                "token": str(c.token),
+                "on_failure": str(c.on_failure),
+                "timeout_s": c.timeout_s,
+                "retries": c.retries,
+                "tags": list(c.tags),
+                "line": c.line,
+            }
+            for c in sorted(clears, key=lambda c: c.seq)
+        ],
+    }
 
 
 def _clear_line(clear: Clear) -> str:

@@ -219,7 +219,7 @@ def compose(text: str | bytes, source: str) -> Node | None:
         in_bytes = loader is not None and not isinstance(loader, yaml.SafeLoader)
         raise _reader_error(exc, text.encode() if in_bytes else text, source) from exc
     except yaml.MarkedYAMLError as exc:
-        raise _yaml_error(exc, source) from exc
+        raise _yaml_error(exc, source, text) from exc
     finally:
         if loader is not None:
             loader.dispose()
@@ -467,15 +467,26 @@ def _too_large(source: str) -> PlanError:
     return _whole_file(source, f"the plan is larger than {MAX_BYTES // (1024 * 1024)} MiB")
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError, source: str) -> PlanError:
+def _yaml_error(exc: yaml.MarkedYAMLError, source: str, text: str) -> PlanError:
     mark = exc.problem_mark or exc.context_mark
     line = int(mark.line) + 1 if mark is not None else None
     if exc.context == "expected a single document in the stream":
         return _whole_file(source, "the file holds more than one YAML document", line)
+    if "tab" in (exc.problem or "") or (line is not None and _tab_indented(text, line)):
+        # PyYAML words this "found character that cannot start any token".
+        message = "tab characters are not allowed in YAML indentation; use spaces"
+        return _whole_file(source, message, line)
     message = f"invalid YAML: {exc.problem or exc.context}"
     if exc.problem and exc.context:
         message += f" ({exc.context})"
     return _whole_file(source, message, line)
+
+
+def _tab_indented(text: str, line: int) -> bool:
+    """Whether the indentation of ``line`` (1-based) of ``text`` holds a tab."""
+    lines = text.splitlines()
+    written = lines[line - 1] if 0 < line <= len(lines) else ""
+    return "\t" in written[: len(written) - len(written.lstrip())]
 
 
 def _reader_error(exc: yaml.reader.ReaderError, text: str | bytes, source: str) -> PlanError:

@@ -54,6 +54,12 @@ def plan_from_options(args: argparse.Namespace) -> Plan:
         raise PlanError([_by_option(p) for p in exc.problems]) from None
 
 
+def token_problems_by_option(exc: PlanError, args: argparse.Namespace) -> PlanError:
+    """The token problems of a one-off clear, named by ``--token-env`` or ``--token-file``."""
+    option = "--token-env" if args.token_env else "--token-file"
+    return PlanError([Problem(SOURCE, None, option, p.message) for p in exc.problems])
+
+
 def _by_option(problem: Problem) -> Problem:
     field = re.sub(r"^(campaigns\[0\]|settings)\.?", "", problem.path).split("[")[0]
     option = _OPTION_OF.get(field, problem.path)

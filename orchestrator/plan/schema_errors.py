@@ -85,7 +85,7 @@ def explain(
         case Kind.AdditionalProperties(unexpected=names):
             allowed = list(_properties(parent))
             for name in names:
-                yield where.key(name, _unknown(path, name, allowed))
+                yield where.key(name, _unknown(path, name, allowed, _homes(schema)))
         case Kind.Not():
             yield where.key("token_file", "set token_env or token_file, not both")
         case Kind.AnyOf(context=branches) if isinstance(instance, list | dict):
@@ -134,10 +134,27 @@ def _missing(name: str, schema_path: Sequence[str | int]) -> str:
     return f"missing required key {name!r}"
 
 
-def _unknown(path: Path, name: str, allowed: list[str]) -> str:
+def _unknown(path: Path, name: str, allowed: list[str], homes: dict[str, list[str]]) -> str:
     if path == ("defaults",) and name == "campaign_id":
         return "campaign_id cannot have a default: each campaign names its own"
+    if name in homes:  # a known key, indented (or outdented) into the wrong block
+        return f"{name} belongs {' or '.join(homes[name]).replace(' or under ', ' or ')}"
     return f"unknown key {shown(name)} ({hint(name, allowed)})"
+
+
+def _homes(schema: dict[str, object]) -> dict[str, list[str]]:
+    """Where each key of a plan belongs: ``type_campaign`` → under defaults: or a campaign."""
+    places = {
+        "at the top level": _properties(schema),
+        "under settings:": _properties(_at(schema, ["properties", "settings"])),
+        "under defaults:": _properties(_at(schema, ["properties", "defaults"])),
+        "under a campaign": _properties(_at(schema, ["properties", "campaigns", "items"])),
+    }
+    homes: dict[str, list[str]] = {}
+    for place, names in places.items():
+        for name in names:
+            homes.setdefault(name, []).append(place)
+    return homes
 
 
 def _repeated(where: _Where, items: list[Any], schema: dict[str, object]) -> Finding:

@@ -18,23 +18,25 @@ Keyring = Mapping[TokenRef, Secret]
 #: The most bytes read from a token file; a longer file is refused.
 MAX_TOKEN_FILE_BYTES = 4096
 
+#: Campaigns a token message names before it says how many more need the token.
+_SHOWN_CAMPAIGNS = 10
+
 
 def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[TokenRef, Secret]:
     """Read every token the plan names; raise :class:`PlanError` naming each one missing.
 
-    Messages name the variable or file, never the value.
+    Each token that cannot be read is told once, at its first use, with the
+    campaigns that need it. Messages name the variable or file, never the value.
     """
     env = os.environ if environ is None else environ
     keyring: dict[TokenRef, Secret] = {}
     problems: list[Problem] = []
-    first_use = _first_use(plan)
-    for ref, clear in first_use.items():
+    for ref, clears in _users(plan).items():
         value, why = _read(ref, env)
         if why is None:
             keyring[ref] = Secret(value)
         else:
-            message = f"{why} (campaign {clear.campaign_id})"
-            problems.append(Problem(plan.source, clear.line, "", message))
+            problems.append(Problem(plan.source, clears[0].line, "", _needed(why, clears)))
     if problems:
         raise PlanError(problems)
     return keyring
@@ -44,10 +46,10 @@ def missing_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> list
     """Warnings for tokens that cannot be read now (``validate`` does not need them)."""
     env = os.environ if environ is None else environ
     warnings = []
-    for ref, clear in _first_use(plan).items():
+    for ref, clears in _users(plan).items():
         _, why = _read(ref, env)
         if why is not None:
-            warnings.append(f"{plan.source}:{clear.line}: warning: {why}")
+            warnings.append(f"{plan.source}:{clears[0].line}: warning: {_needed(why, clears)}")
     return warnings
 
 
@@ -75,11 +77,22 @@ def build_lanes(clears: tuple[Clear, ...], keyring: Keyring | None) -> tuple[Lan
     )
 
 
-def _first_use(plan: Plan) -> dict[TokenRef, Clear]:
-    first: dict[TokenRef, Clear] = {}
+def _users(plan: Plan) -> dict[TokenRef, list[Clear]]:
+    """The clears of each token, in order of the token's first use."""
+    users: dict[TokenRef, list[Clear]] = {}
     for clear in plan.clears:
-        first.setdefault(clear.token, clear)
-    return first
+        users.setdefault(clear.token, []).append(clear)
+    return users
+
+
+def _needed(why: str, clears: list[Clear]) -> str:
+    """``why (needed by campaigns 3001, 3002)``: which campaigns wait for this token."""
+    campaigns = list(dict.fromkeys(clear.campaign_id for clear in clears))
+    shown = ", ".join(campaigns[:_SHOWN_CAMPAIGNS])
+    more = len(campaigns) - _SHOWN_CAMPAIGNS
+    if more > 0:
+        shown += f" and {more} more"
+    return f"{why} (needed by campaign{'s' if len(campaigns) > 1 else ''} {shown})"
 
 
 def _read(ref: TokenRef, env: Mapping[str, str]) -> tuple[str, str | None]:

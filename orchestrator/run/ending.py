@@ -162,7 +162,7 @@ def tell(result: RunResult, prepared: Prepared, say: Say, *, journaled: bool) ->
         say(line)
     say(_counts(result, prepared))
     if result.exit_code != EXIT_OK and journaled and prepared.options.resume_command:
-        again = shlex.join((*prepared.options.resume_command, "--resume", prepared.run_id))
+        again = shlex.join((*prepared.options.resume_command, f"--resume={prepared.run_id}"))
         say(f"to resume: {again}")
 
 

@@ -487,7 +487,7 @@ def test_answering_no_at_a_resume_prompt_leaves_the_journal_as_it_was(
         assert after == before
         assert calls == 2  # the first run's: one rejected, one succeeded
         # The refused resume let go of the run: answered yes, it goes on.
-        monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
+        monkeypatch.setattr(sys, "stdin", _Terminal("3002\n"))  # 3002: all records
         assert main(["run", plan, "--resume", "--log-format", "json"]) == 1
     resumed = log_lines(capsys.readouterr().out)
     assert {line["run_id"] for line in resumed} == {run_id}

@@ -85,8 +85,7 @@ def test_a_failed_run_says_what_is_left_and_its_resume_finishes_as_a_success(
             *options,
             "--metrics-file",
             str(metrics),
-            "--resume",
-            run_id,
+            f"--resume={run_id}",
         ]
 
         env.setenv("T_OPS", OPS)  # the rejected token fixed, as the operator would
@@ -133,13 +132,14 @@ def test_a_failed_one_off_clear_tells_the_clear_that_resumes_it(
         ]
         assert main([*one_off, "--yes", "--log-format", "json"]) == 1
         argv = resume_command(capsys.readouterr().err)
-        assert argv[: len(one_off)] == one_off and argv[-2] == "--resume"
+        assert argv[: len(one_off)] == one_off and argv[-1].startswith("--resume=")
+        run_id = argv[-1].removeprefix("--resume=")
         env.setenv("T_OPS", OPS)
         assert main([*argv, "--yes", "--log-format", "json"]) == 0
         assert sim.simulator.records("0038", "predictive", "4001")["busy"] == 0
     err = capsys.readouterr().err
     assert err.startswith("2 succeeded, 0 already succeeded, 0 failed, 0 skipped in ")
-    assert f"(run {argv[-1]}, exit 0)" in err
+    assert f"(run {run_id}, exit 0)" in err
 
 
 # ------------------------------------------------------------------ closed pipes

@@ -176,6 +176,7 @@ def test_the_confirmation_sets_every_record_campaigns_apart_and_no_sends_nothing
         "Records with these results in 2 campaign(s):\n"
         "  server 0014 predictive campaign 3001: no-answer, busy, abandon\n"
         "  server 0038 predictive campaign 4001: failed\n"
-        "Delete these records? [y/N] orchestrator: not confirmed; nothing was sent"
+        "To delete EVERY record of campaign 3002 on 127.0.0.1, type the campaign id (3002): "
+        "orchestrator: not confirmed; nothing was sent"
     ) in done.err
     assert sim.stats()["total_calls"] == 0

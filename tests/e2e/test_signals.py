@@ -123,7 +123,7 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
         "orchestrator: SIGTERM: nothing new starts; letting 1 call in flight finish. "
         "Send a second signal to cut them: their outcome is then unknown."
     ]
-    assert said[-1].startswith("to resume: orchestrator run ") and "--resume " in said[-1]
+    assert said[-1].startswith("to resume: orchestrator run ") and "--resume=" in said[-1]
     interrupted = [line for line in lines if line["event"] == "run.interrupted"]
     assert [(i["signal"], i["calls_in_flight"], i["cut"]) for i in interrupted] == [
         ("SIGTERM", 1, False)

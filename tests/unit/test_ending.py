@@ -207,7 +207,7 @@ def test_a_failed_run_names_what_failed_or_was_skipped_and_how_to_resume() -> No
         "  – skipped    #7 0014/predictive/3007/busy  env:WOLKVOX_TOKEN  token rejected\n"  # noqa: RUF001
         "3 succeeded, 2 failed, 2 skipped in 10.4 s (run 20261204T021000Z-a1b2c3, exit 1)\n"
         "to resume: orchestrator run 'plans/nightly recycling.yaml' --tag nightly"
-        " --state-dir /srv/state --resume 20261204T021000Z-a1b2c3"
+        " --state-dir /srv/state --resume=20261204T021000Z-a1b2c3"
     )
 
 
@@ -225,7 +225,7 @@ def test_past_twenty_clears_the_rest_are_counted_and_show_lists_them() -> None:
         "  and 5 more (orchestrator show 20261204T021000Z-a1b2c3 lists every clear)",
         "0 succeeded, 0 failed, 25 skipped in 0.8 s (run 20261204T021000Z-a1b2c3, exit 130)",
         "to resume: orchestrator run 'plans/nightly recycling.yaml' --tag nightly"
-        " --resume 20261204T021000Z-a1b2c3",
+        " --resume=20261204T021000Z-a1b2c3",
     ]
 
 

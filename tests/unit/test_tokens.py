@@ -48,8 +48,25 @@ def test_unset_and_empty_tokens_are_errors_naming_the_variable_not_the_value() -
     with pytest.raises(PlanError) as caught:
         read_tokens(plan, {"WOLKVOX_TOKEN_OPS": "   "})
     assert [str(p) for p in caught.value.problems] == [
-        "plan.yaml:11: environment variable WOLKVOX_TOKEN is not set (campaign 3001)",
-        "plan.yaml:12: environment variable WOLKVOX_TOKEN_OPS is empty (campaign 3002)",
+        "plan.yaml:11: environment variable WOLKVOX_TOKEN is not set (needed by campaign 3001)",
+        "plan.yaml:12: environment variable WOLKVOX_TOKEN_OPS is empty (needed by campaign 3002)",
+    ]
+
+
+def test_a_missing_token_is_told_once_naming_every_campaign_that_needs_it() -> None:
+    clears = [make_clear(1, "3001", token=MAIN, line=11)]
+    clears += [make_clear(i, str(3000 + i), token=OPS, line=10 + i) for i in range(2, 15)]
+    clears.append(make_clear(15, "3002", token=OPS, result="failed", line=25))
+    plan = Plan("plan.yaml", Settings(), tuple(clears))
+    expected = (
+        "plan.yaml:12: environment variable WOLKVOX_TOKEN_OPS is not set (needed by campaigns "
+        "3002, 3003, 3004, 3005, 3006, 3007, 3008, 3009, 3010, 3011 and 3 more)"
+    )
+    with pytest.raises(PlanError) as caught:
+        read_tokens(plan, {"WOLKVOX_TOKEN": "x"})
+    assert [str(p) for p in caught.value.problems] == [expected]
+    assert missing_tokens(plan, {"WOLKVOX_TOKEN": "x"}) == [
+        expected.replace("plan.yaml:12: ", "plan.yaml:12: warning: ")
     ]
 
 
@@ -75,7 +92,8 @@ def test_a_token_with_spaces_is_refused_without_showing_it() -> None:
 
 def test_missing_tokens_are_only_warnings_for_validate() -> None:
     assert missing_tokens(plan_of(MAIN, OPS), {"WOLKVOX_TOKEN": "x"}) == [
-        "plan.yaml:12: warning: environment variable WOLKVOX_TOKEN_OPS is not set"
+        "plan.yaml:12: warning: environment variable WOLKVOX_TOKEN_OPS is not set "
+        "(needed by campaign 3002)"
     ]
 
 
@@ -109,7 +127,7 @@ def test_a_fifo_token_file_is_refused_without_blocking(tmp_path: Path) -> None:
         read_tokens(plan_of(TokenRef("file", str(fifo))), {})
     assert str(caught.value) == (
         f"plan.yaml:11: token file {fifo} is a FIFO (named pipe), not a regular file "
-        "(campaign 3001)"
+        "(needed by campaign 3001)"
     )
 
 
@@ -137,7 +155,8 @@ def test_validate_warns_about_a_fifo_token_file_without_blocking(tmp_path: Path)
     fifo = tmp_path / "token.fifo"
     os.mkfifo(fifo)
     assert missing_tokens(plan_of(TokenRef("file", str(fifo))), {}) == [
-        f"plan.yaml:11: warning: token file {fifo} is a FIFO (named pipe), not a regular file"
+        f"plan.yaml:11: warning: token file {fifo} is a FIFO (named pipe), not a regular file "
+        "(needed by campaign 3001)"
     ]
 
 

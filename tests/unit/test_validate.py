@@ -413,6 +413,36 @@ def test_unknown_keys_in_settings_and_defaults_are_refused() -> None:
     ]
 
 
+def test_a_key_in_the_wrong_block_is_told_where_it_belongs() -> None:
+    text = (
+        "version: 1\n"
+        "type_campaign: predictive\n"
+        "settings:\n"
+        "  token_env: T\n"
+        "defaults:\n"
+        "  server: '0014'\n"
+        "  type_campaign: predictive\n"
+        "  token_env: T\n"
+        "  cooldown_s: 5\n"
+        "  settings: {}\n"
+        "campaigns:\n"
+        "  - campaign_id: 1\n"
+        "    results: all\n"
+        "    max_parallel_tokens: 2\n"
+        "  - campaign_id: 2\n"
+        "    results: all\n"
+        "campaign_id: 3\n"
+    )
+    assert problems(text) == [
+        "p.yaml:2: type_campaign belongs under defaults: or a campaign",
+        "p.yaml:4: settings: token_env belongs under defaults: or a campaign",
+        "p.yaml:9: defaults: cooldown_s belongs under settings:",
+        "p.yaml:10: defaults: settings belongs at the top level",
+        "p.yaml:14: campaigns[0]: max_parallel_tokens belongs under settings:",
+        "p.yaml:17: campaign_id belongs under a campaign",
+    ]
+
+
 def test_a_duplicate_key_is_refused() -> None:
     assert problems(HEADER + "  - campaign_id: 1\n    results: [busy]\n    results: all\n") == [
         "p.yaml:6: campaigns[0]: duplicate key 'results' (first at line 5)"

@@ -343,6 +343,31 @@ def test_invalid_yaml_names_its_line_and_problem(either_loader: str) -> None:
     assert "flow sequence" in problem.message
 
 
+TAB = "tab characters are not allowed in YAML indentation; use spaces"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('version: 1\ncampaigns:\n  - campaign_id: 1\n\tserver: "0014"\n', 4),
+        ("version: 1\ncampaigns:\n\t- campaign_id: 1\n", 3),
+        ("version: 1\ncampaigns:\n  - campaign_id: 1\n    \tserver: x\n", 4),
+        ("version: 1\nsettings:\n\tcooldown_s: 1\n", 3),
+    ],
+)
+def test_a_tab_in_indentation_is_called_a_tab(either_loader: str, text: str, line: int) -> None:
+    with pytest.raises(PlanError) as excinfo:
+        compose(text, "p.yaml")
+    assert whole_file_problems(excinfo) == [f"p.yaml:{line}: {TAB}"]
+
+
+def test_other_invalid_yaml_is_not_called_a_tab(either_loader: str) -> None:
+    with pytest.raises(PlanError) as excinfo:
+        compose("version: 1\nname: a: b\tc\n", "p.yaml")
+    [problem] = whole_file_problems(excinfo)
+    assert problem.startswith("p.yaml:2: invalid YAML: ") and "tab" not in problem
+
+
 def test_more_than_one_document_is_refused(either_loader: str) -> None:
     with pytest.raises(PlanError) as excinfo:
         compose("version: 1\n---\nversion: 1\n", "p.yaml")
