@@ -54,6 +54,9 @@ class RunOptions:
     resume: str | None = None
     metrics_file: str | None = None
     check_quota: bool = False
+    #: The command that runs this again, to which the ending adds ``--resume=RUN_ID``
+    #: (empty: the ending tells no command).
+    resume_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
