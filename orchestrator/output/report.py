@@ -74,14 +74,26 @@ class ReportCollector:
         """How many clears ended each way (:data:`~orchestrator.run.events.TALLIES`)."""
         return dict(self._counts)
 
-    def clears(self) -> list[dict[str, object]]:
-        """One flat record per clear, in plan order; needs ``keep_clears``."""
+    def clears(self, lanes: Sequence[Lane] = ()) -> list[dict[str, object]]:
+        """One flat record per clear, in plan order; needs ``keep_clears``.
+
+        A clear of ``lanes`` that never ended (the run failed under it) is listed too,
+        as ``unfinished``: the report names every clear of the plan, never fewer.
+        """
         if not self.keep_clears:
             raise RuntimeError("this collector keeps no clears (keep_clears=False)")
-        return [
-            clear_fields(event.clear, event.token_id) | outcome_fields(event)
-            for _, event in sorted(self.finished.items())
-        ]
+        records = {
+            seq: clear_fields(event.clear, event.token_id) | outcome_fields(event)
+            for seq, event in self.finished.items()
+        }
+        for lane in lanes:
+            for clear in lane.clears:
+                if clear.seq not in records:
+                    records[clear.seq] = clear_fields(clear, lane.token_id) | {
+                        "outcome": "unfinished",
+                        "reason": None,
+                    }
+        return [records[seq] for seq in sorted(records)]
 
 
 def pool_campaigns(lanes: Sequence[Lane], collector: ReportCollector) -> list[dict[str, object]]:

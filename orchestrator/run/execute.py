@@ -399,7 +399,7 @@ def _write_report(
                 "error": result.error,
                 "unrecorded": list(result.unrecorded),
                 "log_cut": spec.log_lines is not None and spec.log_lines.cut,
-                "clears": collector.clears(),
+                "clears": collector.clears(spec.lanes),
                 "pool_campaigns": pool_campaigns(spec.lanes, collector),
             },
         )

@@ -165,8 +165,13 @@ def _check_options(plan: Plan, options: RunOptions) -> None:
             f"{options.max_clears}; nothing was sent"
         )
     for option, path in (("--report", options.report), ("--metrics-file", options.metrics_file)):
-        folder = Path(path).resolve().parent if path else None
-        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        if not path:
+            continue
+        # Found after the clears, a path that cannot take the file would lose their record.
+        if Path(path).is_dir():
+            raise UsageError(f"{option}: {path} is a directory; name a file; nothing was sent")
+        folder = Path(path).resolve().parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise UsageError(f"{option}: cannot write into {folder}")
 
 

@@ -73,6 +73,9 @@ async def test_an_unexpected_exception_mid_run_ends_it_with_exit_1_everywhere(
     assert finished["error"].startswith("the run failed: UnicodeError: encoding with 'idna'")
     document = json.loads(report.read_text())
     assert (document["exit_code"], document["error"]) == (1, finished["error"])
+    # Every clear of the plan is in the report, the ones the crash left unfinished too.
+    assert [c["seq"] for c in document["clears"]] == [c.seq for c in prepared.plan.clears]
+    assert {c["outcome"] for c in document["clears"][1:]} == {"unfinished"}
     samples = {
         s.name: s.value
         for family in text_string_to_metric_families(metrics.read_text())
