@@ -104,7 +104,15 @@ def apply(
     for note in reviewed.check_current(review, base_url=args.base_url):
         say(note)
     # Every option apply lacks at run's default (no dry run, no resume), whatever run gains.
-    forced = {"simulate": review.simulated, "base_url": None}
+    # A failed apply is resumed from its plan (the same clears make the same run): the
+    # ending's resume command is run's, with the plan and tags the review was saved from.
+    forced = {
+        "simulate": review.simulated,
+        "base_url": None,
+        "command": "run",
+        "plan": review.plan_path,
+        "tag": list(review.tags),
+    }
     options = argparse.Namespace(**vars(run_defaults) | vars(args) | forced)
     try:
         return execute(

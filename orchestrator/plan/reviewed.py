@@ -75,6 +75,8 @@ class Reviewed:
     simulated: bool
     plan_path: str
     plan_sha256: str
+    #: The ``--tag`` selection the clears were saved with.
+    tags: tuple[str, ...]
     lanes: tuple[LaneShape, ...]
     #: The journal's identity of these clears (:func:`plan_digest`).
     clears_digest: str
@@ -284,6 +286,7 @@ def _reviewed(path: str, document: dict[str, Any]) -> Reviewed:
         simulated=document["simulated"],
         plan_path=document["plan"]["path"],
         plan_sha256=document["plan"]["sha256"],
+        tags=tuple(document["plan"]["tags"]),
         lanes=lanes,
         clears_digest=document["clears_digest"],
         digest=document["digest"],

@@ -72,6 +72,21 @@ class TokenWaiting:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLeftPool:
+    """Token ``token_id`` left pool ``pool_id`` for ``reason`` while it served ``clear``.
+
+    The campaign of ``clear`` carries on with another token of the pool; ``tokens_left``
+    say how many are still in it (none: the rest of the pool is skipped with ``reason``).
+    """
+
+    clear: Clear
+    token_id: str
+    pool_id: str
+    reason: Reason
+    tokens_left: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokenResting:
     """The token starts resting for ``rest_s`` seconds, until ``until`` (UTC), before ``clear``.
 
@@ -136,7 +151,23 @@ class ClearFinished:
     rested_ms: int = 0
 
 
-Event = TokenWaiting | TokenResting | ClearStarted | ClearRetrying | ClearFinished
+Event = TokenWaiting | TokenResting | TokenLeftPool | ClearStarted | ClearRetrying | ClearFinished
+
+#: How the ends of clears are counted, in the order every ending shows them.
+TALLIES = ("succeeded", "already_succeeded", "failed", "skipped")
+
+
+def tally_of(event: ClearFinished) -> str:
+    """How ``event`` counts: its outcome, or ``already_succeeded``.
+
+    A resumed run does not send a clear an earlier attempt of the run did: it
+    ends as skipped (the log says ``clear.skipped``), yet it is done, so it is
+    counted under a name of its own rather than with the skips, which mean exit 1.
+    """
+    if event.reason is Reason.ALREADY_SUCCEEDED:
+        return "already_succeeded"
+    return event.outcome.value
+
 
 #: Receives every event, synchronously, in the order things happened.
 Listener = Callable[[Event], None]
@@ -187,7 +218,7 @@ def outcome_fields(event: ClearFinished) -> dict[str, object]:
     """How a clear ended, as flat fields (shared by the log and the report)."""
     http_status, code, msg, error = answer_values(event)
     fields: dict[str, object] = {
-        "outcome": event.outcome.value,
+        "outcome": tally_of(event),
         "reason": event.reason.value if event.reason else None,
         "attempts": event.attempts,
         "http_status": http_status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,17 +264,24 @@ def test_without_yes_and_without_a_terminal_apply_is_refused_and_nothing_is_sent
 
 
 def test_a_failed_apply_is_resumed_from_its_plan_sending_only_what_did_not_succeed(
-    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    state: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     rotated = "tok-apply-c-5555555555"
     with running_simulator(latency_ms=1, valid_tokens=frozenset({TOKEN_A, rotated})) as sim:
         plan = tmp_path / "plan.yaml"
         plan.write_text(PLAN.format(base_url=sim.base_url))
         reviewed = save(plan, tmp_path)
+        capsys.readouterr()
         assert apply(reviewed) == 1  # T_B's token is rejected
+        (hint,) = [line for line in capsys.readouterr().err.splitlines() if "to resume:" in line]
+        command = shlex.split(hint.partition("to resume: ")[2])
+        assert command[:3] == ["orchestrator", "run", str(plan)]
         before = len(sent(sim))
         monkeypatch.setenv("T_B", rotated)
-        assert main(["run", str(plan), "--resume", "--yes", "--log-format", "json"]) == 0
+        assert main([*command[1:], "--yes", "--log-format", "json"]) == 0
         resent = sent(sim)[before:]
     assert [call[0] for call in resent] == [token_fingerprint(rotated)] * 2
     with Journal.open(state) as journal:

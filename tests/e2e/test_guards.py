@@ -111,3 +111,16 @@ def test_validate_refuses_a_base_url_that_run_could_not_send_to(
     assert main(args) == 2
     captured = capsys.readouterr()
     assert "cannot be sent to" in (captured.out if json_output else captured.err)
+
+
+@pytest.mark.parametrize("option", ["--report", "--metrics-file"])
+def test_a_report_or_metrics_path_that_is_a_directory_is_refused_before_anything_is_sent(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with running_simulator(latency_ms=0) as sim:
+        plan = write_plan(tmp_path / "plan.yaml", sim.base_url, THREE)
+        assert run(plan, tmp_path, option, str(folder)) == 2
+        assert sim.simulator.stats()["total_calls"] == 0
+    assert f"{option}: {folder} is a directory" in capsys.readouterr().err
