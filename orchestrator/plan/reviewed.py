@@ -36,7 +36,16 @@ import jsonschema_rs
 
 from orchestrator.errors import UsageError
 from orchestrator.output.atomic import FILE_MODE, write_text_atomically
-from orchestrator.plan.model import Clear, Lane, OnFailure, Plan, Settings, TokenRef
+from orchestrator.plan.model import (
+    Clear,
+    Lane,
+    OnFailure,
+    Order,
+    Plan,
+    Settings,
+    TokenPool,
+    TokenRef,
+)
 from orchestrator.plan.reviewed_schema import FORMAT, SCHEMA
 from orchestrator.state.identity import plan_digest
 
@@ -108,6 +117,8 @@ def save_reviewed(
         "settings": {
             "max_parallel_tokens": settings.max_parallel_tokens,
             "cooldown_s": float(settings.cooldown_s),
+            "maintenance_wait_s": float(settings.maintenance_wait_s),
+            "order": settings.order.value,
             "lock_url": settings.lock_url,
         },
         "lanes": [{"tokens": list(lane.token_names), "seqs": _seqs(lane)} for lane in lanes],
@@ -223,15 +234,29 @@ def check_current(reviewed: Reviewed, *, base_url: str | None) -> list[str]:
 def check_prepared(reviewed: Reviewed, lanes: tuple[Lane, ...]) -> None:
     """Refuse when the tokens read now group the clears otherwise than reviewed."""
     now = tuple((lane.token_names, tuple(_seqs(lane))) for lane in lanes)
-    if now != reviewed.lanes:
+    if _unordered(now, reviewed.plan) != _unordered(reviewed.lanes, reviewed.plan):
         raise _refused(
             reviewed.path,
             f"was reviewed with other lanes than the tokens read now make "
-            f"({_lane_change(reviewed.lanes, now)}; token references holding the same token "
-            "share one lane); review it again",
+            f"({_lane_change(reviewed.lanes, now, reviewed.plan)}; token references "
+            "holding the same token share one lane); review it again",
         )
     if plan_digest(lanes) != reviewed.clears_digest:  # the same clears, field for field
         raise _refused(reviewed.path, "does not describe the clears it would send")
+
+
+def _unordered(lanes: tuple[LaneShape, ...], plan: Plan) -> set[LaneShape]:
+    """The lanes apart from what ``settings.order`` decides when the run starts.
+
+    Which lane starts first, and in which order a pool's campaigns start, follow the
+    journal's durations (``order: longest_first``): they may differ from the review's.
+    Which clears share a token, and a single token's sending order, may not.
+    """
+    pooled = {c.seq for c in plan.clears if isinstance(c.token, TokenPool)}
+    return {
+        (tokens, tuple(sorted(seqs)) if pooled.intersection(seqs) else seqs)
+        for tokens, seqs in lanes
+    }
 
 
 def token_problem(reviewed: Reviewed, messages: list[str]) -> UsageError:
@@ -274,6 +299,8 @@ def _reviewed(path: str, document: dict[str, Any]) -> Reviewed:
         settings=Settings(
             max_parallel_tokens=settings["max_parallel_tokens"],
             cooldown_s=float(settings["cooldown_s"]),
+            maintenance_wait_s=float(settings["maintenance_wait_s"]),
+            order=Order(settings["order"]),
             base_url=document["base_url"],
             lock_url=settings["lock_url"],
         ),
@@ -303,9 +330,9 @@ def _check_consistent(
     in_lanes = [seq for _, lane_seqs in lanes for seq in lane_seqs]
     if sorted(in_lanes) != seqs:
         raise _refused(path, "has lanes that do not hold each clear exactly once")
-    token_of = {clear.seq: str(clear.token) for clear in clears}
+    refs_of = {clear.seq: [str(ref) for ref in clear.token.refs] for clear in clears}
     for tokens, lane_seqs in lanes:
-        if any(token_of[seq] not in tokens for seq in lane_seqs):
+        if any(ref not in tokens for seq in lane_seqs for ref in refs_of[seq]):
             raise _refused(path, "has a lane holding a clear of another token")
     # plan_digest sorts its rows by seq: one lane of every clear gives the same digest.
     if plan_digest([Lane("", (), None, clears)]) != digest:
@@ -313,18 +340,24 @@ def _check_consistent(
 
 
 def _clear(fields: dict[str, Any]) -> Clear:
-    kind, _, name = fields["token"].partition(":")
+    written = fields["token"]
+    refs = tuple(_token_ref(text) for text in ([written] if isinstance(written, str) else written))
     return Clear(
         seq=fields["seq"],
         server=fields["server"],
         type_campaign=fields["type_campaign"],
         campaign_id=fields["campaign_id"],
         result=fields["result"],
-        token=TokenRef(kind, name),
+        token=refs[0] if isinstance(written, str) else TokenPool(refs),
         on_failure=OnFailure(fields["on_failure"]),
         timeout_s=float(fields["timeout_s"]),
         retries=fields["retries"],
     )
+
+
+def _token_ref(text: str) -> TokenRef:
+    kind, _, name = text.partition(":")
+    return TokenRef(kind, name)
 
 
 def _validator() -> jsonschema_rs.Validator:
@@ -345,7 +378,10 @@ def _clear_fields(clear: Clear) -> dict[str, object]:
         "type_campaign": clear.type_campaign,
         "campaign_id": clear.campaign_id,
         "result": clear.result,
-        "token": str(clear.token),
+        # A pool is the list of its references.
+        "token": str(clear.token)
+        if isinstance(clear.token, TokenRef)
+        else [str(ref) for ref in clear.token.refs],
         "on_failure": clear.on_failure.value,
         "retries": int(clear.retries),
         "timeout_s": float(clear.timeout_s),
@@ -376,12 +412,15 @@ def _render(document: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
-def _lane_change(before: tuple[LaneShape, ...], after: tuple[LaneShape, ...]) -> str:
-    """The first lane that differs, before and after, in words."""
-    for number, (old, new) in enumerate(itertools.zip_longest(before, after), start=1):
-        if old != new:
-            return f"lane {number}: reviewed {_lane_words(old)}, now {_lane_words(new)}"
-    return "the same lanes"  # not reached: the caller found a difference
+def _lane_change(before: tuple[LaneShape, ...], after: tuple[LaneShape, ...], plan: Plan) -> str:
+    """The first reviewed lane that the tokens no longer make, and what they make of it."""
+    now = _unordered(after, plan)
+    for lane in before:
+        if not _unordered((lane,), plan) <= now:
+            tokens = set(lane[0])
+            instead = next((other for other in after if tokens.intersection(other[0])), None)
+            return f"reviewed {_lane_words(lane)}, now {_lane_words(instead)}"
+    return "a lane the review does not have"
 
 
 def _lane_words(lane: LaneShape | None) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from orchestrator.plan.model import CAMPAIGN_TYPES, MAX_CLEARS, RESULT_FILTERS, OnFailure
+from orchestrator.plan.model import CAMPAIGN_TYPES, MAX_CLEARS, RESULT_FILTERS, OnFailure, Order
 from orchestrator.plan.schema import (
     BASE_URL_PATTERN,
     CAMPAIGN_ID_PATTERN,
     LOCK_URL_PATTERN,
+    MAX_MAINTENANCE_WAIT_S,
     MAX_SECONDS,
     SERVER_PATTERN,
 )
@@ -45,7 +46,17 @@ _CLEAR_SCHEMA: dict[str, object] = {
         "type_campaign": {"enum": list(CAMPAIGN_TYPES)},
         "campaign_id": {"type": "string", "pattern": CAMPAIGN_ID_PATTERN},
         "result": {"enum": [*RESULT_FILTERS, None]},
-        "token": {"type": "string", "pattern": _TOKEN_PATTERN},
+        "token": {
+            "anyOf": [
+                {"type": "string", "pattern": _TOKEN_PATTERN},
+                {
+                    "type": "array",
+                    "minItems": 2,
+                    "uniqueItems": True,
+                    "items": {"type": "string", "pattern": _TOKEN_PATTERN},
+                },
+            ]
+        },
         "on_failure": {"enum": [o.value for o in OnFailure]},
         "retries": {"type": "integer", "minimum": 0, "maximum": 10},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
@@ -87,10 +98,22 @@ SCHEMA: Final[dict[str, object]] = {
         "settings": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["max_parallel_tokens", "cooldown_s", "lock_url"],
+            "required": [
+                "max_parallel_tokens",
+                "cooldown_s",
+                "maintenance_wait_s",
+                "order",
+                "lock_url",
+            ],
             "properties": {
                 "max_parallel_tokens": {"type": "integer", "minimum": 1, "maximum": 10_000},
                 "cooldown_s": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
+                "maintenance_wait_s": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": MAX_MAINTENANCE_WAIT_S,
+                },
+                "order": {"enum": [o.value for o in Order]},
                 "lock_url": {
                     "anyOf": [{"type": "null"}, {"type": "string", "pattern": LOCK_URL_PATTERN}]
                 },

@@ -287,3 +287,18 @@ def test_a_failed_apply_is_resumed_from_its_plan_sending_only_what_did_not_succe
     with Journal.open(state) as journal:
         (run,) = journal.runs(10)
     assert run.exit_code == 0
+
+
+def test_a_pooled_plan_is_applied_with_its_pool(
+    sim: ThreadedSimulator, state: Path, tmp_path: Path
+) -> None:
+    plan = tmp_path / "pooled.yaml"
+    plan.write_text(
+        PLAN.format(base_url=sim.base_url).replace("token_env: T_A", "token_env: [T_A, T_B]")
+    )
+    reviewed = save(plan, tmp_path)
+    assert '["env:T_A", "env:T_B"]' in reviewed.read_text()
+    assert apply(reviewed) == 0
+    pool = {token_fingerprint(TOKEN_A), token_fingerprint(TOKEN_B)}
+    calls = sent(sim)
+    assert len(calls) == 6 and {call[0] for call in calls[:4]} <= pool

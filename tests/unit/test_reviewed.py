@@ -217,7 +217,9 @@ def test_tokens_that_now_share_a_value_make_other_lanes_and_are_refused(
     review = load_reviewed(str(target))
     same = {"T_A": "one-value", "T_B": "one-value"}
     lanes = build_lanes(review.plan.clears, read_tokens(review.plan, same))
-    with pytest.raises(UsageError, match="lane 1: reviewed env:T_A with 3 clear"):
+    with pytest.raises(
+        UsageError, match=r"reviewed env:T_A with 3 clear.*now env:T_A and env:T_B with 4"
+    ):
         check_prepared(review, lanes)
 
 
@@ -274,3 +276,39 @@ def test_a_fifo_where_the_plan_was_is_refused_without_hanging(
     os.mkfifo(plan_path)
     with pytest.raises(UsageError, match="not a regular file"):
         check_current(load_reviewed(str(target)), base_url=None)
+
+
+POOLED = """\
+version: 1
+settings:
+  order: longest_first
+  maintenance_wait_s: 600
+defaults:
+  server: 0014
+  type_campaign: predictive
+  token_env: [T_A, T_B]
+campaigns:
+  - campaign_id: 6001
+    results: [busy, abandon]
+  - campaign_id: 6002
+    results: all
+"""
+
+
+def test_a_pool_is_saved_as_its_references_and_its_campaigns_may_start_in_another_order(
+    tmp_path: Path,
+) -> None:
+    plan_path = tmp_path / "pooled.yaml"
+    plan_path.write_text(POOLED)
+    target = tmp_path / "reviewed.json"
+    plan = save(plan_path, target)
+    saved = json.loads(target.read_text())
+    assert saved["clears"][0]["token"] == ["env:T_A", "env:T_B"]
+    assert saved["settings"]["order"] == "longest_first"
+    assert saved["settings"]["maintenance_wait_s"] == 600.0
+    review = load_reviewed(str(target))
+    assert review.plan.clears[0].token == plan.clears[0].token
+    (lane,) = build_lanes(review.plan.clears, read_tokens(review.plan, ENV))
+    # The journal's durations may put campaign 6002 first: still the reviewed clears.
+    longest_first = dataclasses.replace(lane, clears=(lane.clears[2], *lane.clears[:2]))
+    check_prepared(review, (longest_first,))
