@@ -13,7 +13,9 @@ in flight and of the tokens' rests, and nothing else.
 
 A token rests (each rest announced by a :class:`TokenResting`) after a call whose
 outcome is unknown, before a resumed run's first call on it if its call was in flight,
-and, up to ``maintenance_wait_s``, while wolkvox says it is under maintenance.
+before a call when its lock came with another holder's busy mark (that holder was
+killed or cut mid-call), and, up to ``maintenance_wait_s``, while wolkvox says it is
+under maintenance.
 """
 
 from __future__ import annotations
@@ -291,6 +293,11 @@ class Scheduler:
                     return None
                 if lease.waited_s > 0:
                     self._emit(TokenWaiting(clear, token_id, lease.waited_s))
+                if lease.busy_left_s > 0 and await self._rest_for_other_call(
+                    state, clear, tries, lease.busy_left_s
+                ):
+                    tries.reason = self._halt_reason
+                    return None
                 tries.count += 1
                 started = ClearStarted(clear, token_id, tries.count)
                 if await self._record_start(started):
@@ -300,16 +307,27 @@ class Scheduler:
                     tries.count -= 1
                     tries.reason = Reason.RECORDING_FAILED
                     return None
-                if not await lease.confirm():
-                    # Redis lost the lease, or cannot vouch for it: this attempt must not leave.
+                try:
+                    # Every process using the locks keeps off the token until this call's
+                    # deadline plus the cooldown, even if this one dies mid-call.
+                    confirmed = await lease.confirm(busy_s=clear.timeout_s + self._cooldown_s)
+                except LockError as exc:
+                    confirmed, tries.error = False, str(exc)
+                if not confirmed:
+                    # Redis lost the lease, or cannot vouch for it, or the busy mark could
+                    # not be made: this attempt must not leave.
                     tries.count -= 1
                     tries.reason = Reason.LOCK_LOST
                     state.blocked = Reason.LOCK_LOST
                     return None
                 self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
-                if answer is not None and answer.outcome_unknown:
-                    await self._rest(state, clear, tries, answer)
+                # The busy mark goes once wolkvox surely no longer works on the token; a
+                # call or rest cut short leaves it for whoever takes the token next.
+                if answer is not None and (
+                    not answer.outcome_unknown or await self._rest(state, clear, tries, answer)
+                ):
+                    await lease.idle()
         except LockError as exc:
             tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
             state.blocked = Reason.LOCK_LOST
@@ -336,15 +354,31 @@ class Scheduler:
         tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
         return None  # the lane itself goes on, to skip what is left
 
+    async def _rest_for_other_call(
+        self, state: _LaneState, clear: Clear, tries: _Attempts, seconds: float
+    ) -> bool:
+        """Keep the token's lock unused while another holder's call may still run.
+
+        Return True when the run halted meanwhile: nothing of ours is in flight, so a
+        halt may end this rest.
+        """
+        self._announce_rest(clear, state, RestReason.BUSY_ELSEWHERE, seconds, None)
+        began = self._clock.monotonic()
+        try:
+            return await self._pause(seconds)
+        finally:
+            tries.rested_s += self._clock.monotonic() - began
+
     async def _rest(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
-    ) -> None:
+    ) -> bool:
         """Keep the token unused for the cooldown after a call whose outcome is unknown.
 
         wolkvox may still be working on it. The rest is taken while the token's lock is
         held, so other processes keep off the token too. A halt does not shorten it, since
         the lock would pass to another process while the server still works on the token;
-        only a second interrupt cuts it, as it cuts the calls in flight.
+        only a second interrupt cuts it, as it cuts the calls in flight. Return True
+        when the rest ran its full length.
         """
         if self._cooldown_s > 0:
             self._announce_rest(clear, state, RestReason.OUTCOME_UNKNOWN, self._cooldown_s, answer)
@@ -358,6 +392,7 @@ class Scheduler:
             finally:
                 self._rests.discard(scope)
                 tries.rested_s += self._clock.monotonic() - began
+        return not scope.cancelled_caught
 
     async def _wait_to_retry(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
