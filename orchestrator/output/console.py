@@ -326,7 +326,7 @@ _REST_WHY = {
     "outcome_unknown": "outcome unknown",
     "in_flight_at_resume": "in flight when the run stopped",
     "maintenance": "wolkvox under maintenance",
-    "busy_elsewhere": "a call that another process began may still run",
+    "busy_elsewhere": "another process's call may run",
 }
 
 

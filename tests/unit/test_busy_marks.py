@@ -321,3 +321,29 @@ async def test_redis_a_new_busy_key_never_shortens_one_still_running(
     await killed_mid_call(a, token, busy_s=30.0)
     await killed_mid_call(b, token, busy_s=1.0)
     assert await busy_left(a, token) > 25.0
+
+
+async def test_a_rest_after_a_timeout_cut_by_a_second_interrupt_leaves_the_mark(
+    tmp_path: Path,
+) -> None:
+    lane = lane_of("A", [1])
+    shared = SharedClock()
+    resting = asyncio.Event()
+
+    class StuckClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            resting.set()
+            await asyncio.Event().wait()  # until the second interrupt cuts it
+
+    events: list[Event] = []
+    sender = ScriptedSender({1: [TIMEOUT]})
+    run = scheduler(FileLocks(tmp_path, clock=shared), sender, events, StuckClock())
+    async with asyncio.timeout(BOUND_S):
+        running = asyncio.create_task(run.run())
+        await resting.wait()
+        run.interrupt()
+        run.interrupt()
+        await running
+    assert sender.calls == [1]
+    left = await busy_left(FileLocks(tmp_path, clock=shared), lane.token_id)
+    assert left == pytest.approx(lane.clears[0].timeout_s + 60.0)
