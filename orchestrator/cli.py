@@ -1,7 +1,9 @@
 """The ``orchestrator`` command: a thin shell over plan loading and the runner.
 
-Exit codes: 0 every clear succeeded; 1 a clear failed or was skipped; 2 bad
-usage or plan, nothing sent; 130/143 interrupted by SIGINT/SIGTERM.
+Exit codes: 0 every clear succeeded (in this run, or already in the run it
+resumes); 1 a clear failed or was skipped; 2 bad usage or plan, nothing sent;
+130/143 interrupted by SIGINT/SIGTERM. A reader that stops reading the output
+(``orchestrator runs | head -1``) is no error: the command stops writing, quietly.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import signal
@@ -24,23 +25,23 @@ from orchestrator.argtypes import count, fault, fraction, non_negative, port
 from orchestrator.completion import SHELLS, completion_script
 from orchestrator.confirm import confirm
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
+from orchestrator.output.history import runs_json, runs_table, show_json, show_text
+from orchestrator.output.streams import flush, print_line
 from orchestrator.output.views import render_schedule, schedule_document
 from orchestrator.plan.model import DEFAULT_BASE_URL, Plan
 from orchestrator.plan.one_off import plan_from_options, token_problems_by_option
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
-from orchestrator.resume_option import resume_spelled_apart, settle_resume
+from orchestrator.resume_option import command_again, resume_spelled_apart, settle_resume
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
-from orchestrator.run.prepare import LATEST, RunOptions, prepare
+from orchestrator.run.prepare import LATEST, RunOptions, check_request_urls, prepare
 from orchestrator.state.journal import (
     JOURNAL_FILE,
     SIMULATED_DIR,
     Journal,
-    RunRecord,
-    RunSummary,
     resolve_state_dir,
 )
 from orchestrator.wolkvox.faults import Faults, combined
@@ -52,7 +53,7 @@ EXIT_SIGTERM = 143
 #: The help's list of exit codes; ``{given}`` is what ``run`` or ``clear`` is given.
 EXIT_CODES = """\
 exit codes:
-  0    every clear succeeded (or --dry-run)
+  0    every clear succeeded, in this run or before it was resumed (or --dry-run)
   1    at least one clear failed or was skipped
   2    bad usage, {given} or token: nothing was sent
   130  interrupted by SIGINT (Ctrl-C)
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(resume_spelled_apart(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
+        flush(sys.stdout)  # what a reader that went away (`| head -1`) left unread is dropped
         return code
     except PlanError as exc:
         _say("\n".join(str(p) for p in exc.problems))
@@ -159,8 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--retries", help="retries of a retryable answer (default 3)")
     clear.add_argument("--timeout-s", help="seconds a call may take (default 90)")
     clear.add_argument("--cooldown-s", help="rest after a timed-out call (default 60)")
+    clear.add_argument(
+        "--resume-id",
+        dest="resume",
+        metavar="RUN_ID",
+        help="continue the one-off clear RUN_ID, given the same options (or --resume=RUN_ID)",
+    )
     _add_run_options(clear, one_off=True)
-    clear.set_defaults(handler=_clear, resume=None)
+    clear.set_defaults(handler=_clear)
 
     runs = commands.add_parser("runs", help="list recent runs from the journal")
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -320,7 +328,7 @@ def _add_tag(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(text: str, stream: TextIO | None = None) -> None:
-    print(text, file=stream or sys.stderr, flush=True)
+    print_line(text, stream or sys.stderr)
 
 
 def _load(path: str, tags: list[str]) -> Plan:
@@ -336,9 +344,10 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         return _validate_json(args)
     plan = _load(args.plan, args.tag)
+    check_request_urls(plan, plan.settings.base_url, "base_url")  # as run would refuse it
     for warning in missing_tokens(plan):
         _say(warning)
-    _say(render_schedule(plan, build_lanes(plan.clears, None)), sys.stdout)
+    _out(render_schedule(plan, build_lanes(plan.clears, None)))
     return 0
 
 
@@ -346,6 +355,7 @@ def _validate_json(args: argparse.Namespace) -> int:
     """``validate --json``: one JSON document on stdout, whether the plan is good or not."""
     try:
         plan = _load(args.plan, args.tag)
+        check_request_urls(plan, plan.settings.base_url, "base_url")
     except PlanError as exc:
         errors = [{"line": p.line, "path": p.path, "message": p.message} for p in exc.problems]
     except UsageError as exc:
@@ -384,6 +394,7 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
         resume=args.resume,
         metrics_file=args.metrics_file,
         check_quota=args.check_quota,
+        resume_command=command_again(args),
     )
     with prepare(plan, options, say=_say) as prepared:
         if not (args.dry_run or args.yes):
@@ -397,7 +408,7 @@ def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
 
 def _schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(render_schema())
+    _out(render_schema().rstrip("\n"))
     return 0
 
 
@@ -439,32 +450,11 @@ def _runs(args: argparse.Namespace) -> int:
     simulated = state_dir / SIMULATED_DIR
     with Journal.open(simulated if args.simulated else state_dir) as journal:
         runs = journal.runs(args.limit)
-    if args.json:
-        print(json.dumps([_as_dict(run) for run in runs], indent=2))
-        return 0
-    print(
-        f"{'RUN':<26} {'STARTED':<28} {'EXIT':>4} {'OK':>6} {'FAILED':>6} "
-        f"{'SKIPPED':>7} {'PENDING':>7}  {'TARGET':<30}  PLAN"
-    )
-    for run in runs:
-        t = run.totals
-        exit_code = "-" if run.exit_code is None else str(run.exit_code)
-        pending = t["pending"] + t["in_flight"]
-        print(
-            f"{run.run_id:<26} {run.started_at:<28} {exit_code:>4} {t['succeeded']:>6} "
-            f"{t['failed']:>6} {t['skipped']:>7} {pending:>7}  {_target(run):<30}  {run.plan}"
-            + ("  (dry run)" if run.dry_run else "")
-        )
+    for line in [runs_json(runs)] if args.json else runs_table(runs):
+        _out(line)
     if not args.simulated and (simulated / JOURNAL_FILE).exists():
         _say("runs made with --simulate are kept apart: orchestrator runs --simulated")
     return 0
-
-
-def _target(run: RunRecord | RunSummary) -> str:
-    """Where a run was sent, in a word: ``simulated``, the URL template, or ``-``."""
-    if run.simulated:
-        return "simulated"
-    return run.base_url or "-"  # "-": recorded by an orchestrator that did not say
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -472,40 +462,11 @@ def _show(args: argparse.Namespace) -> int:
     with journal:
         clears = journal.clears(args.run_id)
         calls = journal.calls_per_token(args.run_id)
-    if args.json:
-        document = _as_dict(record) | {
-            "calls_per_token": calls,
-            "clears": [_as_dict(c) for c in clears],
-        }
-        print(json.dumps(document, indent=2))
-        return 0
-    exit_code = "unfinished" if record.exit_code is None else f"exit {record.exit_code}"
-    print(f"run {record.run_id}: {record.plan}, started {record.started_at}, {exit_code}")
-    print(f"  sent to {_sent_to(record)}")
-    for c in clears:
-        detail = ", ".join(
-            f"{k} {v}"
-            for k, v in (
-                ("reason", c.reason),
-                ("http", c.http_status),
-                ("code", c.code),
-                ("error", c.error),
-            )
-            if v is not None
-        )
-        print(
-            f"  #{c.seq:<5} {c.state:<10} server {c.server} {c.type_campaign} "
-            f"campaign {c.campaign_id}: {c.result} "
-            f"(attempts {c.attempts}{', ' + detail if detail else ''})"
-        )
+    for line in [show_json(record, clears, calls)] if args.json else show_text(record, clears):
+        _out(line)
     return 0
 
 
-def _sent_to(run: RunRecord) -> str:
-    if run.simulated:
-        return f"the built-in simulator at {run.base_url}, not wolkvox (simulated)"
-    return run.base_url or "(not recorded)"
-
-
-def _as_dict(value: object) -> dict[str, object]:
-    return dataclasses.asdict(value)  # type: ignore[call-overload, no-any-return]
+def _out(text: str) -> None:
+    """Print ``text`` on stdout (see :func:`_say`)."""
+    _say(text, sys.stdout)

@@ -4,7 +4,8 @@
 ``--resume=RUN_ID`` and ``--resume-id RUN_ID`` name a run. argparse cannot tell
 ``--resume=X`` from ``--resume X``, and the second is how ``run --resume PLAN``
 is written, so the joined spelling is renamed before parsing and the rest is
-settled after it.
+settled after it. The ending of a run that left something to do prints the
+command that resumes it: :func:`command_again`, then ``--resume=RUN_ID``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import Final
 from orchestrator.errors import UsageError
 from orchestrator.run.prepare import LATEST
 
-__all__ = ["RUN_ID", "resume_spelled_apart", "settle_resume"]
+__all__ = ["RUN_ID", "command_again", "resume_spelled_apart", "settle_resume"]
+
+#: Options a resume repeats to continue the run where and as it was going. Not
+#: ``--yes``: a person resuming by hand is asked first.
+_KEPT = ("--state-dir", "--base-url", "--lock-url", "--report", "--metrics-file")
+_KEPT_FLAGS = ("--simulate", "--check-quota")
+#: The options that make a one-off clear what it is.
+_ONE_OFF = ("--server", "--type-campaign", "--campaign-id")
+_ONE_OFF_ALSO = ("--token-env", "--token-file", "--retries", "--timeout-s", "--cooldown-s")
 
 #: What a run id looks like (``20261128T045500Z-3fa9c1``), to tell one from a plan path.
 RUN_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
@@ -63,3 +72,24 @@ def settle_resume(args: argparse.Namespace) -> None:
         raise UsageError(
             f"{args.plan} is a run id, not a plan: orchestrator run PLAN --resume={args.plan}"
         )
+
+
+def command_again(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``run`` or ``clear`` command of ``args`` again, without the run to resume."""
+    if args.command == "run":
+        what = [args.plan, *(word for tag in args.tag for word in ("--tag", tag))]
+    else:
+        results = [word for result in args.result for word in ("--result", result)]
+        what = [*_given(args, *_ONE_OFF), *results, *_given(args, *_ONE_OFF_ALSO)]
+    flags = [flag for flag in _KEPT_FLAGS if getattr(args, _dest(flag))]
+    return ("orchestrator", args.command, *what, *_given(args, *_KEPT), *flags)
+
+
+def _given(args: argparse.Namespace, *options: str) -> list[str]:
+    """Each of ``options`` that has a value, followed by it."""
+    values = {option: getattr(args, _dest(option)) for option in options}
+    return [word for option, value in values.items() if value for word in (option, value)]
+
+
+def _dest(option: str) -> str:
+    return option.removeprefix("--").replace("-", "_")

@@ -265,7 +265,8 @@ def _run_finished(e: EventDict) -> Line:
     counts = ", ".join(
         f"{e[key]} {key.replace('_', ' ')}"
         for key in ("succeeded", "already_succeeded", "failed", "skipped")
-        if _shown(e.get(key))
+        # Clears done before count only in a resumed run, where there are some.
+        if _shown(e.get(key)) and (key != "already_succeeded" or e[key])
     )
     took = _duration(e.get("duration_ms"))
     summary = " in ".join(part for part in (counts, took) if part)
@@ -296,6 +297,9 @@ def _clear_retrying(e: EventDict) -> Line:
 
 def _finished(kind: str) -> Callable[[EventDict], Line]:
     def line(e: EventDict) -> Line:
+        if e.get("reason") == "already_succeeded":
+            # Not sent again, yet done: to the operator that is no skip.
+            return "succeeded", [_head("done"), *_clear(e), "already succeeded, not sent again"]
         attempts = e.get("attempts")
         took = [_plural(attempts, "attempt")] if isinstance(attempts, int) and attempts > 1 else []
         if e.get("duration_ms"):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from orchestrator.output.console import ConsoleLineRenderer, console_width
+from orchestrator.output.console import MAX_WIDTH, ConsoleLineRenderer, console_width
 from orchestrator.run.events import (
     ClearRetrying,
     ClearStarted,
@@ -53,20 +53,26 @@ def pick_format(requested: str, stream: TextIO) -> LogFormat:
 class LineWriter:
     """structlog's output: writes and flushes each rendered line as it comes.
 
-    A write that fails (a closed pipe, say) is kept rather than raised, and the
-    lines after it are dropped: the run's own lines (``run.finished``) never raise,
-    so the run still ends, reports and exits, while :class:`EventLog` raises the
-    failure at the next clear event, which halts the run.
+    A write that fails (a reader that went away, as ``| head -1`` does; a full disk)
+    cuts the log: that line and every later one are dropped, and ``on_cut`` hears the
+    failure, once. Nothing is raised, so the run goes on: the journal, not the log, is
+    its durable record, and the report says the log was cut.
     """
 
-    def __init__(self, stream: TextIO) -> None:
-        """Write to ``stream``."""
+    def __init__(self, stream: TextIO, on_cut: Callable[[Exception], None] | None = None) -> None:
+        """Write to ``stream``; tell ``on_cut`` when a write first fails."""
         self._stream = stream
+        self._on_cut = on_cut
         #: The first write or flush that failed, if any.
         self.failure: Exception | None = None
 
+    @property
+    def cut(self) -> bool:
+        """Whether a line could not be written, so this log lacks the lines from there on."""
+        return self.failure is not None
+
     def msg(self, message: str) -> None:
-        """Write ``message`` as one line and flush it, unless an earlier write failed."""
+        """Write ``message`` as one line and flush it, unless the log was cut."""
         if self.failure is not None:
             return
         try:
@@ -74,6 +80,8 @@ class LineWriter:
             self._stream.flush()
         except Exception as exc:
             self.failure = exc
+            if self._on_cut is not None:
+                self._on_cut(exc)
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal (the console format colours only then)."""
@@ -147,14 +155,9 @@ def make_logger(
 def make_log(
     fmt: LogFormat, run_id: str | None, stream: TextIO | None = None
 ) -> tuple[Any, EventLog]:
-    """A run's logger (see :func:`make_logger`) and the listener that logs its clear events.
-
-    The two share one :class:`LineWriter`, so a line that cannot be written halts
-    the run at its next clear event.
-    """
-    lines = LineWriter(sys.stdout if stream is None else stream)
-    logger = make_logger(fmt, run_id, lines)
-    return logger, EventLog(logger, lines)
+    """A run's logger (see :func:`make_logger`) and the listener that logs its clear events."""
+    logger = make_logger(fmt, run_id, stream)
+    return logger, EventLog(logger)
 
 
 def _standard_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -221,17 +224,21 @@ def _rest_fields(event: TokenResting) -> dict[str, object]:
 class EventLog:
     """A scheduler listener that writes each event as one log line."""
 
-    def __init__(self, logger: Any, lines: LineWriter | None = None) -> None:
-        """Log through ``logger``; raise the failure ``lines`` kept, if any, at the next event."""
+    def __init__(self, logger: Any) -> None:
+        """Log through ``logger``."""
         self._logger = logger
-        self._lines = lines
 
     def __call__(self, event: Event) -> None:
-        """Log ``event``; raise when a line of this log could not be written."""
-        if self._lines is not None and self._lines.failure is not None:
-            raise self._lines.failure
+        """Log ``event``."""
         name, level, details = _describe(event)
         getattr(self._logger, level)(name, **_identity(event), **details)
+
+
+def console_line(event: Event, *, encoding: str | None = None, width: int = MAX_WIDTH) -> str:
+    """``event`` as the console log shows it, without the time: for the ending's list."""
+    name, level, details = _describe(event)
+    renderer = ConsoleLineRenderer(width=width, encoding=encoding)
+    return renderer(None, level, {"event": name, "level": level, **_identity(event), **details})
 
 
 def _identity(event: Event) -> dict[str, object]:

@@ -19,11 +19,13 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from orchestrator.errors import MetricsError
 from orchestrator.output.atomic import FILE_MODE, write_text_atomically
+from orchestrator.run.events import TALLIES
 
 __all__ = ["OUTCOMES", "MetricsError", "render_metrics", "write_metrics"]
 
 #: How clears end, in the order they are written; every one is written, zero or not.
-OUTCOMES = ("succeeded", "failed", "skipped")
+#: ``already_succeeded``: done by an earlier attempt of a resumed run, not sent again.
+OUTCOMES = TALLIES
 
 
 def render_metrics(
@@ -55,7 +57,7 @@ def render_metrics(
     ).set(finished_at)
     gauge(
         "orchestrator_run_exit_code",
-        "Exit code of the run: 0 all succeeded, 1 some failed or skipped, "
+        "Exit code of the run: 0 all succeeded (now or already), 1 some failed or skipped, "
         "2 nothing sent, 128+N signal N.",
     ).labels(plan).set(exit_code)
     gauge("orchestrator_run_duration_seconds", "How long the run took.").labels(plan).set(

@@ -35,6 +35,7 @@ from orchestrator.run.events import (
     RestReason,
     TokenResting,
     TokenWaiting,
+    tally_of,
 )
 
 #: Redraws per second: enough for a countdown, cheap beside the event loop.
@@ -253,7 +254,7 @@ class Progress:
         view.why = f"HTTP {answer.http_status}" if answer.http_status else (answer.error or "")
 
     def _on_finished(self, event: ClearFinished) -> None:
-        outcome = event.outcome.value
+        outcome = tally_of(event)  # done by an earlier attempt is no skip
         self._counts[outcome] = self._counts.get(outcome, 0) + 1
         reason = event.reason.value if event.reason is not None else None
         if event.attempts > 0:
@@ -294,9 +295,12 @@ class Progress:
     def _counts_text(self) -> Text:
 
         counts = self._counts
+        # Clears done before a resume are shown only where there are some.
+        already = counts.get("already_succeeded", 0)
         return Text.assemble(
             (f"{counts['succeeded']} succeeded", "green"),
             ", ",
+            (f"{already} already succeeded, " if already else "", "green"),
             (f"{counts['failed']} failed", "red" if counts["failed"] else ""),
             ", ",
             (f"{counts['skipped']} skipped", "yellow" if counts["skipped"] else ""),

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.errors import ReportError
 from orchestrator.output.atomic import write_text_atomically
+from orchestrator.plan.model import Lane
 from orchestrator.run.events import (
+    TALLIES,
     ClearFinished,
     ClearStarted,
     Event,
@@ -20,7 +23,11 @@ from orchestrator.run.events import (
     Reason,
     clear_fields,
     outcome_fields,
+    tally_of,
 )
+
+#: How many failed or skipped clears the collector keeps for the ending to name.
+NOT_DONE_KEPT = 20
 
 
 @dataclass(slots=True)
@@ -30,7 +37,9 @@ class ReportCollector:
     Calls are counted retries included: every call spends the token's daily quota.
     With ``keep_clears`` (a run with ``--report``) it also keeps every clear's
     terminal event for the report's ``clears``; without, it keeps none, since a
-    plan of 100,000 clears would hold them all to its end for nothing.
+    plan of 100,000 clears would hold them all to its end for nothing. Either way
+    it keeps the first :data:`NOT_DONE_KEPT` clears that failed or were skipped
+    (a dry run's excepted), which the ending names.
     """
 
     keep_clears: bool = True
@@ -38,19 +47,20 @@ class ReportCollector:
     calls_per_token: dict[str, int] = field(default_factory=dict)
     #: Clears whose outcome the journal could not record, by seq.
     unrecorded: list[int] = field(default_factory=list)
-    _counts: dict[Outcome, int] = field(
-        init=False, default_factory=lambda: dict.fromkeys(Outcome, 0)
-    )
-    _all_succeeded: bool = field(init=False, default=True)
+    #: The first failed or skipped clears, in the order they ended.
+    not_done: list[ClearFinished] = field(default_factory=list)
+    _counts: dict[str, int] = field(init=False, default_factory=lambda: dict.fromkeys(TALLIES, 0))
 
     def __call__(self, event: Event) -> None:
         """Count ``event`` when it ends a clear (keep it, with ``keep_clears``) or starts a call."""
         if isinstance(event, ClearFinished):
-            self._counts[event.outcome] += 1
+            tally = tally_of(event)
+            self._counts[tally] += 1
             if event.unrecorded is not None:
                 self.unrecorded.append(event.clear.seq)
-            if event.outcome is not Outcome.SUCCEEDED:
-                self._all_succeeded &= event.reason is Reason.ALREADY_SUCCEEDED
+            left = tally in (Outcome.FAILED, Outcome.SKIPPED) and event.reason is not Reason.DRY_RUN
+            if left and len(self.not_done) < NOT_DONE_KEPT:
+                self.not_done.append(event)
             if self.keep_clears:
                 self.finished[event.clear.seq] = event
         elif isinstance(event, ClearStarted):
@@ -58,20 +68,32 @@ class ReportCollector:
 
     def all_succeeded(self) -> bool:
         """True when every clear succeeded, in this run or in the run it resumed."""
-        return self._all_succeeded
+        return self._counts["failed"] == self._counts["skipped"] == 0
 
     def totals(self) -> dict[str, int]:
-        """How many clears ended each way."""
-        return {outcome.value: count for outcome, count in self._counts.items()}
+        """How many clears ended each way (:data:`~orchestrator.run.events.TALLIES`)."""
+        return dict(self._counts)
 
-    def clears(self) -> list[dict[str, object]]:
-        """One flat record per clear, in plan order; needs ``keep_clears``."""
+    def clears(self, lanes: Sequence[Lane] = ()) -> list[dict[str, object]]:
+        """One flat record per clear, in plan order; needs ``keep_clears``.
+
+        A clear of ``lanes`` that never ended (the run failed under it) is listed too,
+        as ``unfinished``: the report names every clear of the plan, never fewer.
+        """
         if not self.keep_clears:
             raise RuntimeError("this collector keeps no clears (keep_clears=False)")
-        return [
-            clear_fields(event.clear, event.token_id) | outcome_fields(event)
-            for _, event in sorted(self.finished.items())
-        ]
+        records = {
+            seq: clear_fields(event.clear, event.token_id) | outcome_fields(event)
+            for seq, event in self.finished.items()
+        }
+        for lane in lanes:
+            for clear in lane.clears:
+                if clear.seq not in records:
+                    records[clear.seq] = clear_fields(clear, lane.token_id) | {
+                        "outcome": "unfinished",
+                        "reason": None,
+                    }
+        return [records[seq] for seq in sorted(records)]
 
 
 def write_json_atomically(path: str | os.PathLike[str], document: object) -> None:

@@ -6,7 +6,9 @@ exit code all carry what :meth:`Ending.decide` says, whatever stopped the run.
 
 from __future__ import annotations
 
+import shlex
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -15,8 +17,10 @@ from dataclasses import dataclass, field
 import anyio
 
 from orchestrator.errors import JournalError, MetricsError, OrchestratorError, Terminated
+from orchestrator.output.log import console_line
 from orchestrator.output.metrics import write_metrics as write_metrics_file
 from orchestrator.plan.model import Lane
+from orchestrator.run.events import ClearFinished
 from orchestrator.run.prepare import Prepared, State, utc_now
 from orchestrator.wolkvox.redact import redact
 
@@ -28,6 +32,9 @@ Say = Callable[[str], None]
 
 #: Seqs of unrecorded clears the summary names before it says "...".
 _SHOWN_SEQS = 10
+#: The widest line of the ending's list of clears not done: read once rather than
+#: watched scrolling by, so it keeps more of wolkvox's answer than a log line.
+_LIST_WIDTH = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,8 @@ class RunResult:
     warnings: tuple[str, ...] = ()
     #: Clears whose outcome the journal could not record: ``--resume`` may send them again.
     unrecorded: tuple[int, ...] = ()
+    #: The first clears that failed or were skipped, which the summary names.
+    not_done: tuple[ClearFinished, ...] = ()
 
 
 @dataclass(slots=True)
@@ -128,8 +137,12 @@ def write_metrics(
         say(f"orchestrator: warning: {exc}")
 
 
-def tell(result: RunResult, prepared: Prepared, say: Say) -> None:
-    """The summary on stderr, for the operator."""
+def tell(result: RunResult, prepared: Prepared, say: Say, *, journaled: bool) -> None:
+    """The summary on stderr, for the operator: what went wrong, the counts, what to do now.
+
+    ``journaled``: the run is in the journal, so ``show`` finds it and ``--resume`` can
+    continue it.
+    """
     for warning in result.warnings:
         say(f"orchestrator: warning: {warning}")
     if result.fault is not None:
@@ -144,10 +157,98 @@ def tell(result: RunResult, prepared: Prepared, say: Say) -> None:
             f"orchestrator: the journal could not record the outcome of "
             f"{len(result.unrecorded)} clear(s) ({shown}{more}): --resume may send them again"
         )
+    state_dir = prepared.options.state_dir
+    show = show_command(prepared.run_id, state_dir) if journaled and prepared.run_id else None
+    for line in _not_done(result, show):
+        say(line)
+    say(_counts(result, prepared))
+    if result.exit_code != EXIT_OK and journaled and prepared.options.resume_command:
+        again = shlex.join((*prepared.options.resume_command, f"--resume={prepared.run_id}"))
+        say(f"to resume: {again}")
+
+
+def _counts(result: RunResult, prepared: Prepared) -> str:
+    """``10 succeeded, 15 already succeeded, 0 failed, 0 skipped in 1.2 s (run ..., exit 0)``."""
     totals = result.totals
+    resumed = prepared.state is not None and prepared.state.resume is not None
+    already = totals.get("already_succeeded", 0)
+    before = f"{already} already succeeded, " if resumed or already else ""
     # A dry run has no id to give: it is not journaled, so ``show`` could not find one.
     run = "dry run, not journaled" if prepared.run_id is None else f"run {prepared.run_id}"
-    say(
-        f"{totals['succeeded']} succeeded, {totals['failed']} failed, {totals['skipped']} skipped "
-        f"in {result.duration_ms / 1000:.1f} s ({run}, exit {result.exit_code})"
+    return (
+        f"{totals['succeeded']} succeeded, {before}{totals['failed']} failed, "
+        f"{totals['skipped']} skipped in {result.duration_ms / 1000:.1f} s "
+        f"({run}, exit {result.exit_code})"
     )
+
+
+def _not_done(result: RunResult, show: str | None) -> list[str]:
+    """The clears that failed or were skipped, as the console log shows them, the first few."""
+    if not result.not_done:
+        return []
+    encoding = getattr(sys.stderr, "encoding", None)
+    lines = ["failed or skipped:"]
+    lines.extend(
+        f"  {console_line(event, encoding=encoding, width=_LIST_WIDTH - 2)}"
+        for event in sorted(result.not_done, key=lambda event: event.clear.seq)
+    )
+    rest = result.totals["failed"] + result.totals["skipped"] - len(result.not_done)
+    if rest > 0:
+        lines.append(f"  and {rest} more" + (f" ({show} lists every clear)" if show else ""))
+    return lines
+
+
+def show_command(run_id: str, state_dir: str | None) -> str:
+    """The command that lists every clear of ``run_id`` from the journal."""
+    where = ("--state-dir", state_dir) if state_dir else ()
+    return shlex.join(("orchestrator", "show", run_id, *where))
+
+
+def explain_interrupt(signum: int, in_flight: int, resting: int, *, cut: bool) -> str:
+    """What a signal does to the run, for stderr: said at the first signal, and at the cut.
+
+    ``in_flight`` calls are waiting for their answer; ``resting`` tokens wait out their
+    cooldown after a call whose outcome is unknown (wolkvox may still be working on it).
+    """
+    calls = _plural(in_flight, "call")
+    tokens = _plural(resting, "token")
+    if cut:
+        cutting = [f"{calls} in flight"] if in_flight else []
+        cutting += [f"the cooldown of {tokens}"] if resting else []
+        if not cutting:
+            return "orchestrator: interrupted again: nothing is left to cut"
+        return (
+            f"orchestrator: interrupted again: cutting {' and '.join(cutting)}; the outcome "
+            "of a cut call is unknown, and --resume rests its token before using it again"
+        )
+    name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
+    if not (in_flight or resting):
+        return f"orchestrator: {name}: nothing new starts, and no call is in flight"
+    waiting = []
+    if in_flight:
+        waiting.append(f"letting {calls} in flight finish")
+    if resting:
+        waiting.append(f"{tokens} resting after an unknown outcome")
+    again = "Press Ctrl-C again" if signum == signal.SIGINT else "Send a second signal"
+    return (
+        f"orchestrator: {name}: nothing new starts; {', '.join(waiting)}. "
+        f"{again} to cut them: their outcome is then unknown."
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def explain_log_cut(exc: Exception, prepared: Prepared) -> str:
+    """What a log that could not be written means, said once on stderr."""
+    why = (
+        exc.strerror if isinstance(exc, OSError) and exc.strerror else describe(exc, prepared.lanes)
+    )
+    said = f"orchestrator: the log on stdout was cut ({why})"
+    options = prepared.options
+    if options.dry_run or prepared.run_id is None:
+        return f"{said}; the dry run goes on"
+    keep = "the report and the journal keep" if options.report else "the journal keeps"
+    show = show_command(prepared.run_id, options.state_dir)
+    return f"{said}; the run goes on: {keep} the record ({show} lists every clear)"

@@ -141,6 +141,22 @@ class ClearFinished:
 
 Event = TokenWaiting | TokenResting | ClearStarted | ClearRetrying | ClearFinished
 
+#: How the ends of clears are counted, in the order every ending shows them.
+TALLIES = ("succeeded", "already_succeeded", "failed", "skipped")
+
+
+def tally_of(event: ClearFinished) -> str:
+    """How ``event`` counts: its outcome, or ``already_succeeded``.
+
+    A resumed run does not send a clear an earlier attempt of the run did: it
+    ends as skipped (the log says ``clear.skipped``), yet it is done, so it is
+    counted under a name of its own rather than with the skips, which mean exit 1.
+    """
+    if event.reason is Reason.ALREADY_SUCCEEDED:
+        return "already_succeeded"
+    return event.outcome.value
+
+
 #: Receives every event, synchronously, in the order things happened.
 Listener = Callable[[Event], None]
 
@@ -190,7 +206,7 @@ def outcome_fields(event: ClearFinished) -> dict[str, object]:
     """How a clear ended, as flat fields (shared by the log and the report)."""
     http_status, code, msg, error = answer_values(event)
     fields: dict[str, object] = {
-        "outcome": event.outcome.value,
+        "outcome": tally_of(event),
         "reason": event.reason.value if event.reason else None,
         "attempts": event.attempts,
         "http_status": http_status,

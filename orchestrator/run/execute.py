@@ -29,7 +29,7 @@ from orchestrator.errors import (
     TokenInfoError,
     UsageError,
 )
-from orchestrator.output.log import EventLog, make_logger, pick_format
+from orchestrator.output.log import EventLog, LineWriter, make_logger, pick_format
 from orchestrator.output.progress import Progress, progress_wanted
 from orchestrator.output.report import ReportCollector, write_json_atomically
 from orchestrator.plan.model import Lane, Plan
@@ -40,6 +40,8 @@ from orchestrator.run.ending import (
     RunResult,
     Say,
     exit_code_of,
+    explain_interrupt,
+    explain_log_cut,
     finish_journal,
     tell,
     write_metrics,
@@ -72,6 +74,12 @@ class RunSpec:
     recorder: Recorder | None = None
     locks: TokenLocks | None = None
     resume: Resume = field(default_factory=Resume)
+    #: Where the log's lines go, to tell whether the log was cut.
+    log_lines: LineWriter | None = None
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,8 @@ class Engine:
     backoff: Backoff = default_backoff
     listeners: tuple[Listener, ...] = ()
     handle_signals: bool = True
+    #: Where what a signal does is said, for the operator.
+    say: Say = _to_stderr
 
 
 async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None) -> int:
@@ -94,10 +104,10 @@ async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None)
     begun = False
     try:
         async with contextlib.AsyncExitStack() as stack:
-            spec, display = await _open(prepared, stack)
+            spec, display = await _open(prepared, stack, say)
             begun = spec.recorder is not None
             result = await execute(
-                spec, dataclasses.replace(parts, listeners=parts.listeners + display)
+                spec, dataclasses.replace(parts, listeners=parts.listeners + display, say=say)
             )
     except BaseException as exc:
         if begun and state is not None:
@@ -107,12 +117,12 @@ async def perform(prepared: Prepared, *, say: Say, engine: Engine | None = None)
         finish_journal(state, state.run_id, result.exit_code, say)
     if options.metrics_file and not options.dry_run:
         write_metrics(options.metrics_file, prepared, started_wall, result, say)
-    tell(result, prepared, say)
+    tell(result, prepared, say, journaled=begun)
     return result.exit_code
 
 
 async def _open(
-    prepared: Prepared, stack: contextlib.AsyncExitStack
+    prepared: Prepared, stack: contextlib.AsyncExitStack, say: Say
 ) -> tuple[RunSpec, tuple[Listener, ...]]:
     """What the run needs beyond :func:`prepare`; a refusal here leaves nothing behind."""
     plan, options = prepared.plan, prepared.options
@@ -125,16 +135,20 @@ async def _open(
     if progress_wanted(sys.stderr):
         parallel = plan.settings.max_parallel_tokens
         progress = stack.enter_context(Progress(prepared.lanes, max_parallel=parallel))
-    stream = progress.log_stream() if progress else None
+    lines = LineWriter(
+        progress.log_stream() if progress else sys.stdout,
+        on_cut=lambda exc: say(explain_log_cut(exc, prepared)),
+    )
     spec = RunSpec(
         plan,
         prepared.lanes,
         base_url,
-        make_logger(log_format, prepared.run_id, stream),
+        make_logger(log_format, prepared.run_id, lines),
         prepared.run_id,
         dry_run=options.dry_run,
         simulated=options.simulate,
         report_path=options.report,
+        log_lines=lines,
     )
     if prepared.state is not None:
         spec = await _with_state(spec, prepared.state, prepared, stack)
@@ -267,7 +281,7 @@ async def _schedule(
         try:
             async with anyio.create_task_group() as group:
                 if parts.handle_signals:
-                    await group.start(_route_signals, scheduler, spec.logger, ending)
+                    await group.start(_route_signals, scheduler, spec.logger, ending, parts.say)
                 await scheduler.run()
                 group.cancel_scope.cancel()  # the signals' route: the run is over
         finally:
@@ -284,10 +298,15 @@ async def _route_signals(
     scheduler: Scheduler,
     logger: Any,
     ending: Ending,
+    say: Say,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Hand SIGINT and SIGTERM to the scheduler for as long as it runs."""
+    """Hand SIGINT and SIGTERM to the scheduler for as long as it runs.
+
+    The first signal and the second (which cuts) are each explained once on stderr,
+    where the operator who pressed Ctrl-C looks; the log records every signal.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
         task_status.started()
         async for signum in received:
@@ -296,6 +315,9 @@ async def _route_signals(
                 ending.signum = signum
             in_flight, resting = scheduler.in_flight, scheduler.resting
             scheduler.interrupt()
+            if ending.signals <= 2:
+                cut = ending.signals == 2
+                say(explain_interrupt(signum, in_flight, resting, cut=cut))
             # Said at once, so an operator knows the signal arrived and what a second one does.
             logger.warning(
                 "run.interrupted",
@@ -348,6 +370,7 @@ def _conclude(
         error,
         ending.fault,
         unrecorded=unrecorded,
+        not_done=tuple(collector.not_done),
     )
 
 
@@ -372,7 +395,8 @@ def _write_report(
                 "calls_per_token": result.calls_per_token,
                 "error": result.error,
                 "unrecorded": list(result.unrecorded),
-                "clears": collector.clears(),
+                "log_cut": spec.log_lines is not None and spec.log_lines.cut,
+                "clears": collector.clears(spec.lanes),
             },
         )
     except ReportError as exc:

@@ -53,6 +53,9 @@ class RunOptions:
     resume: str | None = None
     metrics_file: str | None = None
     check_quota: bool = False
+    #: The command that runs this again, to which the ending adds ``--resume=RUN_ID``
+    #: (empty: the ending tells no command).
+    resume_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,7 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     _check_options(plan, options)
     base_url = options.base_url or plan.settings.base_url
     if not options.simulate:
-        _check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
+        check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
     lanes = _lanes(plan, options, say)
     if options.dry_run:  # a dry run opens no connection, lock or journal
         say(render_schedule(plan, lanes))
@@ -158,12 +161,17 @@ def _check_options(plan: Plan, options: RunOptions) -> None:
             f"{options.max_clears}; nothing was sent"
         )
     for option, path in (("--report", options.report), ("--metrics-file", options.metrics_file)):
-        folder = Path(path).resolve().parent if path else None
-        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        if not path:
+            continue
+        # Found after the clears, a path that cannot take the file would lose their record.
+        if Path(path).is_dir():
+            raise UsageError(f"{option}: {path} is a directory; name a file; nothing was sent")
+        folder = Path(path).resolve().parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise UsageError(f"{option}: cannot write into {folder}")
 
 
-def _check_request_urls(plan: Plan, base_url: str, option: str) -> None:
+def check_request_urls(plan: Plan, base_url: str, option: str) -> None:
     """Build each server's request URL now, so a URL that cannot be sent refuses the run.
 
     A host must survive the IDNA encoding the resolver applies when the request

@@ -228,6 +228,7 @@ def test_a_rejected_token_fails_its_lane_and_the_report_says_why(
     document = json.loads(report.read_text())
     assert document["exit_code"] == 1 and document["totals"] == {
         "succeeded": 1,
+        "already_succeeded": 0,
         "failed": 1,
         "skipped": 3,
     }

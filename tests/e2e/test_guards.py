@@ -98,3 +98,29 @@ def test_plain_http_to_a_host_that_merely_looks_like_localhost_is_refused(
     plan = write_plan(tmp_path / "plan.yaml", "https://wv{server}.wolkvox.com", THREE)
     assert run(plan, tmp_path, "--base-url", f"http://{host}/wv{{server}}") == 2
     assert "would send the token in clear text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_validate_refuses_a_base_url_that_run_could_not_send_to(
+    json_output: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The host only fails at IDNA encoding, as the request would leave: run refuses it, so
+    # validate must too rather than call the plan good.
+    plan = write_plan(tmp_path / "plan.yaml", "https://a..b.invalid/wv{server}", THREE)
+    args = ["validate", str(plan), *(["--json"] if json_output else [])]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "cannot be sent to" in (captured.out if json_output else captured.err)
+
+
+@pytest.mark.parametrize("option", ["--report", "--metrics-file"])
+def test_a_report_or_metrics_path_that_is_a_directory_is_refused_before_anything_is_sent(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with running_simulator(latency_ms=0) as sim:
+        plan = write_plan(tmp_path / "plan.yaml", sim.base_url, THREE)
+        assert run(plan, tmp_path, option, str(folder)) == 2
+        assert sim.simulator.stats()["total_calls"] == 0
+    assert f"{option}: {folder} is a directory" in capsys.readouterr().err

@@ -138,15 +138,18 @@ def test_a_sigkilled_run_resumes_without_resending_journaled_successes_and_rests
     assert not {s["seq"] for s in events(lines, "clear.started")} & succeeded_before
     assert {s["seq"] for s in events(lines, "clear.succeeded")} == set(state_of) - succeeded_before
     finished = events(lines, "run.finished")[0]
+    # Done before is not skipped now: the resumed run that completes succeeded.
     assert (
         finished["succeeded"],
+        finished["already_succeeded"],
         finished["failed"],
         finished["skipped"],
         finished["exit_code"],
     ) == (
         12 - len(succeeded_before),
-        0,
         len(succeeded_before),
+        0,
+        0,
         0,
     )
 

@@ -46,7 +46,12 @@ def test_calls_per_token_count_every_attempt_in_the_log_report_and_journal(
     assert finished["calls_per_token"] == expected
     document = json.loads(report.read_text())
     assert document["calls_per_token"] == expected
-    assert document["totals"] == {"succeeded": 0, "failed": 4, "skipped": 0}
+    assert document["totals"] == {
+        "succeeded": 0,
+        "already_succeeded": 0,
+        "failed": 4,
+        "skipped": 0,
+    }
     assert {c["seq"]: (c["reason"], c["attempts"]) for c in document["clears"]} == {
         1: ("retries_exhausted", 2),
         2: ("retries_exhausted", 1),

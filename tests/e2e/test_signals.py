@@ -115,6 +115,15 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
         (3, "clear.skipped", "interrupted"),
     }
     assert calls == 1
+    assert proc.stderr is not None
+    said = proc.stderr.read().splitlines()
+    # Said once, where the operator looks, with what a second signal would do.
+    explained = [line for line in said if line.startswith("orchestrator: SIGTERM")]
+    assert explained == [
+        "orchestrator: SIGTERM: nothing new starts; letting 1 call in flight finish. "
+        "Send a second signal to cut them: their outcome is then unknown."
+    ]
+    assert said[-1].startswith("to resume: orchestrator run ") and "--resume=" in said[-1]
     interrupted = [line for line in lines if line["event"] == "run.interrupted"]
     assert [(i["signal"], i["calls_in_flight"], i["cut"]) for i in interrupted] == [
         ("SIGTERM", 1, False)
@@ -122,6 +131,7 @@ def test_sigterm_lets_the_call_in_flight_finish_and_skips_the_rest(tmp_path: Pat
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["exit_code"] == 143 and report["totals"] == {
         "succeeded": 1,
+        "already_succeeded": 0,
         "failed": 0,
         "skipped": 2,
     }
@@ -141,6 +151,14 @@ def test_a_second_sigint_cuts_the_call_in_flight(tmp_path: Path) -> None:
         finally:
             proc.kill()
     assert proc.returncode == 130
+    assert proc.stderr is not None
+    said = [line for line in proc.stderr.read().splitlines() if "interrupted" in line]
+    assert said[:2] == [
+        "orchestrator: interrupted: nothing new starts; letting 1 call in flight finish. "
+        "Press Ctrl-C again to cut them: their outcome is then unknown.",
+        "orchestrator: interrupted again: cutting 1 call in flight; the outcome of a cut call "
+        "is unknown, and --resume rests its token before using it again",
+    ]
     ends = {
         line["seq"]: (line["event"], line["reason"], line["error"])
         for line in lines

@@ -210,8 +210,8 @@ def console(
         ),
         (
             ClearFinished(CLEAR, ID, Outcome.SKIPPED, Reason.ALREADY_SUCCEEDED, 0, None, 0),
-            "02:10:05 – skipped    #7 0014/predictive/3001/busy  env:TOK_A"  # noqa: RUF001
-            "  already succeeded",
+            "02:10:05 ✓ done       #7 0014/predictive/3001/busy  env:TOK_A"
+            "  already succeeded, not sent again",
         ),
         (
             TokenWaiting(CLEAR, ID, 2.345),

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from fakes import MAINTENANCE, OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
 
-from orchestrator.output.log import EventLog, make_log, make_logger, pick_format
+from orchestrator.output.log import EventLog, LineWriter, make_log, make_logger, pick_format
 from orchestrator.plan.model import TokenRef
 from orchestrator.run.events import (
     ClearFinished,
@@ -329,9 +329,23 @@ class BrokenPipe(io.StringIO):
         raise BrokenPipeError(32, "Broken pipe")
 
 
-def test_a_line_that_cannot_be_written_halts_the_run_at_the_next_clear_event() -> None:
-    logger, log = make_log("json", "run-1", BrokenPipe())
-    logger.info("run.started", plan="p.yaml")  # the run's own lines never raise
-    with pytest.raises(BrokenPipeError):
-        log(ClearStarted(CLEAR, LANE.token_id, 1))
-    logger.info("run.finished", exit_code=1)  # the run still ends and reports
+def test_a_line_that_cannot_be_written_cuts_the_log_once_and_never_raises() -> None:
+    cuts: list[Exception] = []
+    lines = LineWriter(BrokenPipe(), on_cut=cuts.append)
+    logger = make_logger("json", "run-1", lines)
+    log = EventLog(logger)
+    assert not lines.cut
+    logger.info("run.started", plan="p.yaml")
+    # The run goes on: its clear events and its own last line neither raise nor retry.
+    log(ClearStarted(CLEAR, LANE.token_id, 1))
+    log(ClearFinished(CLEAR, LANE.token_id, Outcome.SUCCEEDED, None, 1, OK, 52))
+    logger.info("run.finished", exit_code=0)
+    assert lines.cut
+    assert [type(exc) for exc in cuts] == [BrokenPipeError]  # told once, at the first line
+
+
+def test_a_log_that_writes_is_not_cut() -> None:
+    cuts: list[Exception] = []
+    lines = LineWriter(io.StringIO(), on_cut=cuts.append)
+    make_logger("json", "run-1", lines).info("run.started", plan="p.yaml")
+    assert (lines.cut, cuts) == (False, [])

@@ -20,7 +20,7 @@ RUN: dict[str, Any] = {
     "started_at": 1764305700.25,
     "finished_at": 1764305762.75,
     "exit_code": 1,
-    "totals": {"succeeded": 7, "failed": 1, "skipped": 2},
+    "totals": {"succeeded": 7, "already_succeeded": 4, "failed": 1, "skipped": 2},
     "calls_per_token": {"b2c3d4e5f6a1": 3, "a1b2c3d4e5f6": 6},
     "duration_s": 62.5,
 }
@@ -44,6 +44,7 @@ def test_every_fact_of_the_run_reads_back_exactly() -> None:
         "orchestrator_run_duration_seconds": [({"plan": PLAN}, 62.5)],
         "orchestrator_clears": [
             ({"plan": PLAN, "outcome": "succeeded"}, 7.0),
+            ({"plan": PLAN, "outcome": "already_succeeded"}, 4.0),
             ({"plan": PLAN, "outcome": "failed"}, 1.0),
             ({"plan": PLAN, "outcome": "skipped"}, 2.0),
         ],
@@ -88,7 +89,7 @@ def test_label_values_are_escaped() -> None:
 
 def test_outcomes_without_clears_are_written_as_zero() -> None:
     families = parsed(render_metrics(**{**RUN, "totals": {}, "calls_per_token": {}}))
-    assert [value for _, value in families["orchestrator_clears"]] == [0.0, 0.0, 0.0]
+    assert [value for _, value in families["orchestrator_clears"]] == [0.0, 0.0, 0.0, 0.0]
     assert "orchestrator_token_calls" not in families or not families["orchestrator_token_calls"]
 
 

@@ -131,6 +131,19 @@ def test_counts_follow_the_finished_clears() -> None:
     assert "lanes: 1 running, 1 queued, 1 done" in text
 
 
+def test_clears_done_before_a_resume_count_as_already_succeeded_not_skipped() -> None:
+    progress = make(A, B, C)
+    feed(
+        progress,
+        finished(A, 0, Outcome.SKIPPED, attempts=0, ms=0, reason=Reason.ALREADY_SUCCEEDED),
+        started(A, 1),
+        finished(A, 1),
+    )
+    text = shown(progress)
+    assert "2/5 clears" in text
+    assert "1 succeeded, 1 already succeeded, 0 failed, 0 skipped" in text
+
+
 def test_each_running_lane_shows_the_campaign_it_is_on() -> None:
     progress = make(A, B)
     feed(progress, started(A, 0), finished(A, 0), started(A, 1), started(B, 0))
