@@ -13,9 +13,8 @@ in flight and of the tokens' rests, and nothing else.
 
 A token rests (each rest announced by a :class:`TokenResting`) after a call whose
 outcome is unknown, before a resumed run's first call on it if its call was in flight,
-before a call when its lock came with another holder's busy mark (that holder was
-killed or cut mid-call), and, up to ``maintenance_wait_s``, while wolkvox says it is
-under maintenance.
+before a call when its lock came with a busy mark (a holder killed or cut mid-call),
+and, up to ``maintenance_wait_s``, while wolkvox says it is under maintenance.
 """
 
 from __future__ import annotations
@@ -293,33 +292,31 @@ class Scheduler:
                     return None
                 if lease.waited_s > 0:
                     self._emit(TokenWaiting(clear, token_id, lease.waited_s))
-                if lease.busy_left_s > 0 and await self._rest_for_other_call(
-                    state, clear, tries, lease.busy_left_s
-                ):
-                    tries.reason = self._halt_reason
-                    return None
-                tries.count += 1
-                started = ClearStarted(clear, token_id, tries.count)
+                if lease.busy_left_s > 0:
+                    # A holder killed or cut mid-call left its mark: its call may still run.
+                    why, began = RestReason.BUSY_ELSEWHERE, self._clock.monotonic()
+                    self._announce_rest(clear, state, why, lease.busy_left_s, None)
+                    halted = await self._pause(lease.busy_left_s)
+                    tries.rested_s += self._clock.monotonic() - began
+                    if halted:
+                        tries.reason = self._halt_reason
+                        return None
+                # Counted once it leaves: an attempt stopped here (or by a LockError) is none.
+                started = ClearStarted(clear, token_id, tries.count + 1)
                 if await self._record_start(started):
                     self._emit(started, recorded=True)
                 if self._recording_error is not None:
                     # The in-flight mark was not recorded: this attempt must not leave.
-                    tries.count -= 1
                     tries.reason = Reason.RECORDING_FAILED
                     return None
-                try:
-                    # Every process using the locks keeps off the token until this call's
-                    # deadline plus the cooldown, even if this one dies mid-call.
-                    confirmed = await lease.confirm(busy_s=clear.timeout_s + self._cooldown_s)
-                except LockError as exc:
-                    confirmed, tries.error = False, str(exc)
-                if not confirmed:
-                    # Redis lost the lease, or cannot vouch for it, or the busy mark could
-                    # not be made: this attempt must not leave.
-                    tries.count -= 1
+                # Marks the token busy, for every process, until this call's deadline plus
+                # the cooldown, so one that dies mid-call still keeps the others off.
+                if not await lease.confirm(busy_s=clear.timeout_s + self._cooldown_s):
+                    # Redis lost the lease, or cannot vouch for it: this attempt must not leave.
                     tries.reason = Reason.LOCK_LOST
                     state.blocked = Reason.LOCK_LOST
                     return None
+                tries.count += 1
                 self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
                 # The busy mark goes once wolkvox surely no longer works on the token; a
@@ -354,21 +351,6 @@ class Scheduler:
         tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
         return None  # the lane itself goes on, to skip what is left
 
-    async def _rest_for_other_call(
-        self, state: _LaneState, clear: Clear, tries: _Attempts, seconds: float
-    ) -> bool:
-        """Keep the token's lock unused while another holder's call may still run.
-
-        Return True when the run halted meanwhile: nothing of ours is in flight, so a
-        halt may end this rest.
-        """
-        self._announce_rest(clear, state, RestReason.BUSY_ELSEWHERE, seconds, None)
-        began = self._clock.monotonic()
-        try:
-            return await self._pause(seconds)
-        finally:
-            tries.rested_s += self._clock.monotonic() - began
-
     async def _rest(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
     ) -> bool:
@@ -377,8 +359,7 @@ class Scheduler:
         wolkvox may still be working on it. The rest is taken while the token's lock is
         held, so other processes keep off the token too. A halt does not shorten it, since
         the lock would pass to another process while the server still works on the token;
-        only a second interrupt cuts it, as it cuts the calls in flight. Return True
-        when the rest ran its full length.
+        only a second interrupt cuts it, as it cuts the calls in flight. True: not cut.
         """
         if self._cooldown_s > 0:
             self._announce_rest(clear, state, RestReason.OUTCOME_UNKNOWN, self._cooldown_s, answer)

@@ -347,3 +347,21 @@ async def test_a_rest_after_a_timeout_cut_by_a_second_interrupt_leaves_the_mark(
     assert sender.calls == [1]
     left = await busy_left(FileLocks(tmp_path, clock=shared), lane.token_id)
     assert left == pytest.approx(lane.clears[0].timeout_s + 60.0)
+
+
+class UnmarkableLocks(FileLocks):
+    """File locks whose busy mark cannot be written (a full disk, say)."""
+
+    async def _mark_busy(self, busy: Path, seconds: float) -> bool:
+        raise LockError(f"cannot write busy mark {busy.name}: No space left on device")
+
+
+async def test_a_call_whose_busy_mark_cannot_be_made_is_not_sent(tmp_path: Path) -> None:
+    events: list[Event] = []
+    sender = ScriptedSender()
+    async with asyncio.timeout(BOUND_S):
+        await scheduler(UnmarkableLocks(tmp_path), sender, events, FakeClock()).run()
+    assert sender.calls == []
+    [end] = [e for e in events if isinstance(e, ClearFinished)]
+    assert (end.outcome, end.reason, end.attempts) == (Outcome.SKIPPED, Reason.LOCK_LOST, 0)
+    assert end.error is not None and "No space left on device" in end.error
