@@ -1,6 +1,6 @@
 """Measure orchestrator as a user runs it, side by side with the bare aiohttp loop.
 
-    .venv/bin/python benchmarks/bench.py [--scenario latency|cpu|scale|all] [--repeat N]
+    .venv/bin/python benchmarks/bench.py [--scenario latency|cpu|scale|pool|all] [--repeat N]
                                          [--compare PATH] [--smoke] [--keep]
 
 latency and cpu start ``orchestrator simulate`` in its own process on a loopback
@@ -10,6 +10,11 @@ and the bare loop in turn, ``--repeat`` times each after one unmeasured warm-up,
 and quote medians. The simulator's stats give the busy window and, per token, when
 each request arrived and each answer left; ``os.wait4`` gives each child's CPU and
 peak memory. scale runs ``orchestrator validate`` on a plan of 100,000 clears.
+pool runs a pool of 4 tokens serving 16 campaigns of 2 clears, the two written last
+ten times heavier (the simulator's ``--slow``), twice on one state directory: the
+first run has no history and starts in plan order, the second starts the longest
+first from the journal's durations. Each busy window is set against the lower bound
+max(longest campaign chain, total work / 4), from the calls' own service times.
 ``--compare`` adds another checkout's ``orchestrator`` to the same interleaved runs.
 See docs/performance.md.
 
@@ -58,8 +63,21 @@ class Shape:
     latency_ms: float = 0.0
 
 
-SHAPES = {"latency": Shape(40, 10, 50), "cpu": Shape(500, 4, 20), "scale": Shape(10_000, 10)}
-SMOKE = {"latency": Shape(4, 3, 10), "cpu": Shape(20, 4, 2), "scale": Shape(100, 10)}
+#: pool: ``tokens`` in the pool, ``clears`` campaigns of 2 clears, light clears' latency.
+SHAPES = {
+    "latency": Shape(40, 10, 50),
+    "cpu": Shape(500, 4, 20),
+    "scale": Shape(10_000, 10),
+    "pool": Shape(4, 16, 100),
+}
+SMOKE = {
+    "latency": Shape(4, 3, 10),
+    "cpu": Shape(20, 4, 2),
+    "scale": Shape(100, 10),
+    "pool": Shape(4, 16, 20),
+}
+#: pool: how many times heavier the campaigns written last are, and how many there are.
+HEAVY_FACTOR, HEAVY_CAMPAIGNS = 10, 2
 
 Check = Callable[[float, float], bool]  # (variant's median, bare loop's median) -> met
 #: Per scenario: (figure, key, unit, target as printed, check or None for a figure only).
@@ -86,6 +104,19 @@ ROWS: dict[str, list[tuple[str, str, str, str, Check | None]]] = {
         ("validate: start -> exit", "wall_s", "s", "< 3 s", lambda o, b: o < 3),
         ("validate: peak memory", "rss_mb", "MB", "< 300 MB", lambda o, b: o < 300),
         ("validate: CPU, user + sys", "cpu_s", "s", "", None),
+    ],
+    "pool": [
+        (
+            "2nd run (longest first) / bound",
+            "longest_first_ratio",
+            "x",
+            "<= 1.10 x bound",
+            lambda o, b: o <= 1.10,
+        ),
+        ("1st run (plan order) / bound", "plan_order_ratio", "x", "", None),
+        ("2nd run busy window", "longest_first_s", "s", "", None),
+        ("1st run busy window", "plan_order_s", "s", "", None),
+        ("lower bound", "bound_s", "s", "", None),
     ],
 }
 
@@ -155,10 +186,10 @@ def run_child(cmd: list[str], env: dict[str, str], out: Path, timeout_s: float =
 class Simulator:
     """``orchestrator simulate`` in its own process on a free loopback port."""
 
-    def __init__(self, latency_ms: float, workdir: Path) -> None:
+    def __init__(self, latency_ms: float, workdir: Path, *options: str) -> None:
         self._log = workdir / "simulator.log"
         cmd = [sys.executable, "-m", "orchestrator", "simulate", "--host", "127.0.0.1"]
-        cmd += ["--port", "0", "--latency-ms", f"{latency_ms:g}"]
+        cmd += ["--port", "0", "--latency-ms", f"{latency_ms:g}", *options]
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 cmd,
@@ -337,6 +368,79 @@ def scenario_scale(
     return runs
 
 
+def write_pool_plan(workdir: Path, shape: Shape, base_url: str) -> tuple[Path, dict[str, str]]:
+    """A pool of ``shape.tokens`` serving ``shape.clears`` campaigns of 2 clears each."""
+    nonce = secrets.token_hex(4)
+    names = [f"BENCH_POOL_{n}" for n in range(1, shape.tokens + 1)]
+    lines = ["version: 1", "settings:", f'  base_url: "{base_url}"', "defaults:"]
+    lines += [f"  server: {SERVER}", f"  type_campaign: {TYPE_CAMPAIGN}"]
+    lines += [f"  token_env: [{', '.join(names)}]", f"  results: [{RESULTS[0]}, {RESULTS[3]}]"]
+    lines += ["campaigns:", *(f"  - campaign_id: {c}" for c in pool_campaigns(shape))]
+    plan = workdir / "plan.yaml"
+    plan.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return plan, {name: f"bench-{nonce}-{name}" for name in names}
+
+
+def pool_campaigns(shape: Shape) -> list[int]:
+    return [200_001 + n for n in range(shape.clears)]
+
+
+def pool_figures(stats: dict[str, Any], tokens: int) -> tuple[float, float]:
+    """The busy window and the lower bound max(longest chain, total work / tokens)."""
+    chains: dict[str, float] = defaultdict(float)
+    for call in stats["timeline"]:
+        chains[call["campaign_id"]] += call["departed"] - call["arrived"]
+    bound = max(max(chains.values()), sum(chains.values()) / tokens)
+    return stats["busy_window_s"], bound
+
+
+def scenario_pool(
+    shape: Shape, variants: dict[str, list[str]], repeat: int, warmup: bool, workdir: Path
+) -> dict[str, list[dict[str, float]]]:
+    """pool: per round, a fresh state directory, then a first and a second run on it."""
+    heavy = pool_campaigns(shape)[-HEAVY_CAMPAIGNS:]
+    slow = [f"--slow=campaign={c}" for c in heavy]
+    slow_s = shape.latency_ms * HEAVY_FACTOR / 1000
+    sim = Simulator(shape.latency_ms, workdir, *slow, "--slow-s", f"{slow_s:g}")
+    try:
+        plan, tokens = write_pool_plan(workdir, shape, sim.base_url)
+        env = child_env(tokens)
+        expected = shape.clears * 2
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        for i in range(-1 if warmup else 0, repeat):
+            for variant in in_turn(list(variants), i):
+                state = workdir / f"{variant}-{i}.state"
+                cmd = [*variants[variant], "run", str(plan), "--yes", "--log-format", "json"]
+                cmd += ["--state-dir", str(state)]
+                figures: dict[str, float] = {}
+                for which in ("plan_order", "longest_first"):
+                    out = workdir / f"pool-{variant}-{i}-{which}.out"
+                    one_run(variant, cmd, env, sim, out, expected)
+                    stats = sim.request("GET", "/_simulator/stats?timeline=1")
+                    window, bound = pool_figures(stats, shape.tokens)
+                    figures[f"{which}_s"], figures[f"{which}_ratio"] = window, window / bound
+                    figures["bound_s"] = bound
+                    if which == "longest_first":
+                        first = min(stats["timeline"], key=lambda c: c["arrived"])
+                        started = sorted(stats["timeline"], key=lambda c: c["arrived"])
+                        early = {int(c["campaign_id"]) for c in started[: shape.tokens]}
+                        if not set(heavy) <= early:
+                            raise HarnessError(
+                                f"{variant}: the second run did not start the heavy campaigns"
+                                f" first (first call: campaign {first['campaign_id']})"
+                            )
+                if i >= 0:
+                    runs[variant].append(figures)
+                    print(
+                        f"  {i + 1}/{repeat} {variant:<12} "
+                        + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()),
+                        flush=True,
+                    )
+        return runs
+    finally:
+        sim.stop()
+
+
 def judge(name: str, runs: dict[str, list[dict[str, float]]], judged: bool) -> list[dict[str, Any]]:
     """Medians per figure and variant, and (if ``judged``) each non-bare variant's verdicts."""
     medians = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
@@ -369,7 +473,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n== {title}\n{head}  {'target':<16} result\n" + "-" * (len(head) + 24))
     for row in rows:
         values, unit = row["medians"], row["unit"]
-        digits = {"s": 3, "ms": 2}.get(unit, 1)
+        digits = {"s": 3, "ms": 2, "x": 2}.get(unit, 1)
         line = f"{row['figure']:<36}"
         line += "".join(f"{values[v]:>11.{digits}f} {unit:<2}" for v in variants)
         for v in others if "bare" in variants else ():
@@ -391,7 +495,9 @@ def git(*args: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("latency", "cpu", "scale", "all"), default="all")
+    parser.add_argument(
+        "--scenario", choices=("latency", "cpu", "scale", "pool", "all"), default="all"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="measured runs per variant (5)")
     parser.add_argument(
         "--compare",
@@ -421,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         f"orchestrator/ at {revision}, Python {platform.python_version()}, {os.cpu_count()} CPUs,"
         f" load average {os.getloadavg()[0]:.2f}"
     )
-    names = ["latency", "cpu", "scale"] if args.scenario == "all" else [args.scenario]
+    names = ["latency", "cpu", "scale", "pool"] if args.scenario == "all" else [args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     broken = []
@@ -430,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
             shape = (SMOKE if args.smoke else SHAPES)[name]
             title = f"{name}: {shape.tokens:,} tokens x {shape.clears} clears"
             title += f" x {shape.latency_ms:g} ms" if name != "scale" else " (validate)"
+            if name == "pool":
+                title = (
+                    f"pool: {shape.tokens} tokens, {shape.clears} campaigns x 2 clears x "
+                    f"{shape.latency_ms:g} ms, the last {HEAVY_CAMPAIGNS} x {HEAVY_FACTOR}"
+                )
             print(f"\n{title}, medians of {repeat}", flush=True)
             scratch = workdir / name
             scratch.mkdir()
@@ -437,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if name == "scale":
                     runs = scenario_scale(shape, variants, repeat, not args.smoke, scratch)
+                elif name == "pool":
+                    runs = scenario_pool(shape, variants, repeat, not args.smoke, scratch)
                 else:
                     runs = scenario_run(name, shape, variants, repeat, not args.smoke, scratch)
             except HarnessError as exc:

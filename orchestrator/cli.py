@@ -37,6 +37,7 @@ from orchestrator.resume_option import command_again, resume_spelled_apart, sett
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
+from orchestrator.run.order import in_start_order
 from orchestrator.run.prepare import LATEST, RunOptions, check_request_urls, prepare
 from orchestrator.state.journal import (
     JOURNAL_FILE,
@@ -347,7 +348,8 @@ def _validate(args: argparse.Namespace) -> int:
     check_request_urls(plan, plan.settings.base_url, "base_url")  # as run would refuse it
     for warning in missing_tokens(plan):
         _say(warning)
-    _out(render_schedule(plan, build_lanes(plan.clears, None)))
+    lanes, _ = in_start_order(plan, build_lanes(plan.clears, None), resolve_state_dir(None))
+    _out(render_schedule(plan, lanes))
     return 0
 
 
@@ -361,7 +363,7 @@ def _validate_json(args: argparse.Namespace) -> int:
     except UsageError as exc:
         errors = [{"line": None, "path": "", "message": str(exc)}]
     else:
-        lanes = build_lanes(plan.clears, None)
+        lanes, _ = in_start_order(plan, build_lanes(plan.clears, None), resolve_state_dir(None))
         print(json.dumps(schedule_document(plan, lanes, missing_tokens(plan)), indent=2))
         return 0
     print(json.dumps({"valid": False, "plan": args.plan, "errors": errors}, indent=2))

@@ -13,19 +13,21 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from orchestrator.output.console import MAX_WIDTH, ConsoleLineRenderer, console_width
+from orchestrator.plan.model import Lane, TokenPool
 from orchestrator.run.events import (
     ClearRetrying,
     ClearStarted,
     Event,
     Outcome,
     RestReason,
+    TokenLeftPool,
     TokenResting,
     TokenWaiting,
     clear_fields,
@@ -176,6 +178,9 @@ def _describe(event: Event) -> tuple[str, str, dict[str, object]]:
     """An event's name, level and the fields that follow the clear's own, in line order."""
     if isinstance(event, TokenWaiting):
         return "token.waiting", "info", {"waited_s": round(event.waited_s, 3)}
+    if isinstance(event, TokenLeftPool):
+        left: dict[str, object] = {"pool": event.pool_id, "reason": event.reason.value}
+        return "token.left_pool", "warning", left | {"tokens_left": event.tokens_left}
     if isinstance(event, TokenResting):
         return "token.resting", _RESTING_LEVEL[event.reason], _rest_fields(event)
     if isinstance(event, ClearStarted):
@@ -224,14 +229,24 @@ def _rest_fields(event: TokenResting) -> dict[str, object]:
 class EventLog:
     """A scheduler listener that writes each event as one log line."""
 
-    def __init__(self, logger: Any) -> None:
-        """Log through ``logger``."""
+    def __init__(self, logger: Any, *, pool_tokens: Mapping[str, str] | None = None) -> None:
+        """Log through ``logger``.
+
+        ``pool_tokens`` names each pool token by its reference, by ``token_id``: a pooled
+        clear's line names the token that sent it, not the whole pool.
+        """
         self._logger = logger
+        self._pool_tokens = pool_tokens or {}
 
     def __call__(self, event: Event) -> None:
         """Log ``event``."""
         name, level, details = _describe(event)
-        getattr(self._logger, level)(name, **_identity(event), **details)
+        getattr(self._logger, level)(name, **_identity(event, self._pool_tokens), **details)
+
+
+def pool_token_names(lanes: Sequence[Lane]) -> dict[str, str]:
+    """Each pool token's references in the plan, by ``token_id``, for :class:`EventLog`."""
+    return {token.token_id: ", ".join(token.token_names) for lane in lanes for token in lane.pool}
 
 
 def console_line(event: Event, *, encoding: str | None = None, width: int = MAX_WIDTH) -> str:
@@ -241,12 +256,15 @@ def console_line(event: Event, *, encoding: str | None = None, width: int = MAX_
     return renderer(None, level, {"event": name, "level": level, **_identity(event), **details})
 
 
-def _identity(event: Event) -> dict[str, object]:
+def _identity(event: Event, pool_tokens: Mapping[str, str] | None = None) -> dict[str, object]:
     """The clear's fields, with its token's reference beside its fingerprint."""
     fields: dict[str, object] = {}
     for key, value in clear_fields(event.clear, event.token_id).items():
         fields[key] = value
         if key == "token_id":
-            # What people call the token (validate and --dry-run say the same); never its value.
-            fields["token"] = str(event.clear.token)
+            # What people call the token (validate and --dry-run say the same); never its
+            # value. A pool's clear names its pool until one of its tokens takes it.
+            token, named = event.clear.token, pool_tokens or {}
+            pooled = isinstance(token, TokenPool) and event.token_id in named
+            fields["token"] = named[event.token_id] if pooled else str(token)
     return fields

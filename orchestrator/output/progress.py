@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
 from typing import TextIO, cast
@@ -26,7 +26,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.plan.model import Clear, Lane
+from orchestrator.plan.model import Clear, Lane, TokenPool, count_tokens
 from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
@@ -37,6 +37,7 @@ from orchestrator.run.events import (
     TokenWaiting,
     tally_of,
 )
+from orchestrator.run.order import Estimates
 
 #: Redraws per second: enough for a countdown, cheap beside the event loop.
 REFRESH_PER_SECOND = 4
@@ -102,6 +103,14 @@ class _LaneView:
     rest_until: float = 0.0
     why: str = ""
     last: str = ""
+    #: Tokens serving the lane: a pool's spread its work.
+    tokens: int = 1
+    #: Expected seconds of the clears left that the journal has durations of.
+    known_left_s: float = 0.0
+    #: Clears left that the journal has no duration of.
+    unknown_left: int = 0
+    #: A pool's lane: a row per token, each showing the campaign that token is on.
+    rows: dict[str, _LaneView] = field(default_factory=dict)
 
 
 class Progress:
@@ -119,18 +128,32 @@ class Progress:
         console: Console | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_parallel: int | None = None,
+        estimates: Estimates | None = None,
     ) -> None:
 
         self._console = console if console is not None else Console(file=sys.stderr)
         self._clock = clock
-        self._lanes = [_LaneView(", ".join(lane.token_names), len(lane.clears)) for lane in lanes]
+        self._estimates = estimates or Estimates()
+        self._lanes = [
+            _LaneView(", ".join(lane.token_names), len(lane.clears), tokens=len(lane.tokens))
+            for lane in lanes
+        ]
+        for lane, view in zip(lanes, self._lanes, strict=True):
+            for token in lane.pool:
+                view.rows[token.token_id] = _LaneView(", ".join(token.token_names), view.total)
+            for clear in lane.clears:
+                if self._estimates.known(clear):
+                    view.known_left_s += self._estimates.of(clear)
+                else:
+                    view.unknown_left += 1
         # By seq, not token_id: a clear belongs to exactly one lane whatever the tokens.
         self._lane_of = {
             c.seq: view for lane, view in zip(lanes, self._lanes, strict=True) for c in lane.clears
         }
         self._total = sum(view.total for view in self._lanes)
-        slots = max_parallel if max_parallel is not None else len(self._lanes)
-        self._parallel = max(1, min(slots, len(self._lanes)))
+        tokens = count_tokens(lanes)
+        slots = max_parallel if max_parallel is not None else tokens
+        self._parallel = max(1, min(slots, tokens))
         self._counts = {"succeeded": 0, "failed": 0, "skipped": 0}
         self._timed = 0
         self._timed_s = 0.0
@@ -212,24 +235,37 @@ class Progress:
     def _view(self, clear: Clear) -> _LaneView | None:
         return self._lane_of.get(clear.seq)
 
+    def _row(self, event: Event) -> _LaneView | None:
+        """Where an event shows: its lane, or in a pool, the row of the token that sent it."""
+        view = self._view(event.clear)
+        if view is None or not view.rows:
+            return view
+        if view.state is _State.QUEUED:
+            view.state = _State.BETWEEN  # the pool is under way
+        row = view.rows.get(event.token_id)
+        if row is not None:
+            row.done = view.done  # the pool's clears done, as the row's count shows
+        return row
+
     def _begin(self, view: _LaneView, clear: Clear) -> None:
         if view.clear is not None and view.clear.seq == clear.seq and view.state in _WORKING:
             return
         view.clear, view.attempt, view.waited_s, view.why = clear, 0, None, ""
         view.rest_until = 0.0
         # Two references holding one token share a lane: name the one this clear uses.
-        view.label = str(clear.token)
+        if not isinstance(clear.token, TokenPool):
+            view.label = str(clear.token)
         view.began_at = self._clock()
 
     def _on_waiting(self, event: TokenWaiting) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
         view.state, view.waited_s = _State.WAITING, event.waited_s
 
     def _on_resting(self, event: TokenResting) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
@@ -237,14 +273,14 @@ class Progress:
         view.why = _REST_WHY[event.reason]
 
     def _on_started(self, event: ClearStarted) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
         view.state, view.attempt = _State.SENDING, event.attempt
 
     def _on_retrying(self, event: ClearRetrying) -> None:
-        view = self._view(event.clear)
+        view = self._row(event)
         if view is None:
             return
         self._begin(view, event.clear)
@@ -266,10 +302,18 @@ class Progress:
         view = self._view(event.clear)
         if view is None:
             return
+        if self._estimates.known(event.clear):
+            view.known_left_s -= self._estimates.of(event.clear)
+        else:
+            view.unknown_left -= 1
         view.clear = event.clear
         view.done += 1
         view.last = outcome if reason is None else f"{outcome} ({reason})"
         view.state = _State.DONE if view.done >= view.total else _State.BETWEEN
+        row = view.rows.get(event.token_id)
+        if row is not None:
+            row.clear, row.last, row.state = event.clear, view.last, _State.BETWEEN
+            row.done = view.done
 
     # Drawing: runs on rich's refresh thread; reads the counters, never changes them.
 
@@ -283,7 +327,13 @@ class Progress:
             self._counts_text(),
         )
         parts: list[RenderableType] = [head, self._times_text(now)]
-        running = [view for view in self._lanes if view.state not in (_State.QUEUED, _State.DONE)]
+        running = [
+            row
+            for view in self._lanes
+            if view.state not in (_State.QUEUED, _State.DONE)
+            for row in (view.rows.values() if view.rows else (view,))
+            if row.state is not _State.QUEUED
+        ]
         if running:
             parts.append(self._lanes_table(running[:MAX_ROWS], now))
         if len(running) > MAX_ROWS:
@@ -312,10 +362,14 @@ class Progress:
         queued = sum(1 for view in self._lanes if view.state is _State.QUEUED)
         finished = sum(1 for view in self._lanes if view.state is _State.DONE)
         running = len(self._lanes) - queued - finished
+        history = ""
+        if left is not None and self._estimates.runs:
+            history = f", from the last {self._estimates.runs} runs"
         text = Text.assemble(
             f"elapsed {_duration(now - self._started_at)}",
             " · left ",
             ("—" if left is None else f"~{_duration(left)}", "bold"),
+            history,
             f" · lanes: {running} running, {queued} queued, {finished} done",
         )
         if self._halting is not None:
@@ -360,26 +414,29 @@ class Progress:
     def estimate_left(self, now: float | None = None) -> float | None:
         """Seconds until every clear has ended, or ``None`` while there is nothing to go on.
 
-        Each lane's remaining clears take the mean duration of the clears sent so far, less
-        what its current clear already took. The run lasts as long as the longest lane (its
-        clears run one at a time), and no less than the whole remaining work spread over the
-        lanes that may run at once.
+        Each lane's remaining clears take their expected duration from the journal (the
+        median of their last successful ones), or else the mean duration of the clears sent
+        so far, less what its current clear already took. The run lasts as long as the
+        longest lane (its clears run one at a time; a pool's spread over its tokens), and no
+        less than the whole remaining work spread over the tokens that may run at once.
         """
         if self._halting is not None:
             return None
         if sum(self._counts.values()) >= self._total:
             return 0.0
-        if self._timed == 0:
+        if self._timed == 0 and not self._estimates.runs:
             return None
         at = self._clock() if now is None else now
-        mean = self._timed_s / self._timed
+        mean = self._timed_s / self._timed if self._timed else self._estimates.default_s
         longest = total = 0.0
         for view in self._lanes:
-            work = (view.total - view.done) * mean
-            if view.state in _WORKING:
-                work -= min(at - view.began_at, mean)
+            work = view.known_left_s + view.unknown_left * mean
+            if view.state in _WORKING and view.clear is not None:
+                current = self._estimates.of(view.clear)
+                current = current if self._estimates.known(view.clear) else mean
+                work -= min(at - view.began_at, current)
             work = max(work, 0.0)
-            longest = max(longest, work)
+            longest = max(longest, work / view.tokens)
             total += work
         return max(longest, total / self._parallel)
 

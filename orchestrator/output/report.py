@@ -96,6 +96,31 @@ class ReportCollector:
         return [records[seq] for seq in sorted(records)]
 
 
+def pool_campaigns(lanes: Sequence[Lane], collector: ReportCollector) -> list[dict[str, object]]:
+    """Each campaign of a pool: its clears in order and the tokens that ended them.
+
+    The tokens are listed in the order they served the campaign: more than one when a
+    token left the pool and another carried the campaign on.
+    """
+    campaigns: list[dict[str, object]] = []
+    for lane in lanes:
+        for chain in lane.campaigns() if lane.pool else ():
+            ends = [collector.finished[c.seq] for c in chain if c.seq in collector.finished]
+            served = [end.token_id for end in ends if end.attempts > 0]
+            server, type_campaign, campaign_id = chain[0].target
+            campaigns.append(
+                {
+                    "pool": lane.token_id,
+                    "server": server,
+                    "type_campaign": type_campaign,
+                    "campaign_id": campaign_id,
+                    "seqs": [c.seq for c in chain],
+                    "token_ids": list(dict.fromkeys(served)),
+                }
+            )
+    return campaigns
+
+
 def write_json_atomically(path: str | os.PathLike[str], document: object) -> None:
     """Write ``document`` as JSON to ``path`` so readers see the old file or the new one."""
     try:

@@ -35,11 +35,32 @@ def render_schedule(plan: Plan, lanes: Sequence[Lane]) -> str:
     )
     lines.append("Every clear, lane by lane, in sending order:")
     for number, lane in enumerate(lanes, 1):
+        if lane.pool:
+            lines.extend(_pool_lines(number, lane))
+            continue
         names = ", ".join(lane.token_names)
         label = names if lane.secret is None else f"{names} (token_id {lane.token_id})"
         lines.append(f"lane {number}: {label}: {len(lane.clears)} clear(s), one at a time")
         lines.extend(f"  {_clear_line(clear)}" for clear in lane.clears)
     return "\n".join(lines)
+
+
+def _pool_lines(number: int, lane: Lane) -> list[str]:
+    """A pool: its tokens, then its campaigns in the order they are expected to start."""
+    campaigns = lane.campaigns()
+    lines = [
+        f"lane {number}: {lane.token_id}, a pool of {len(lane.pool)} token(s): "
+        f"{len(campaigns)} campaign(s), {len(lane.clears)} clear(s); whichever token is "
+        "free takes the next campaign, each campaign's clears one at a time in this order"
+    ]
+    for token in lane.pool:
+        names = ", ".join(token.token_names)
+        label = names if token.secret is None else f"{names} (token_id {token.token_id})"
+        lines.append(f"  token {label}")
+    for position, chain in enumerate(campaigns, 1):
+        lines.append(f"  campaign {position} to start:")
+        lines.extend(f"    {_clear_line(clear)}" for clear in chain)
+    return lines
 
 
 def schedule_document(
@@ -59,10 +80,7 @@ def schedule_document(
             "lanes": len(lanes),
         },
         "warnings": list(warnings),
-        "lanes": [
-            {"lane": number, "tokens": list(lane.token_names), "seqs": [c.seq for c in lane.clears]}
-            for number, lane in enumerate(lanes, 1)
-        ],
+        "lanes": [_lane_entry(number, lane) for number, lane in enumerate(lanes, 1)],
         "clears": [
             {
                 "seq": c.seq,
@@ -81,6 +99,14 @@ def schedule_document(
             for c in sorted(clears, key=lambda c: c.seq)
         ],
     }
+
+
+def _lane_entry(number: int, lane: Lane) -> dict[str, object]:
+    entry: dict[str, object] = {"lane": number, "tokens": list(lane.token_names)}
+    if lane.pool:
+        # A pool's clears come in the order its campaigns are expected to start.
+        entry["pool"] = lane.token_id
+    return entry | {"seqs": [c.seq for c in lane.clears]}
 
 
 def _clear_line(clear: Clear) -> str:

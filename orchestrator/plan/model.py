@@ -9,6 +9,7 @@ comes from (:class:`TokenRef`); :mod:`orchestrator.plan.tokens` turns those into
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -44,6 +45,15 @@ DEFAULT_RETRIES = 3
 ALL = "all"
 
 
+class Order(StrEnum):
+    """In which order campaigns of a pool, and lanes waiting for a slot, start."""
+
+    #: The longest expected first (from the journal's durations), so the run ends sooner.
+    LONGEST_FIRST = "longest_first"
+    #: As written in the plan.
+    PLAN = "plan"
+
+
 class OnFailure(StrEnum):
     """What a lane does after one of its clears fails."""
 
@@ -61,6 +71,26 @@ class TokenRef:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
+
+    @property
+    def refs(self) -> tuple[TokenRef, ...]:
+        """The token references behind this one: itself."""
+        return (self,)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPool:
+    """Tokens of one operation that serve a plan's campaigns together.
+
+    Whichever token of the pool is free takes the next campaign that is ready; a
+    campaign's clears stay on one token, one at a time, until its chain ends or that
+    token leaves the pool (:mod:`orchestrator.run.scheduler`).
+    """
+
+    refs: tuple[TokenRef, ...]
+
+    def __str__(self) -> str:
+        return f"pool({', '.join(map(str, self.refs))})"
 
 
 class Secret:
@@ -116,7 +146,7 @@ class Clear:
     type_campaign: str
     campaign_id: str
     result: str | None
-    token: TokenRef
+    token: TokenRef | TokenPool
     on_failure: OnFailure = OnFailure.STOP
     timeout_s: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
@@ -147,6 +177,7 @@ class Settings:
     protect: frozenset[str] = frozenset()
     #: ``redis://`` URL of the shared token locks, or ``None`` for local file locks.
     lock_url: str | None = None
+    order: Order = Order.LONGEST_FIRST
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +191,8 @@ class Plan:
     warnings: tuple[str, ...] = field(default=())
 
     def token_refs(self) -> tuple[TokenRef, ...]:
-        """Every distinct token reference, in order of first use."""
-        return tuple(dict.fromkeys(c.token for c in self.clears))
+        """Every distinct token reference, pools' members included, in order of first use."""
+        return tuple(dict.fromkeys(ref for c in self.clears for ref in c.token.refs))
 
     def with_tags(self, tags: frozenset[str]) -> Plan:
         """The plan restricted to clears of campaigns carrying any of ``tags``."""
@@ -170,14 +201,49 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    """One token of a pool: its fingerprint, the names it has in the plan, its value."""
+
+    token_id: str
+    token_names: tuple[str, ...]
+    secret: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
 class Lane:
     """The clears that share one token, to be run strictly one at a time, in order.
 
     ``token_id`` is the token's fingerprint, or, where tokens were not read
     (``validate``), the name of the token reference.
+
+    A pool's lane has its tokens in ``pool`` and no ``secret``; its ``token_id``
+    (``pool-1``, ...) names the pool, never a token. Its clears come campaign by
+    campaign in the order the campaigns are expected to start, each campaign's
+    clears in plan order.
     """
 
     token_id: str
     token_names: tuple[str, ...]
     secret: Secret | None
     clears: tuple[Clear, ...]
+    pool: tuple[Token, ...] = ()
+
+    @property
+    def tokens(self) -> tuple[Token, ...]:
+        """The tokens that serve this lane: the pool's, or the lane's one token."""
+        return self.pool or (Token(self.token_id, self.token_names, self.secret),)
+
+    def campaigns(self) -> tuple[tuple[Clear, ...], ...]:
+        """The clears grouped by campaign (server, type, id), in order of first clear."""
+        chains: dict[tuple[str, str, str], list[Clear]] = {}
+        for clear in self.clears:
+            # 3001 and 03001 are one campaign to wolkvox: never two calls on it at once.
+            server, type_campaign, campaign_id = clear.target
+            key = (server, type_campaign, campaign_id.lstrip("0") or "0")
+            chains.setdefault(key, []).append(clear)
+        return tuple(tuple(chain) for chain in chains.values())
+
+
+def count_tokens(lanes: Sequence[Lane]) -> int:
+    """How many distinct tokens serve ``lanes``: each pool's tokens, each lane's one."""
+    return len({token.token_id for lane in lanes for token in lane.tokens})

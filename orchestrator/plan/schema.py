@@ -35,6 +35,7 @@ from orchestrator.plan.model import (
     MAX_CLEARS,
     RESULT_FILTERS,
     OnFailure,
+    Order,
 )
 
 __all__ = [
@@ -258,6 +259,17 @@ def _settings() -> Schema:
                 "pattern": LOCK_URL_PATTERN,
                 "examples": ["redis://127.0.0.1:6379/0"],
             },
+            "order": {
+                "title": "an order",
+                "description": (
+                    "In which order the campaigns of a pool start, and the lanes when "
+                    "there are more tokens than max_parallel_tokens: longest_first (the "
+                    "longest expected first, from the journal's last durations, so the "
+                    "run ends sooner) or plan (as written)."
+                ),
+                "enum": [o.value for o in Order],
+                "default": Order.LONGEST_FIRST.value,
+            },
         },
     }
 
@@ -315,33 +327,66 @@ def _campaign_fields() -> dict[str, Schema]:
             "title": "an environment variable name",
             "description": (
                 "Name of the environment variable holding the token, read when a run "
-                "starts. Exactly one token source (token_env or token_file) per "
-                "campaign, here or in defaults; a campaign's own replaces the default."
+                "starts; or a list of names: a pool of tokens of one operation, whichever "
+                "is free taking the next campaign. Exactly one token source (token_env "
+                "or token_file) per campaign, here or in defaults; a campaign's own "
+                "replaces the default."
             ),
-            "type": "string",
-            "pattern": ENV_NAME_PATTERN,
-            "examples": ["WOLKVOX_TOKEN"],
+            "anyOf": [
+                {"type": "string", "pattern": ENV_NAME_PATTERN},
+                {
+                    "title": "a pool: a list of environment variable names",
+                    "description": "A pool of tokens; each name once, at least one.",
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {
+                        "title": "an environment variable name",
+                        "description": "Name of an environment variable holding a token.",
+                        "type": "string",
+                        "pattern": ENV_NAME_PATTERN,
+                    },
+                },
+            ],
+            "examples": ["WOLKVOX_TOKEN", ["WV_OPS_1", "WV_OPS_2"]],
         },
         "token_file": {
             "title": "a file path",
             "description": (
                 "File holding the token (a mounted secret, say), relative to the plan "
-                "file's directory; ~ is not expanded. Exactly one token source "
-                "(token_env or token_file) per campaign, here or in defaults; a "
-                f"campaign's own replaces the default. Text: {_ANY_TEXT}, no NUL."
+                "file's directory; ~ is not expanded; or a list of files: a pool of tokens "
+                "of one operation. Exactly one token source (token_env or token_file) per "
+                "campaign, here or in defaults; a campaign's own replaces the default. "
+                f"Text: {_ANY_TEXT}, no NUL."
             ),
             "anyOf": [
                 {"type": "string", "pattern": FILE_PATH_PATTERN},
                 {"type": ["number", "boolean"]},
+                {
+                    "title": "a pool: a list of file paths",
+                    "description": "A pool of tokens; each file once, at least one.",
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {
+                        "title": "a file path",
+                        "description": "File holding a token.",
+                        "anyOf": [
+                            {"type": "string", "pattern": FILE_PATH_PATTERN},
+                            {"type": ["number", "boolean"]},
+                        ],
+                    },
+                },
             ],
         },
         "on_failure": {
             "title": "an on_failure action",
             "description": (
-                "What the lane does after this campaign's clear fails: stop (skip the "
-                "rest of this token's clears), continue (go on with them) or abort "
-                "(start nothing new anywhere). A rejected token or spent quota always "
-                "stops the lane."
+                "What happens after this campaign's clear fails: stop (skip the rest of "
+                "this token's clears; in a pool, the rest of this campaign's), continue "
+                "(go on with them) or abort (start nothing new anywhere). A rejected "
+                "token or spent quota always stops its lane; in a pool, the token leaves "
+                "the pool and its campaign carries on with another token."
             ),
             "enum": [o.value for o in OnFailure],
             "default": OnFailure.STOP.value,
@@ -409,7 +454,8 @@ _CANNOT_CHECK = (
     "What this schema cannot check, and `orchestrator validate` does: the same "
     "clear twice (same server, type_campaign, campaign_id ignoring leading zeros "
     "and result, or 'all' beside a filter) across campaign entries; settings.protect against the "
-    f"campaign ids; at most {MAX_CLEARS} clears after expansion; duplicate keys, "
+    "campaign ids; a token variable or file in two pools, or one file twice in a pool; "
+    f"at most {MAX_CLEARS} clears after expansion; duplicate keys, "
     "non-standard tags, a second YAML document; numbers spelled other than plain "
     "digits (+5, 0x1F, 0o17, 1e3, .5, 3.0) where an editor reads them as numbers; "
     "every corner of base_url and lock_url."

@@ -158,7 +158,7 @@ def _homes(schema: dict[str, object]) -> dict[str, list[str]]:
 
 
 def _repeated(where: _Where, items: list[Any], schema: dict[str, object]) -> Finding:
-    what = str(schema.get("title", "an item")).removeprefix("a ")
+    what = str(schema.get("title", "an item")).removeprefix("an ").removeprefix("a ")
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, str):

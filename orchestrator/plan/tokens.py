@@ -1,7 +1,9 @@
-"""Read tokens and group clears into lanes, one lane per distinct token.
+"""Read tokens and group clears into lanes: one lane per distinct token, one per pool.
 
 Two token names holding the same value share one lane: wolkvox forbids using
-one token twice at once, whatever it is called in the plan.
+one token twice at once, whatever it is called in the plan. A pool's clears make
+one lane served by all of its tokens; a token in a pool and also named alone is
+still one token, whose calls the scheduler keeps one at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import stat
 from collections.abc import Mapping
 
 from orchestrator.errors import PlanError, Problem
-from orchestrator.plan.model import Clear, Lane, Plan, Secret, TokenRef
+from orchestrator.plan.model import Clear, Lane, Plan, Secret, Token, TokenPool, TokenRef
 
 Keyring = Mapping[TokenRef, Secret]
 
@@ -37,6 +39,8 @@ def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[To
             keyring[ref] = Secret(value)
         else:
             problems.append(Problem(plan.source, clears[0].line, "", _needed(why, clears)))
+    if not problems:
+        problems.extend(_pools_sharing_a_token(plan, keyring))
     if problems:
         raise PlanError(problems)
     return keyring
@@ -59,29 +63,77 @@ def placeholder_tokens(plan: Plan) -> dict[TokenRef, Secret]:
 
 
 def build_lanes(clears: tuple[Clear, ...], keyring: Keyring | None) -> tuple[Lane, ...]:
-    """Group clears by token, in plan order; lanes come in order of their first clear.
+    """Group clears by token or pool, in plan order; lanes come in order of their first clear.
 
-    Without a keyring, lanes are grouped by token name and named after it.
+    Without a keyring, lanes are grouped by token name and named after it. A pool's
+    lane is named ``pool-1``, ``pool-2``... in order of first use.
     """
-    groups: dict[str, tuple[list[str], Secret | None, list[Clear]]] = {}
+    groups: dict[object, tuple[list[str], Secret | None, list[Clear]]] = {}
     for clear in clears:
-        secret = keyring[clear.token] if keyring is not None else None
-        key = secret.token_id if secret is not None else str(clear.token)
+        key: object
+        if isinstance(clear.token, TokenPool):
+            key, secret = clear.token, None
+        else:
+            secret = keyring[clear.token] if keyring is not None else None
+            key = secret.token_id if secret is not None else str(clear.token)
         names, _, members = groups.setdefault(key, ([], secret, []))
         if str(clear.token) not in names:
             names.append(str(clear.token))
         members.append(clear)
+    lanes = []
+    pools = 0
+    for key, (names, secret, members) in groups.items():
+        if isinstance(key, TokenPool):
+            pools += 1
+            tokens = _pool_tokens(key, keyring)
+            names = [name for token in tokens for name in token.token_names]
+            lanes.append(Lane(f"pool-{pools}", tuple(names), None, tuple(members), tokens))
+        else:
+            assert isinstance(key, str)
+            lanes.append(Lane(key, tuple(names), secret, tuple(members)))
+    return tuple(lanes)
+
+
+def _pool_tokens(pool: TokenPool, keyring: Keyring | None) -> tuple[Token, ...]:
+    """The pool's distinct tokens: two names holding one value are one token."""
+    tokens: dict[str, tuple[list[str], Secret | None]] = {}
+    for ref in pool.refs:
+        secret = keyring[ref] if keyring is not None else None
+        key = secret.token_id if secret is not None else str(ref)
+        tokens.setdefault(key, ([], secret))[0].append(str(ref))
     return tuple(
-        Lane(token_id=key, token_names=tuple(names), secret=secret, clears=tuple(members))
-        for key, (names, secret, members) in groups.items()
+        Token(token_id, tuple(names), secret) for token_id, (names, secret) in tokens.items()
     )
 
 
+def _pools_sharing_a_token(plan: Plan, keyring: Keyring) -> list[Problem]:
+    """A problem for each token (by value) that two pools hold; never the value itself."""
+    owner: dict[str, tuple[TokenPool, TokenRef, Clear]] = {}
+    problems = []
+    reported: set[str] = set()
+    for clear in plan.clears:
+        pool = clear.token
+        if not isinstance(pool, TokenPool):
+            continue
+        for ref in pool.refs:
+            token_id = keyring[ref].token_id
+            other, other_ref, there = owner.setdefault(token_id, (pool, ref, clear))
+            if other != pool and token_id not in reported:
+                reported.add(token_id)
+                message = (
+                    f"{ref} holds the same token as {other_ref} of another pool (line "
+                    f"{there.line}): a token belongs to one pool at most"
+                )
+                problems.append(Problem(plan.source, clear.line, "", message))
+    return problems
+
+
 def _users(plan: Plan) -> dict[TokenRef, list[Clear]]:
-    """The clears of each token, in order of the token's first use."""
+    """The clears of each token, a pool's tokens included, in order of the token's first use."""
     users: dict[TokenRef, list[Clear]] = {}
     for clear in plan.clears:
-        users.setdefault(clear.token, []).append(clear)
+        for ref in clear.token.refs:
+            users.setdefault(ref, []).append(clear)
     return users
 
 

@@ -31,8 +31,10 @@ from orchestrator.plan.model import (
     MAX_CLEARS,
     Clear,
     OnFailure,
+    Order,
     Plan,
     Settings,
+    TokenPool,
     TokenRef,
 )
 from orchestrator.plan.schema import ALL_RESULTS, plan_schema
@@ -230,6 +232,7 @@ class _Check:
             else default.protect,
             lock_url=_optional_text(data, "lock_url"),
             maintenance_wait_s=float(_text(data, "maintenance_wait_s", default.maintenance_wait_s)),
+            order=Order(_text(data, "order", default.order.value)),
         )
 
     # --- campaigns ------------------------------------------------------------
@@ -244,6 +247,7 @@ class _Check:
         protected = frozenset(map(_id_key, protect))
         first = _First()
         token_files: dict[str, str] = {}
+        pools = _Pools()
         clears: list[Clear] = []
         for index, entry in enumerate(campaigns):
             if not isinstance(entry, dict) or not self._clean("campaigns", index):
@@ -264,6 +268,10 @@ class _Check:
             if duplicate is not None:
                 self.add(duplicate)
             token = _token(fields, base_dir, token_files)
+            if isinstance(token, TokenPool):
+                token, problem = pools.claim(token, Finding((*path, _token_key(fields)), "", line))
+                if problem is not None:
+                    self.add(problem)
             for result in results:
                 if len(clears) >= MAX_CLEARS:
                     message = f"the plan expands to more than {MAX_CLEARS} clears; split it up"
@@ -341,10 +349,56 @@ def _results(value: Data) -> tuple[str | None, ...]:
     return (None,)
 
 
-def _token(fields: dict[str, Data], base_dir: Path, resolved: dict[str, str]) -> TokenRef:
+class _Pools:
+    """The pools seen so far: a token reference belongs to one pool at most.
+
+    Two pools sharing a token would each count on it being theirs; a pool written
+    again with the same tokens (in any order) is the same pool.
+    """
+
+    def __init__(self) -> None:
+        self.by_members: dict[frozenset[TokenRef], TokenPool] = {}
+        self.owner: dict[TokenRef, tuple[frozenset[TokenRef], Finding]] = {}
+
+    def claim(self, pool: TokenPool, here: Finding) -> tuple[TokenPool, Finding | None]:
+        """The pool as first written, and a problem when it lists a token twice or shares one."""
+        members = frozenset(pool.refs)
+        if len(members) != len(pool.refs):
+            twice = next(ref for ref in pool.refs if pool.refs.count(ref) > 1)
+            message = f"the pool lists {twice} twice (a token serves a pool once)"
+            return pool, Finding(here.path, message, here.line)
+        known = self.by_members.setdefault(members, pool)
+        for ref in pool.refs:
+            owner, there = self.owner.setdefault(ref, (members, here))
+            if owner != members:
+                message = (
+                    f"{ref} is in two pools (see {there.where} at line {there.line}): "
+                    "a token belongs to one pool at most"
+                )
+                return pool, Finding(here.path, message, here.line)
+        return known, None
+
+
+def _token_key(fields: dict[str, Data]) -> str:
+    return "token_env" if "token_env" in fields else "token_file"
+
+
+def _token(
+    fields: dict[str, Data], base_dir: Path, resolved: dict[str, str]
+) -> TokenRef | TokenPool:
+    """The campaign's token, or its pool when the plan lists several."""
     if "token_env" in fields:
-        return TokenRef("env", str(fields["token_env"]))
-    written = str(fields["token_file"])
+        names = fields["token_env"]
+        if isinstance(names, list):
+            return TokenPool(tuple(TokenRef("env", str(name)) for name in names))
+        return TokenRef("env", str(names))
+    written = fields["token_file"]
+    if isinstance(written, list):
+        return TokenPool(tuple(_token_file(str(w), base_dir, resolved) for w in written))
+    return _token_file(str(written), base_dir, resolved)
+
+
+def _token_file(written: str, base_dir: Path, resolved: dict[str, str]) -> TokenRef:
     if written not in resolved:
         resolved[written] = os.path.realpath(base_dir / written)
     return TokenRef("file", resolved[written])
@@ -354,7 +408,7 @@ def _clear(
     seq: int,
     target: tuple[str, str, str],
     result: str | None,
-    token: TokenRef,
+    token: TokenRef | TokenPool,
     fields: dict[str, Data],
     line: int,
 ) -> Clear:

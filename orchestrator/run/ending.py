@@ -99,11 +99,12 @@ def describe(exc: BaseException, lanes: tuple[Lane, ...]) -> str:
 
 
 def without_tokens(text: str, lanes: tuple[Lane, ...]) -> str:
-    """``text`` with the token of every lane masked."""
+    """``text`` with the token of every lane, and every token of every pool, masked."""
     # An exception nobody planned for may quote anything: no token leaves in its text.
     for lane in lanes:
-        if lane.secret is not None:
-            text = redact(text, lane.secret.reveal())
+        for token in lane.tokens:
+            if token.secret is not None:
+                text = redact(text, token.secret.reveal())
     return text
 
 

@@ -75,6 +75,21 @@ class TokenWaiting:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLeftPool:
+    """Token ``token_id`` left pool ``pool_id`` for ``reason`` while it served ``clear``.
+
+    The campaign of ``clear`` carries on with another token of the pool; ``tokens_left``
+    say how many are still in it (none: the rest of the pool is skipped with ``reason``).
+    """
+
+    clear: Clear
+    token_id: str
+    pool_id: str
+    reason: Reason
+    tokens_left: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokenResting:
     """The token starts resting for ``rest_s`` seconds, until ``until`` (UTC), before ``clear``.
 
@@ -139,7 +154,7 @@ class ClearFinished:
     rested_ms: int = 0
 
 
-Event = TokenWaiting | TokenResting | ClearStarted | ClearRetrying | ClearFinished
+Event = TokenWaiting | TokenResting | TokenLeftPool | ClearStarted | ClearRetrying | ClearFinished
 
 #: How the ends of clears are counted, in the order every ending shows them.
 TALLIES = ("succeeded", "already_succeeded", "failed", "skipped")

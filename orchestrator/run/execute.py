@@ -29,10 +29,10 @@ from orchestrator.errors import (
     TokenInfoError,
     UsageError,
 )
-from orchestrator.output.log import EventLog, LineWriter, make_logger, pick_format
+from orchestrator.output.log import EventLog, LineWriter, make_logger, pick_format, pool_token_names
 from orchestrator.output.progress import Progress, progress_wanted
-from orchestrator.output.report import ReportCollector, write_json_atomically
-from orchestrator.plan.model import Lane, Plan
+from orchestrator.output.report import ReportCollector, pool_campaigns, write_json_atomically
+from orchestrator.plan.model import Lane, Plan, count_tokens
 from orchestrator.run.clock import Clock
 from orchestrator.run.ending import (
     EXIT_USAGE,
@@ -134,7 +134,9 @@ async def _open(
     progress = None
     if progress_wanted(sys.stderr):
         parallel = plan.settings.max_parallel_tokens
-        progress = stack.enter_context(Progress(prepared.lanes, max_parallel=parallel))
+        progress = stack.enter_context(
+            Progress(prepared.lanes, max_parallel=parallel, estimates=prepared.estimates)
+        )
     lines = LineWriter(
         progress.log_stream() if progress else sys.stdout,
         on_cut=lambda exc: say(explain_log_cut(exc, prepared)),
@@ -230,12 +232,13 @@ async def execute(spec: RunSpec, engine: Engine | None = None) -> RunResult:
     parts = engine or Engine()
     started_at, started = utc_now(), time.monotonic()
     collector = ReportCollector(keep_clears=spec.report_path is not None)
-    listeners: tuple[Listener, ...] = (EventLog(spec.logger), collector, *parts.listeners)
+    log = EventLog(spec.logger, pool_tokens=pool_token_names(spec.lanes))
+    listeners: tuple[Listener, ...] = (log, collector, *parts.listeners)
     spec.logger.info(
         "run.started",
         plan=spec.plan.source,
         clears=sum(len(lane.clears) for lane in spec.lanes),
-        tokens=len(spec.lanes),
+        tokens=count_tokens(spec.lanes),
         dry_run=spec.dry_run,
         base_url=_target(spec),
         simulated=spec.simulated,
@@ -262,7 +265,7 @@ async def _schedule(
     async with contextlib.AsyncExitStack() as stack:
         transport = parts.transport
         if transport is None:
-            running = min(spec.plan.settings.max_parallel_tokens, len(spec.lanes))
+            running = min(spec.plan.settings.max_parallel_tokens, count_tokens(spec.lanes))
             transport = await stack.enter_async_context(AiohttpTransport(limit=max(1, running)))
         scheduler = Scheduler(
             spec.lanes,
@@ -397,6 +400,7 @@ def _write_report(
                 "unrecorded": list(result.unrecorded),
                 "log_cut": spec.log_lines is not None and spec.log_lines.cut,
                 "clears": collector.clears(spec.lanes),
+                "pool_campaigns": pool_campaigns(spec.lanes, collector),
             },
         )
     except ReportError as exc:

@@ -23,11 +23,12 @@ from yarl import URL
 
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.output.views import render_schedule
-from orchestrator.plan.model import Lane, Plan
+from orchestrator.plan.model import Lane, Plan, count_tokens
 from orchestrator.plan.tokens import build_lanes, missing_tokens, placeholder_tokens, read_tokens
 from orchestrator.plan.validate import check_base_url
 from orchestrator.run.events import Reason
 from orchestrator.run.openfiles import ensure_open_files, files_needed
+from orchestrator.run.order import Estimates, in_start_order
 from orchestrator.state.journal import ClearRecord, Journal, RunRecord, plan_digest, run_state_dir
 from orchestrator.state.locks import RunLock
 from orchestrator.wolkvox.client import build_url
@@ -95,6 +96,8 @@ class Prepared:
     #: ``None`` for a dry run: it opens no journal.
     state: State | None
     _held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    #: Expected durations of the clears, from the journal (which ordered the lanes).
+    estimates: Estimates = field(default_factory=Estimates)
 
     @property
     def run_id(self) -> str | None:
@@ -133,21 +136,22 @@ def prepare(plan: Plan, options: RunOptions, *, say: Say) -> Prepared:
     base_url = options.base_url or plan.settings.base_url
     if not options.simulate:
         check_request_urls(plan, base_url, "--base-url" if options.base_url else "base_url")
-    lanes = _lanes(plan, options, say)
+    state_dir = run_state_dir(options.state_dir, simulated=options.simulate)
+    # The journal's last durations, read only: the longest expected campaigns start first.
+    lanes, estimates = in_start_order(plan, _lanes(plan, options, say), state_dir)
     if options.dry_run:  # a dry run opens no connection, lock or journal
         say(render_schedule(plan, lanes))
-        return Prepared(plan, lanes, options, base_url, None)
-    at_once = min(plan.settings.max_parallel_tokens, len(lanes))
+        return Prepared(plan, lanes, options, base_url, None, estimates=estimates)
+    at_once = min(plan.settings.max_parallel_tokens, count_tokens(lanes))
     ensure_open_files(files_needed(at_once, simulated=options.simulate), lanes_at_once=at_once)
     held = contextlib.ExitStack()
     with contextlib.ExitStack() as on_refusal:
         on_refusal.push(held)
-        state_dir = run_state_dir(options.state_dir, simulated=options.simulate)
         journal = Journal.open(state_dir)
         held.callback(journal.close)
         state = _state(plan, lanes, options, journal, state_dir, held)
         on_refusal.pop_all()
-    return Prepared(plan, lanes, options, base_url, state, held)
+    return Prepared(plan, lanes, options, base_url, state, held, estimates=estimates)
 
 
 def _check_options(plan: Plan, options: RunOptions) -> None:
@@ -262,13 +266,24 @@ def _carried_over(journal: Journal, run_id: str, lanes: tuple[Lane, ...]) -> Res
     except OrchestratorError as exc:
         raise UsageError(f"--resume: {exc}") from exc
     # The lane that runs each clear now: its token may have been rotated since (the same
-    # digest, so the same seqs).
+    # digest, so the same seqs). In a pool, the token that sent it, if it is still there.
     token_of = {clear.seq: lane.token_id for lane in lanes for clear in lane.clears}
+    pooled = {
+        clear.seq: {token.token_id for token in lane.pool}
+        for lane in lanes
+        for clear in lane.clears
+    }
+    cooling = set()
+    for c in prior:
+        if _maybe_running(c) and not pooled[c.seq]:
+            cooling.add(token_of[c.seq])
+        elif _maybe_running(c) and c.token_id in pooled[c.seq]:
+            cooling.add(c.token_id)
     return Resume(
         succeeded=frozenset(c.seq for c in prior if c.state == "succeeded"),
         # A call in flight at a crash, or cut by a second signal, may still be running at
-        # wolkvox: its lane rests before it sends again.
-        cooling_tokens=frozenset(token_of[c.seq] for c in prior if _maybe_running(c)),
+        # wolkvox: its token rests before it sends again.
+        cooling_tokens=frozenset(cooling),
     )
 
 

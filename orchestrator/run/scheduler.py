@@ -2,8 +2,16 @@
 
 A lane's next clear starts only after its previous one is confirmed
 successful (or, with ``on_failure: continue``, definitely finished). Up to
-``max_parallel`` lanes run at once. Time comes from an injected :class:`Clock`
+``max_parallel`` tokens run at once. Time comes from an injected :class:`Clock`
 and backoff from an injected function, so tests run without sleeping.
+
+A pool's lane is served by each of its tokens in turn (:class:`_Pool`): a token
+that is free takes the next campaign not yet started and runs its clears, one at
+a time and in order, to the end of its chain. A token that is rejected, has spent
+its quota or lost its lock leaves the pool; the campaign it served goes back to
+the head of the queue, at the clear it was on, for another token. A token named
+both alone and in a pool is one token: every call holds its token's guard, so its
+calls stay one at a time in this process, as its lock keeps them across processes.
 
 Lanes run in an anyio task group, at most ``max_parallel`` at once (a capacity
 limiter). Stopping is graceful first: :meth:`Scheduler.interrupt` starts nothing
@@ -20,6 +28,7 @@ and, up to ``maintenance_wait_s``, while wolkvox says it is under maintenance.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +49,7 @@ from orchestrator.run.events import (
     Reason,
     Recorder,
     RestReason,
+    TokenLeftPool,
     TokenResting,
     TokenWaiting,
 )
@@ -67,13 +77,15 @@ def default_backoff(attempt: int, retry_after_s: float | None) -> float:
 
 
 @dataclass(slots=True)
-class _LaneState:
-    lane: Lane
-    maintenance: MaintenanceWindow
+class _Token:
+    """One token as the run uses it, shared by every lane and pool that holds it."""
+
+    token_id: str
+    secret: Secret | None
     #: A resumed run: the token's call was in flight when the run stopped; rest before use.
     cooling: bool = False
-    blocked: Reason | None = None
-    blocked_by: int | None = None
+    #: Keeps this process's calls on the token one at a time, whichever lane makes them.
+    guard: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 @dataclass(slots=True)
@@ -81,6 +93,8 @@ class _Attempts:
     count: int = 0
     #: Attempts answered "under maintenance": they do not count against ``retries``.
     maintenance: int = 0
+    #: Attempts refused because their token left the pool: no retry of the clear's own.
+    handed_over: int = 0
     answer: Answer | None = None
     started: float = 0.0
     rested_s: float = 0.0
@@ -90,7 +104,53 @@ class _Attempts:
     @property
     def retried(self) -> int:
         """The attempts that count against the clear's ``retries``."""
-        return self.count - self.maintenance
+        return self.count - self.maintenance - self.handed_over
+
+
+@dataclass(slots=True)
+class _LaneState:
+    """A lane's clears, or one campaign's clears in a pool, and how far they got."""
+
+    token: _Token
+    clears: tuple[Clear, ...]
+    maintenance: MaintenanceWindow
+    #: The pool this campaign belongs to; ``None`` for a lane of one token.
+    pool: _Pool | None = None
+    #: Index in ``clears`` of the next clear to run.
+    next: int = 0
+    blocked: Reason | None = None
+    blocked_by: int | None = None
+    #: In a pool: why the token serving this campaign left the pool, handing it on.
+    left: Reason | None = None
+    #: In a pool: the attempts of the clear under way when its token left.
+    tries: _Attempts | None = None
+
+
+class _Pool:
+    """The campaigns of a pool not yet started, and who is working on the others."""
+
+    def __init__(
+        self, lane: Lane, tokens: list[_Token], window: Callable[[], MaintenanceWindow]
+    ) -> None:
+        self.pool_id = lane.token_id
+        self.tokens = tokens
+        placeholder = _Token(lane.token_id, None)  # names a campaign until a token takes it
+        self.queue = deque(
+            _LaneState(placeholder, chain, window(), pool=self) for chain in lane.campaigns()
+        )
+        self.running = 0
+        #: Why the last token left: the reason the rest is skipped with.
+        self.emptied: Reason | None = None
+        self._changed = anyio.Event()
+
+    def changed(self) -> None:
+        """Wake the tokens waiting for a campaign."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def next_change(self) -> anyio.Event:
+        """Set at the next change: a campaign handed back, or one finished."""
+        return self._changed
 
 
 class Scheduler:
@@ -145,6 +205,7 @@ class Scheduler:
         self._interrupts = 0
         self._recording_error: Exception | None = None
         self._calls_sent = 0
+        self._tokens: dict[str, _Token] = {}
 
     @property
     def in_flight(self) -> int:
@@ -175,12 +236,28 @@ class Scheduler:
                 scope.cancel()
 
     async def run(self) -> None:
-        """Run every lane to its end; at most ``max_parallel`` at once, in plan order."""
+        """Run every lane to its end; at most ``max_parallel`` tokens at once, in lane order."""
         slots = anyio.CapacityLimiter(self._max_parallel)
         async with anyio.create_task_group() as lanes:
             for lane in self._lanes:
-                # The limiter serves its waiters first come, first served: plan order.
-                lanes.start_soon(self._lane, lane, slots)
+                # The limiter serves its waiters first come, first served: lane order.
+                if lane.pool:
+                    tokens = [self._token(t.token_id, t.secret) for t in lane.pool]
+                    pool = _Pool(lane, tokens, self._maintenance_window)
+                    for token in tokens:
+                        lanes.start_soon(self._serve_pool, pool, token, slots)
+                else:
+                    lanes.start_soon(self._lane, lane, slots)
+
+    def _token(self, token_id: str, secret: Secret | None) -> _Token:
+        token = self._tokens.get(token_id)
+        if token is None:
+            token = self._tokens[token_id] = _Token(token_id, secret)
+            token.cooling = token_id in self._cooling_tokens
+        return token
+
+    def _maintenance_window(self) -> MaintenanceWindow:
+        return MaintenanceWindow(self._maintenance_wait_s, self._maintenance_backoff)
 
     @property
     def _cutting(self) -> bool:
@@ -195,32 +272,98 @@ class Scheduler:
 
     async def _lane(self, lane: Lane, slots: anyio.CapacityLimiter) -> None:
         async with slots:
-            maintenance = MaintenanceWindow(self._maintenance_wait_s, self._maintenance_backoff)
-            state = _LaneState(lane, maintenance, cooling=lane.token_id in self._cooling_tokens)
+            state = _LaneState(
+                self._token(lane.token_id, lane.secret), lane.clears, self._maintenance_window()
+            )
             try:
-                await self._run_lane(state)
+                await self._run_clears(state)
             finally:
                 self._locks.forget(lane.token_id)  # its lock file is not needed again
 
-    async def _run_lane(self, state: _LaneState) -> None:
-        for clear in state.lane.clears:
+    async def _serve_pool(self, pool: _Pool, token: _Token, slots: anyio.CapacityLimiter) -> None:
+        """Take the pool's next campaign whenever this token is free, until none is left."""
+        try:
+            while True:
+                async with slots:
+                    change = pool.next_change()
+                    if not pool.queue and pool.running == 0:
+                        return
+                    if pool.queue:
+                        campaign = pool.queue.popleft()
+                        campaign.token, campaign.left = token, None
+                        pool.running += 1
+                        try:
+                            await self._run_clears(campaign)
+                            if campaign.left is not None:
+                                # Still counted as running: no token may stop waiting before
+                                # the campaign is handed back.
+                                await self._leave_pool(pool, token, campaign)
+                        finally:
+                            pool.running -= 1
+                            pool.changed()
+                        if campaign.left is not None:
+                            return
+                        continue
+                # Campaigns are under way on other tokens: one may yet be handed back.
+                await change.wait()
+        finally:
+            self._locks.forget(token.token_id)
+
+    async def _leave_pool(self, pool: _Pool, token: _Token, campaign: _LaneState) -> None:
+        """Take ``token`` out of ``pool``; hand its campaign on, or skip the rest if it is empty."""
+        reason = campaign.left
+        assert reason is not None
+        pool.tokens.remove(token)
+        clear = campaign.clears[min(campaign.next, len(campaign.clears) - 1)]
+        self._emit(TokenLeftPool(clear, token.token_id, pool.pool_id, reason, len(pool.tokens)))
+        if campaign.next < len(campaign.clears):
+            pool.queue.appendleft(campaign)  # it goes on first, where it stopped
+        if pool.tokens:
+            return
+        pool.emptied = reason
+        while pool.queue:
+            rest = pool.queue.popleft()
+            rest.left, rest.blocked = None, rest.blocked or reason
+            await self._run_clears(rest)
+
+    async def _run_clears(self, state: _LaneState) -> None:
+        while state.next < len(state.clears) and state.left is None:
+            clear = state.clears[state.next]
             if clear.seq in self._already_succeeded:
                 await self._skip(state, clear, Reason.ALREADY_SUCCEEDED)
+                state.next += 1
                 continue
-            if state.cooling and state.blocked is None and self._halt_reason is None:
+            token = state.token
+            if token.cooling and state.blocked is None and self._halt_reason is None:
                 # The earlier attempt's call may still run at wolkvox: rest before the first.
-                state.cooling = False
-                if self._cooldown_s > 0:
-                    self._announce_rest(
-                        clear, state, RestReason.IN_FLIGHT_AT_RESUME, self._cooldown_s, None
-                    )
-                    await self._pause(self._cooldown_s)
+                # Under the token's guard: a lane sharing the token in this process waits too.
+                async with token.guard:
+                    if token.cooling:
+                        token.cooling = False
+                        if self._cooldown_s > 0:
+                            self._announce_rest(
+                                clear, state, RestReason.IN_FLIGHT_AT_RESUME, self._cooldown_s, None
+                            )
+                            await self._pause(self._cooldown_s)
             skip = state.blocked or self._halt_reason
             if skip is not None:
-                await self._skip(state, clear, skip)
+                await self._skip_or_end(state, clear, skip)
+                state.next += 1
                 continue
             finished = await self._run_clear(state, clear)
+            if finished is None:
+                return  # its token left the pool mid-clear: another token carries on
+            state.next += 1
             self._after(state, clear, finished)
+
+    async def _skip_or_end(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
+        """Skip ``clear``, unless a token that left the pool made attempts of it: it failed."""
+        tries, state.tries = state.tries, None
+        if tries is None or tries.count == 0:
+            await self._skip(state, clear, reason)
+            return
+        tries.reason = reason
+        await self._finish(state, clear, Outcome.FAILED, tries)
 
     def _after(self, state: _LaneState, clear: Clear, finished: ClearFinished) -> None:
         if finished.outcome is not Outcome.FAILED or finished.reason is self._halt_reason:
@@ -247,10 +390,15 @@ class Scheduler:
                     self._waits.discard(scope)
         return self._halt_reason is not None
 
-    async def _run_clear(self, state: _LaneState, clear: Clear) -> ClearFinished:
-        tries = _Attempts(started=self._clock.monotonic())
+    async def _run_clear(self, state: _LaneState, clear: Clear) -> ClearFinished | None:
+        """Run ``clear`` to its end; ``None`` when its token left the pool before it ended."""
+        tries, state.tries = state.tries or _Attempts(started=self._clock.monotonic()), None
+        tries.reason = tries.error = None  # a token that left the pool took its reason along
         while True:
             answer = await self._locked_call(state, clear, tries)
+            if answer is None and state.left is not None:
+                state.tries = tries  # nothing came back: another token of the pool sends it
+                return None
             if answer is None:
                 # Nothing sent at all is a skip; a clear with an attempt behind it has failed.
                 outcome = Outcome.FAILED if tries.count else Outcome.SKIPPED
@@ -263,6 +411,16 @@ class Scheduler:
                 state.maintenance.close()
             if answer.verdict is Verdict.SUCCEEDED:
                 return await self._finish(state, clear, Outcome.SUCCEEDED, tries)
+            token_ending = _LANE_ENDING.get(answer.verdict)
+            if state.pool is not None and token_ending is not None:
+                # wolkvox refused the token, not the clear: another token may send it.
+                tries.handed_over += 1
+                self._token_lost(state, token_ending)
+            if state.left is not None and (
+                token_ending or answer.verdict in (Verdict.RETRY, Verdict.MAINTENANCE)
+            ):
+                state.tries = tries
+                return None
             if not maintenance and (
                 answer.verdict is not Verdict.RETRY or tries.retried > clear.retries
             ):
@@ -283,9 +441,9 @@ class Scheduler:
         self, state: _LaneState, clear: Clear, tries: _Attempts
     ) -> Answer | None:
         """Send one attempt while holding the token's lock; None when nothing came back."""
-        token_id = state.lane.token_id
+        token_id = state.token.token_id
         try:
-            async with self._locks.hold(token_id) as lease:
+            async with state.token.guard, self._locks.hold(token_id) as lease:
                 if self._halt_reason is not None:
                     # The run halted while this lane waited for another process's call.
                     tries.reason = self._halt_reason
@@ -314,7 +472,7 @@ class Scheduler:
                 if not await lease.confirm(busy_s=clear.timeout_s + self._cooldown_s):
                     # Redis lost the lease, or cannot vouch for it: this attempt must not leave.
                     tries.reason = Reason.LOCK_LOST
-                    state.blocked = Reason.LOCK_LOST
+                    self._token_lost(state, Reason.LOCK_LOST)
                     return None
                 tries.count += 1
                 self._calls_sent += 1
@@ -327,16 +485,23 @@ class Scheduler:
                     await lease.idle()
         except LockError as exc:
             tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
-            state.blocked = Reason.LOCK_LOST
+            self._token_lost(state, Reason.LOCK_LOST)
             return None
         if lease.lost:
             # Someone else may now hold the token: stop the lane rather than risk two callers.
-            state.blocked = Reason.LOCK_LOST
+            self._token_lost(state, Reason.LOCK_LOST)
         return answer
+
+    def _token_lost(self, state: _LaneState, reason: Reason) -> None:
+        """The token cannot be used again: its lane stops, or it leaves its pool."""
+        if state.pool is None:
+            state.blocked = reason
+        elif state.left is None:
+            state.left = reason
 
     async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
         """One request within the clear's ``timeout_s``; ``None`` when a second interrupt cut it."""
-        secret = state.lane.secret
+        secret = state.token.secret
         assert secret is not None, "a lane without a token cannot send"
         with anyio.move_on_after(clear.timeout_s) as scope:
             if self._cutting:
@@ -380,7 +545,7 @@ class Scheduler:
     ) -> bool:
         # Any rest the token needed is over by now: the delay is the backoff alone.
         delay = self._backoff(tries.retried, answer.retry_after_s)
-        self._emit(ClearRetrying(clear, state.lane.token_id, tries.count, delay, answer))
+        self._emit(ClearRetrying(clear, state.token.token_id, tries.count, delay, answer))
         return await self._pause(delay)
 
     async def _wait_out_maintenance(
@@ -406,7 +571,7 @@ class Scheduler:
         answer: Answer | None,
     ) -> None:
         until = self._wall_clock() + timedelta(seconds=seconds)
-        self._emit(TokenResting(clear, state.lane.token_id, why, seconds, until, answer))
+        self._emit(TokenResting(clear, state.token.token_id, why, seconds, until, answer))
 
     async def _finish(
         self, state: _LaneState, clear: Clear, outcome: Outcome, tries: _Attempts
@@ -414,7 +579,7 @@ class Scheduler:
         elapsed_ms = round((self._clock.monotonic() - tries.started) * 1000)
         finished = ClearFinished(
             clear=clear,
-            token_id=state.lane.token_id,
+            token_id=state.token.token_id,
             outcome=outcome,
             reason=tries.reason,
             attempts=tries.count,
@@ -430,7 +595,7 @@ class Scheduler:
         await self._end(
             ClearFinished(
                 clear=clear,
-                token_id=state.lane.token_id,
+                token_id=state.token.token_id,
                 outcome=Outcome.SKIPPED,
                 reason=reason,
                 attempts=0,

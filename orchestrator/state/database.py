@@ -79,6 +79,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN base_url TEXT",
         "ALTER TABLE runs ADD COLUMN simulated INTEGER CHECK (simulated IN (0, 1))",
     ),
+    (
+        # How long each clear took, so the next run can start the longest first.
+        "ALTER TABLE clears ADD COLUMN duration_ms INTEGER",
+    ),
 )
 #: ``PRAGMA user_version`` of the schema above; a newer file is refused, not altered.
 SCHEMA_VERSION = len(_MIGRATIONS)

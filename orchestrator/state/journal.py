@@ -55,6 +55,7 @@ __all__ = [
     "RunRecord",
     "RunSummary",
     "plan_digest",
+    "read_durations",
     "resolve_state_dir",
     "run_state_dir",
 ]
@@ -100,10 +101,29 @@ _SELECT_CLEARS = (
 # What earlier sessions of a resumed run attempted: a recorder counts on from there.
 _SELECT_ATTEMPTED = "SELECT seq, attempts FROM clears WHERE run_id = ? AND attempts > 0"
 # Every attempt is one call against the token's daily quota, whichever session made it.
+# A pool's clear names its pool (pool-1) until a token sends it: no token's calls.
 _SELECT_CALLS = (
     "SELECT token_id, SUM(attempts) FROM clears WHERE run_id = ?"
+    " AND (attempts > 0 OR token_id NOT LIKE 'pool-%')"
     " GROUP BY token_id ORDER BY token_id"
 )
+
+
+# The last successful durations of each clear, newest first, from runs that sent them.
+_SELECT_DURATIONS = """
+    SELECT server, type_campaign, campaign_id, result, duration_ms FROM (
+        SELECT c.server, c.type_campaign, c.campaign_id, c.result, c.duration_ms,
+            ROW_NUMBER() OVER (
+                PARTITION BY c.server, c.type_campaign, c.campaign_id, c.result
+                ORDER BY r.recorded DESC
+            ) AS newest
+        FROM clears AS c JOIN runs AS r USING (run_id)
+        WHERE c.state = 'succeeded' AND c.duration_ms IS NOT NULL AND r.dry_run = 0
+    ) WHERE newest <= ?
+"""
+
+#: How many of a clear's last successful durations its expected duration is taken from.
+DURATIONS_KEPT = 5
 
 
 # ------------------------------------------------------------------ state directory
@@ -134,6 +154,30 @@ def resolve_state_dir(cli_value: str | None, environ: Mapping[str, str] | None =
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / "orchestrator"
     return Path(home) / ".local" / "state" / "orchestrator"
+
+
+def read_durations(
+    state_dir: Path, last: int = DURATIONS_KEPT
+) -> dict[tuple[str, str, str, str], list[int]]:
+    """:meth:`Journal.durations` of the journal in ``state_dir``, opened read only.
+
+    Nothing is created or changed: ``validate`` and ``--dry-run`` read it too. A journal
+    that is absent, or cannot be read (older, locked, damaged), has no durations to give:
+    they only decide which clears start first.
+    """
+    path = Path(state_dir) / JOURNAL_FILE
+    if not path.is_file():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}
+    try:
+        return Journal(conn, path).durations(last)
+    except JournalError:
+        return {}
+    finally:
+        conn.close()
 
 
 def run_state_dir(cli_value: str | None, *, simulated: bool) -> Path:
@@ -352,6 +396,22 @@ class Journal:
         except sqlite3.Error as exc:
             raise journal_error(self._path, "read", exc) from exc
         return {token_id: calls for token_id, calls in rows}
+
+    def durations(self, last: int = DURATIONS_KEPT) -> dict[tuple[str, str, str, str], list[int]]:
+        """The ``last`` successful durations (ms) of each clear ever journaled, newest first.
+
+        Keyed by (server, type_campaign, campaign_id, result label), whatever run or plan
+        made them; dry runs sent nothing, so they have none.
+        """
+        found: dict[tuple[str, str, str, str], list[int]] = {}
+        try:
+            for server, type_campaign, campaign_id, result, ms in self._conn.execute(
+                _SELECT_DURATIONS, (last,)
+            ):
+                found.setdefault((server, type_campaign, campaign_id, result), []).append(ms)
+        except sqlite3.Error as exc:
+            raise journal_error(self._path, "read", exc) from exc
+        return found
 
     # -- helpers
 

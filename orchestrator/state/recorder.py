@@ -12,6 +12,7 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     Reason,
+    TokenLeftPool,
     TokenResting,
     TokenWaiting,
     answer_values,
@@ -30,7 +31,7 @@ _MARK_RETRYING = (
 )
 _MARK_DONE = (
     "UPDATE clears SET state = ?, attempts = ?, reason = ?, http_status = ?, code = ?,"
-    f" msg = ?, error = ?, updated_at = {NOW} WHERE run_id = ? AND seq = ?"
+    f" msg = ?, error = ?, duration_ms = ?, updated_at = {NOW} WHERE run_id = ? AND seq = ?"
 )
 # A succeeded row keeps its state and answer; any other row records the skip.
 _MARK_ALREADY_SUCCEEDED = (
@@ -64,7 +65,7 @@ class JournalRecorder:
         """Commit ``event``'s change to its clear's row; raise :class:`JournalError` if it fails."""
         if self._error is not None:
             raise self._error
-        if isinstance(event, TokenWaiting) or (
+        if isinstance(event, TokenWaiting | TokenLeftPool) or (
             isinstance(event, TokenResting) and event.answer is None
         ):
             return  # changes no clear
@@ -113,6 +114,7 @@ class JournalRecorder:
                 code,
                 msg,
                 error,
+                event.duration_ms,
             )
             return _MARK_DONE, values, True
         raise TypeError(f"{type(event).__name__} changes no clear")

@@ -7,9 +7,15 @@ every retry it may make, ``sum(1 + clear.retries)``. A run that could run out
 of calls half-way (leaving some campaigns cleared and others not) is better
 refused before it starts.
 
-One ``token_info`` call per lane, on the server of the lane's first clear (the
-quota belongs to the token, whichever server answers). Lanes are checked side
-by side; each lane is one token, so no token ever has two calls at once.
+One ``token_info`` call per token, on the server of its lane's first clear (the
+quota belongs to the token, whichever server answers). Tokens are checked side
+by side, each once, so no token ever has two calls at once.
+
+A pool is checked as a whole: a token that runs out of calls leaves the pool and
+another carries its campaign on, so the pool has enough when its tokens together
+have the calls left for the whole pool's worst case (less what a token must keep
+for a lane of its own). Each token of a pool gets a line of its own too, for
+what it has left; the pool's line decides.
 
 wolkvox states what is left twice (``token_limit - token_use_today`` and
 ``available_consumption_options``): the smaller is taken. A figure that cannot
@@ -22,11 +28,12 @@ server are also checked together, on one ``shared`` line.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import TokenInfoError
-from orchestrator.plan.model import Lane
+from orchestrator.plan.model import Lane, Token
 from orchestrator.state.locks import NoLocks, TokenLocks
 from orchestrator.wolkvox.client import TokenInfo, WolkvoxClient
 
@@ -63,6 +70,9 @@ class QuotaLine:
     description: str | None = None
     warnings: tuple[str, ...] = ()
     shared: bool = False
+    #: The pool this line is about (``pool-1``): a token of it, or, without a
+    #: ``token_id``, the whole pool.
+    pool: str = ""
 
 
 def worst_case(lane: Lane) -> int:
@@ -85,7 +95,8 @@ async def check_quota(
     ``token_info`` call that reported it; by default it is taken not to, and
     that call is added (the cautious reading: at worst one call too few is
     reported as left). Lanes without clears are left out. With ``locks``, each
-    call holds its token's lock, so it never meets another process's call.
+    call holds its token's lock and first waits out the token's busy mark, so it
+    never meets another process's call, not even one cut or killed mid-flight.
 
     Raises :class:`TokenInfoError` naming every token whose quota could not be
     read (its names and ``token_id``, never its value), after the other calls
@@ -102,50 +113,107 @@ async def check_quota(
     holds: TokenLocks = locks or NoLocks()
     spent_by_check = 0 if usage_includes_check else 1
 
-    async def one(lane: Lane) -> TokenInfo | TokenInfoError:
-        assert lane.secret is not None  # _check_lanes
-        server = lane.clears[0].server
+    async def one(token: Token, server: str) -> TokenInfo | TokenInfoError:
+        assert token.secret is not None  # _check_lanes
         try:
-            async with gate, holds.hold(lane.token_id):
+            async with gate, holds.hold(token.token_id) as lease:
+                await asyncio.sleep(lease.busy_left_s)
                 try:
-                    return await client.token_info(server, lane.secret, timeout_s)
+                    return await client.token_info(server, token.secret, timeout_s)
                 except TokenInfoError as exc:
-                    message = (
-                        f"cannot read the daily quota of {_label(lane)} on server {server}: {exc}"
-                    )
+                    label = _named(token.token_names, token.token_id)
+                    message = f"cannot read the daily quota of {label} on server {server}: {exc}"
                     return TokenInfoError(message, http_status=exc.http_status, code=exc.code)
         finally:
-            holds.forget(lane.token_id)  # thousands of tokens: no descriptor kept for each
+            holds.forget(token.token_id)  # thousands of tokens: no descriptor kept for each
 
+    asked = _tokens_to_ask(checked)
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(lane)) for lane in checked]
-    outcomes = [task.result() for task in tasks]
-    failures = [o for o in outcomes if isinstance(o, TokenInfoError)]
+        tasks = {
+            token_id: group.create_task(one(token, server))
+            for token_id, (token, server) in asked.items()
+        }
+    outcomes = {token_id: task.result() for token_id, task in tasks.items()}
+    failures = [o for o in outcomes.values() if isinstance(o, TokenInfoError)]
     if failures:
         first = failures[0]
         raise TokenInfoError(
             "\n".join(str(f) for f in failures), http_status=first.http_status, code=first.code
         )
-    answers = [
-        (lane, o) for lane, o in zip(checked, outcomes, strict=True) if isinstance(o, TokenInfo)
-    ]
-    lines = [_line(lane, info, spent_by_check) for lane, info in answers]
+    infos = {t: o for t, o in outcomes.items() if isinstance(o, TokenInfo)}
+    lines: list[QuotaLine] = []
+    alone = {lane.token_id: worst_case(lane) for lane in checked if not lane.pool}
+    for lane in checked:
+        server = lane.clears[0].server
+        if lane.pool:
+            lines.extend(_pool_lines(lane, infos, spent_by_check, alone))
+        else:
+            (token,) = lane.tokens
+            info = infos[lane.token_id]
+            lines.append(_line(token, server, info, spent_by_check, worst_case(lane)))
+    answers = [(asked[t][1], info) for t, info in infos.items()]
     return lines + _shared_lines(checked, answers, spent_by_check)
+
+
+def _tokens_to_ask(lanes: Sequence[Lane]) -> dict[str, tuple[Token, str]]:
+    """Each distinct token once, with the server of the first lane it serves."""
+    asked: dict[str, tuple[Token, str]] = {}
+    for lane in lanes:
+        for token in lane.tokens:
+            asked.setdefault(token.token_id, (token, lane.clears[0].server))
+    return asked
+
+
+def _pool_lines(
+    lane: Lane, infos: dict[str, TokenInfo], spent_by_check: int, alone: dict[str, int]
+) -> list[QuotaLine]:
+    """A line per token of the pool, then the pool's: all its tokens against its worst case."""
+    server = lane.clears[0].server
+    members = [
+        dataclasses.replace(
+            _line(token, server, infos[token.token_id], spent_by_check, 0), pool=lane.token_id
+        )
+        for token in lane.pool
+    ]
+    # A token with a lane of its own keeps that lane's worst case for it.
+    lefts = [None if m.left is None else max(0, m.left - alone.get(m.token_id, 0)) for m in members]
+    left = None if None in lefts else sum(x for x in lefts if x is not None)
+    worst = worst_case(lane)
+    pool = QuotaLine(
+        token_id="",
+        token_names=lane.token_names,
+        server=server,
+        limit=_total(m.limit for m in members),
+        used_today=_total(m.used_today for m in members),
+        left=left,
+        worst_case=worst,
+        enough=left is None or worst <= left,
+        pool=lane.token_id,
+    )
+    return [*members, pool]
+
+
+def _total(figures: Iterable[int | None]) -> int | None:
+    values = list(figures)
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 def _check_lanes(lanes: Sequence[Lane]) -> None:
     seen: set[str] = set()
     for lane in lanes:
-        if lane.secret is None:
+        if any(token.secret is None for token in lane.tokens):
             raise ValueError(f"lane {_label(lane)} has no token: read the tokens first")
+        if lane.pool:
+            continue  # a token alone and in a pool is one token: it is asked once
+        assert lane.secret is not None
         if lane.secret.token_id in seen:
             # Two calls at once on one token would break wolkvox's rule.
             raise ValueError(f"two lanes hold the same token ({lane.secret.token_id})")
         seen.add(lane.secret.token_id)
 
 
-def _line(lane: Lane, info: TokenInfo, spent_by_check: int) -> QuotaLine:
-    label = _label(lane)
+def _line(token: Token, server: str, info: TokenInfo, spent_by_check: int, worst: int) -> QuotaLine:
+    label = _named(token.token_names, token.token_id)
     warnings = [_field_warning(label, name, info) for name in _COUNT_FIELDS]
     used = None if info.token_use_today is None else info.token_use_today + spent_by_check
     # Both ways wolkvox states what is left are honoured: the smaller one wins.
@@ -155,16 +223,15 @@ def _line(lane: Lane, info: TokenInfo, spent_by_check: int) -> QuotaLine:
     if info.available_consumption_options is not None:
         candidates.append(info.available_consumption_options - spent_by_check)
     left = max(0, min(candidates)) if candidates else None
-    worst = worst_case(lane)
     if left is None:
         warnings.append(
             f"{label}: quota not checked: neither token_limit with token_use_today "
             "nor available_consumption_options could be read"
         )
     return QuotaLine(
-        token_id=lane.token_id,
-        token_names=lane.token_names,
-        server=lane.clears[0].server,
+        token_id=token.token_id,
+        token_names=token.token_names,
+        server=server,
         limit=info.token_limit,
         used_today=used,
         left=left,
@@ -212,12 +279,12 @@ def _shares_limit(info: TokenInfo) -> bool:
 
 
 def _shared_lines(
-    lanes: Sequence[Lane], answers: Sequence[tuple[Lane, TokenInfo]], spent_by_check: int
+    lanes: Sequence[Lane], answers: Sequence[tuple[str, TokenInfo]], spent_by_check: int
 ) -> list[QuotaLine]:
     """One line per server whose limit is shared: the worst case of all its tokens together."""
     asked: dict[str, list[TokenInfo]] = {}
-    for lane, info in answers:
-        asked.setdefault(lane.clears[0].server, []).append(info)
+    for server, info in answers:
+        asked.setdefault(server, []).append(info)
     lines = []
     for server, infos in asked.items():
         shared = [i for i in infos if _shares_limit(i)]
@@ -279,7 +346,7 @@ def render_quota(lines: Sequence[QuotaLine]) -> str:
             _figure(line.limit),
             _figure(line.used_today),
             _figure(line.left),
-            str(line.worst_case),
+            "-" if line.pool and line.token_id else str(line.worst_case),
             _verdict(line),
         )
         for line in lines
@@ -314,6 +381,8 @@ def render_quota(lines: Sequence[QuotaLine]) -> str:
 def _row_label(line: QuotaLine) -> str:
     if line.shared:
         return "all tokens (shared limit)"
+    if line.pool and not line.token_id:
+        return f"{line.pool}, all its tokens ({', '.join(map(_printable, line.token_names))})"
     label = _named(line.token_names, line.token_id)
     return f'{label} "{_printable(line.description)}"' if line.description else label
 
@@ -323,6 +392,8 @@ def _figure(value: int | None) -> str:
 
 
 def _verdict(line: QuotaLine) -> str:
+    if line.pool and line.token_id:
+        return f"in {line.pool}"
     if not line.enough:
         return "NOT ENOUGH"
     return "OK" if line.left is not None else "NOT CHECKED"

@@ -9,13 +9,18 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.plan.model import OnFailure, Plan
+from orchestrator.plan.model import OnFailure, Plan, TokenPool
 from orchestrator.plan.schema import SCHEMA_FILE
 from orchestrator.plan.validate import load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = ROOT / "plans"
-NEW_PLANS = ("nightly-recycling.yaml", "pre-upload-reset.yaml", "runbook-single.yaml")
+NEW_PLANS = (
+    "nightly-recycling.yaml",
+    "pre-upload-reset.yaml",
+    "runbook-single.yaml",
+    "pooled-pre-upload.yaml",
+)
 SCHEMA_LINE = "# yaml-language-server: $schema=../docs/plan-v1.schema.json"
 RECYCLED = {"no-answer", "busy", "abandon", "congestion", "chanunavail", "failed"}
 
@@ -75,6 +80,20 @@ def test_pre_upload_reset_clears_everything_and_aborts_at_the_first_failure() ->
     assert all(clear.result is None for clear in reset.clears)
     assert all(clear.on_failure is OnFailure.ABORT for clear in reset.clears)
     assert all("pre-upload" in clear.tags for clear in reset.clears)
+
+
+def test_the_pooled_plan_shares_four_tokens_between_its_campaigns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pooled = plan("pooled-pre-upload.yaml")
+    pools = {clear.token for clear in pooled.clears}
+    assert len(pools) == 1
+    (pool,) = pools
+    assert isinstance(pool, TokenPool) and len(pool.refs) == 4
+    assert len({clear.target for clear in pooled.clears}) == 8
+    assert all(clear.on_failure is OnFailure.STOP for clear in pooled.clears)
+    assert main(["validate", str(PLANS / "pooled-pre-upload.yaml")]) == 0
+    assert "a pool of 4 token(s): 8 campaign(s)" in capsys.readouterr().out
 
 
 def test_the_runbook_plan_clears_one_campaign_with_one_or_two_filters() -> None:

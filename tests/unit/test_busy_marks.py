@@ -32,8 +32,10 @@ from orchestrator.run.events import (
     TokenResting,
 )
 from orchestrator.run.scheduler import Scheduler
-from orchestrator.state.locks import FileLocks, LockError, TokenLocks
+from orchestrator.state.locks import FileLocks, LockError, TokenLocks, boot_clock
 from orchestrator.state.redis_locks import BUSY_PREFIX, RedisLocks
+from orchestrator.wolkvox.client import TokenInfo
+from orchestrator.wolkvox.quota import check_quota
 
 TOKEN = "abc"
 
@@ -365,3 +367,23 @@ async def test_a_call_whose_busy_mark_cannot_be_made_is_not_sent(tmp_path: Path)
     [end] = [e for e in events if isinstance(e, ClearFinished)]
     assert (end.outcome, end.reason, end.attempts) == (Outcome.SKIPPED, Reason.LOCK_LOST, 0)
     assert end.error is not None and "No space left on device" in end.error
+
+
+async def test_the_quota_check_waits_out_a_busy_mark_before_its_call(tmp_path: Path) -> None:
+    # The real boot clock, with a mark a fraction of a second long: the check's call
+    # must not leave before the deadline the mark holds.
+    lane = lane_of("A", [1])
+    await killed_mid_call(FileLocks(tmp_path), lane.token_id, busy_s=0.2)
+    mark = tmp_path / "locks" / f"{lane.token_id}.busy"
+    until = float(mark.read_text().split()[0])
+    called_at: list[float] = []
+
+    class Client:
+        async def token_info(self, server: str, token: object, timeout_s: float) -> TokenInfo:
+            called_at.append(boot_clock())
+            return TokenInfo(token_limit=1000, token_use_today=0)
+
+    async with asyncio.timeout(BOUND_S):
+        await check_quota([lane], Client(), locks=FileLocks(tmp_path))  # type: ignore[arg-type]
+    assert len(called_at) == 1
+    assert called_at[0] >= until
