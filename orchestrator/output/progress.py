@@ -80,6 +80,7 @@ _REST_WHY = {
     RestReason.OUTCOME_UNKNOWN: "outcome unknown",
     RestReason.IN_FLIGHT_AT_RESUME: "resumed",
     RestReason.MAINTENANCE: "maintenance",
+    RestReason.BUSY_ELSEWHERE: "busy elsewhere",
 }
 
 
