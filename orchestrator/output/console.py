@@ -330,6 +330,7 @@ _REST_WHY = {
     "outcome_unknown": "outcome unknown",
     "in_flight_at_resume": "in flight when the run stopped",
     "maintenance": "wolkvox under maintenance",
+    "busy_elsewhere": "another process's call may run",
 }
 
 

@@ -209,6 +209,7 @@ _RESTING_LEVEL = {
     RestReason.OUTCOME_UNKNOWN: "warning",
     RestReason.MAINTENANCE: "warning",
     RestReason.IN_FLIGHT_AT_RESUME: "info",
+    RestReason.BUSY_ELSEWHERE: "warning",
 }
 
 

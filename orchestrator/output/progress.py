@@ -10,7 +10,6 @@ above the display instead of through it.
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 import time
@@ -26,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.output.streams import ConsoleLines
 from orchestrator.plan.model import Clear, Lane, TokenPool, count_tokens
 from orchestrator.run.events import (
     ClearFinished,
@@ -80,6 +80,7 @@ _REST_WHY = {
     RestReason.OUTCOME_UNKNOWN: "outcome unknown",
     RestReason.IN_FLIGHT_AT_RESUME: "resumed",
     RestReason.MAINTENANCE: "maintenance",
+    RestReason.BUSY_ELSEWHERE: "busy elsewhere",
 }
 
 
@@ -218,7 +219,7 @@ class Progress:
         target = stdout if stdout is not None else sys.stdout
         if not _is_terminal(target):
             return target
-        return cast(TextIO, _ConsoleLines(self._console))
+        return cast(TextIO, ConsoleLines(self._console))
 
     def render(self) -> RenderableType:
         """The display as it is now."""
@@ -438,48 +439,6 @@ class Progress:
             longest = max(longest, work / view.tokens)
             total += work
         return max(longest, total / self._parallel)
-
-
-class _ConsoleLines(io.TextIOBase):
-    """A text stream that prints whole lines through a rich console (above a live display)."""
-
-    def __init__(self, console: Console) -> None:
-
-        super().__init__()
-        self._console = console
-        self._from_ansi = Text.from_ansi
-        self._partial = ""
-
-    def writable(self) -> bool:
-        """Always writable."""
-        return True
-
-    def isatty(self) -> bool:
-        """The console's answer, so a console log keeps its colours."""
-        return bool(self._console.is_terminal)
-
-    @property  # typeshed calls it an attribute; on io.TextIOBase it is read-only
-    def encoding(self) -> str:  # type: ignore[override]
-        """The console's encoding, so a console log knows which marks it can show."""
-        return self._console.encoding
-
-    def write(self, text: str) -> int:
-        """Print every complete line of ``text``; keep the rest for the next write."""
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._print(line)
-        return len(text)
-
-    def flush(self) -> None:
-        """Print a pending partial line."""
-        if self._partial:
-            line, self._partial = self._partial, ""
-            self._print(line)
-
-    def _print(self, line: str) -> None:
-        # A console log line carries ANSI colours; rich must know them to measure the line.
-        self._console.print(self._from_ansi(line), soft_wrap=True)
 
 
 def _is_terminal(stream: TextIO) -> bool:

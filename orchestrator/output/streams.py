@@ -7,8 +7,12 @@ what it asked for.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import TextIO
+
+from rich.console import Console
+from rich.text import Text
 
 
 def print_line(text: str, stream: TextIO) -> None:
@@ -36,3 +40,44 @@ def drop(stream: TextIO) -> None:
         os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
+
+
+class ConsoleLines(io.TextIOBase):
+    """A text stream that prints whole lines through a rich console (above a live display)."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self._console = console
+        self._from_ansi = Text.from_ansi
+        self._partial = ""
+
+    def writable(self) -> bool:
+        """Always writable."""
+        return True
+
+    def isatty(self) -> bool:
+        """The console's answer, so a console log keeps its colours."""
+        return bool(self._console.is_terminal)
+
+    @property  # typeshed calls it an attribute; on io.TextIOBase it is read-only
+    def encoding(self) -> str:  # type: ignore[override]
+        """The console's encoding, so a console log knows which marks it can show."""
+        return self._console.encoding
+
+    def write(self, text: str) -> int:
+        """Print every complete line of ``text``; keep the rest for the next write."""
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._print(line)
+        return len(text)
+
+    def flush(self) -> None:
+        """Print a pending partial line."""
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        # A console log line carries ANSI colours; rich must know them to measure the line.
+        self._console.print(self._from_ansi(line), soft_wrap=True)

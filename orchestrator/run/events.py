@@ -60,6 +60,9 @@ class RestReason(StrEnum):
     IN_FLIGHT_AT_RESUME = "in_flight_at_resume"
     #: wolkvox answered that it is under maintenance: nothing was done, try again later.
     MAINTENANCE = "maintenance"
+    #: The token's lock came with a busy mark: a call made under an earlier hold (another
+    #: process's, one killed or cut mid-call) may still run at wolkvox.
+    BUSY_ELSEWHERE = "busy_elsewhere"
 
 
 @dataclass(frozen=True, slots=True)

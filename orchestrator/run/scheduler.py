@@ -21,6 +21,7 @@ in flight and of the tokens' rests, and nothing else.
 
 A token rests (each rest announced by a :class:`TokenResting`) after a call whose
 outcome is unknown, before a resumed run's first call on it if its call was in flight,
+before a call when its lock came with a busy mark (a holder killed or cut mid-call),
 and, up to ``maintenance_wait_s``, while wolkvox says it is under maintenance.
 """
 
@@ -449,25 +450,39 @@ class Scheduler:
                     return None
                 if lease.waited_s > 0:
                     self._emit(TokenWaiting(clear, token_id, lease.waited_s))
-                tries.count += 1
-                started = ClearStarted(clear, token_id, tries.count)
+                if lease.busy_left_s > 0:
+                    # A holder killed or cut mid-call left its mark: its call may still run.
+                    why, began = RestReason.BUSY_ELSEWHERE, self._clock.monotonic()
+                    self._announce_rest(clear, state, why, lease.busy_left_s, None)
+                    halted = await self._pause(lease.busy_left_s)
+                    tries.rested_s += self._clock.monotonic() - began
+                    if halted:
+                        tries.reason = self._halt_reason
+                        return None
+                # Counted once it leaves: an attempt stopped here (or by a LockError) is none.
+                started = ClearStarted(clear, token_id, tries.count + 1)
                 if await self._record_start(started):
                     self._emit(started, recorded=True)
                 if self._recording_error is not None:
                     # The in-flight mark was not recorded: this attempt must not leave.
-                    tries.count -= 1
                     tries.reason = Reason.RECORDING_FAILED
                     return None
-                if not await lease.confirm():
+                # Marks the token busy, for every process, until this call's deadline plus
+                # the cooldown, so one that dies mid-call still keeps the others off.
+                if not await lease.confirm(busy_s=clear.timeout_s + self._cooldown_s):
                     # Redis lost the lease, or cannot vouch for it: this attempt must not leave.
-                    tries.count -= 1
                     tries.reason = Reason.LOCK_LOST
                     self._token_lost(state, Reason.LOCK_LOST)
                     return None
+                tries.count += 1
                 self._calls_sent += 1
                 answer = await self._call(state, clear, tries)
-                if answer is not None and answer.outcome_unknown:
-                    await self._rest(state, clear, tries, answer)
+                # The busy mark goes once wolkvox surely no longer works on the token; a
+                # call or rest cut short leaves it for whoever takes the token next.
+                if answer is not None and (
+                    not answer.outcome_unknown or await self._rest(state, clear, tries, answer)
+                ):
+                    await lease.idle()
         except LockError as exc:
             tries.reason, tries.error = Reason.LOCK_LOST, str(exc)
             self._token_lost(state, Reason.LOCK_LOST)
@@ -503,13 +518,13 @@ class Scheduler:
 
     async def _rest(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
-    ) -> None:
+    ) -> bool:
         """Keep the token unused for the cooldown after a call whose outcome is unknown.
 
         wolkvox may still be working on it. The rest is taken while the token's lock is
         held, so other processes keep off the token too. A halt does not shorten it, since
         the lock would pass to another process while the server still works on the token;
-        only a second interrupt cuts it, as it cuts the calls in flight.
+        only a second interrupt cuts it, as it cuts the calls in flight. True: not cut.
         """
         if self._cooldown_s > 0:
             self._announce_rest(clear, state, RestReason.OUTCOME_UNKNOWN, self._cooldown_s, answer)
@@ -523,6 +538,7 @@ class Scheduler:
             finally:
                 self._rests.discard(scope)
                 tries.rested_s += self._clock.monotonic() - began
+        return not scope.cancelled_caught
 
     async def _wait_to_retry(
         self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer

@@ -7,10 +7,18 @@ token) and to other hosts (``RedisLocks`` in :mod:`orchestrator.state.redis_lock
 a renewed lease in Redis, imported only when a ``lock_url`` is set).
 
 The scheduler wraps every call in ``async with locks.hold(token_id) as lease``.
-It reports waiting from ``lease.waited_s``, calls ``await lease.confirm()``
-right before it sends, and stops the lane when ``lease.lost`` is set, so this
-module logs nothing itself. When a token's lane has ended it calls
-``locks.forget(token_id)``.
+It reports waiting from ``lease.waited_s``, rests ``lease.busy_left_s`` before
+calling, calls ``await lease.confirm(busy_s=...)`` right before it sends, calls
+``await lease.idle()`` once wolkvox surely no longer works on the token, and stops
+the lane when ``lease.lost`` is set, so this module logs nothing itself. When a
+token's lane has ended it calls ``locks.forget(token_id)``.
+
+Releasing a lock does not end a call: a holder killed, or cut by a second interrupt,
+mid-call lets go of the lock while wolkvox may still work on the token. So
+``confirm`` also leaves a *busy mark* beside the lock, seen by every process using
+the same locks, saying "busy until now + ``busy_s``" (the call's ``timeout_s`` plus
+``cooldown_s``); ``idle`` lifts it. A mark left behind is reported to the next
+holder as ``lease.busy_left_s``.
 
 Why not the ``filelock`` package: its lock cannot notice that its file was
 deleted and replaced at the same path (it keeps locking the orphan while a
@@ -32,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrator.errors import LockError
+from orchestrator.output.atomic import write_text_atomically
 
 __all__ = [
     "FileLocks",
@@ -52,6 +61,11 @@ MAX_POLL_S = 0.1
 _SAFE_TOKEN_ID = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
+def boot_clock() -> float:
+    """Seconds since boot, suspended time included, the same for every process on the host."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 @dataclass(slots=True)
 class Lease:
     """One hold of a token's lock, as seen by the holder.
@@ -64,19 +78,37 @@ class Lease:
 
     token_id: str
     waited_s: float
+    #: How long a call made under an earlier hold (another process's, one cut or killed
+    #: mid-call) may still keep wolkvox busy on the token: rest that long before calling.
+    busy_left_s: float = 0.0
     lost: bool = False
-    #: Asks the lock service whether the lease still stands (Redis only).
-    recheck: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False, repr=False)
+    #: Checks that the lease still stands and marks the token busy for the given seconds.
+    mark_busy: Callable[[float], Awaitable[bool]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    #: Lifts the busy mark.
+    unmark: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
-    async def confirm(self) -> bool:
+    async def confirm(self, *, busy_s: float) -> bool:
         """Right before a call: True when the lock is still ours; else mark it lost.
 
         A lease can be lost between acquiring it and sending (Redis restarted empty
-        while the journal was written): the call must then not leave.
+        while the journal was written): the call must then not leave. When True, the
+        token is marked busy for ``busy_s`` from now for every process using these
+        locks, until :meth:`idle`. Raises :class:`LockError` when the mark cannot be made.
         """
-        if not self.lost and self.recheck is not None and not await self.recheck():
+        if not self.lost and self.mark_busy is not None and not await self.mark_busy(busy_s):
             self.lost = True
         return not self.lost
+
+    async def idle(self) -> None:
+        """The call's outcome is known, or its rest is over: lift the busy mark.
+
+        A mark that cannot be lifted is left to run out: it only makes the next
+        holder wait longer than needed.
+        """
+        if self.unmark is not None:
+            await self.unmark()
 
 
 class TokenLocks(Protocol):
@@ -164,6 +196,15 @@ class Slot:
 class FileLocks:
     """One host: an exclusive ``flock`` on ``state_dir/locks/<token_id>.lock``.
 
+    The busy mark is ``locks/<token_id>.busy``, written whole (write and rename) and
+    read, removed or replaced only by the holder of the token's lock. It outlives
+    its writer's release and death, and the next holder removes it once it has run
+    out, so ``locks/`` keeps one only per token left busy by a cut or killed call.
+    It holds its deadline on ``CLOCK_BOOTTIME`` (every process on the host shares
+    it, wall-clock steps do not move it, it counts suspended time) and the seconds
+    it was set for: what is left is never taken as more than those seconds, so a
+    mark from before a reboot (when the clock restarts at 0) waits at most that.
+
     Each hold opens the file the path names, locks it, and checks that the path
     still names the file it locked: if the file was deleted (an operator cleaning
     ``locks/``, or the previous holder releasing), another process may already
@@ -183,9 +224,13 @@ class FileLocks:
     take the lock with nobody left to release it.
     """
 
-    def __init__(self, state_dir: Path) -> None:
-        """Create ``state_dir/locks``; raise :class:`LockError` if it is unusable."""
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = boot_clock) -> None:
+        """Create ``state_dir/locks``; raise :class:`LockError` if it is unusable.
+
+        ``clock`` times the busy marks; every user of ``state_dir`` must share it.
+        """
         self._dir = state_dir / "locks"
+        self._clock = clock
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
             # Prove now that lock files can be created, rather than fail mid-run.
@@ -213,7 +258,14 @@ class FileLocks:
                 slot.fd, waited = await self._lock_named_file(path)
                 contended = contended or waited
                 try:
-                    yield Lease(token_id, time.monotonic() - started if contended else 0.0)
+                    busy = _busy_path(path)
+                    yield Lease(
+                        token_id,
+                        time.monotonic() - started if contended else 0.0,
+                        busy_left_s=_busy_left(busy, self._clock()),
+                        mark_busy=lambda seconds: self._mark_busy(busy, seconds),
+                        unmark=lambda: _unmark(busy),
+                    )
                 finally:
                     fd, slot.fd = slot.fd, -1
                     if fd >= 0:  # aclose() may have closed it already
@@ -234,6 +286,16 @@ class FileLocks:
             fd, slot.fd = slot.fd, -1
             if fd >= 0:
                 os.close(fd)
+
+    async def _mark_busy(self, busy: Path, seconds: float) -> bool:
+        """Mark the token busy for ``seconds``, or longer if a mark says so already."""
+        now = self._clock()
+        seconds = max(seconds, _busy_left(busy, now))
+        try:
+            write_text_atomically(busy, f"{now + seconds:.3f} {seconds:.3f}\n")
+        except OSError as exc:
+            raise LockError(f"cannot write busy mark {busy}: {_os_reason(exc)}") from exc
+        return True
 
     async def _lock_named_file(self, path: Path) -> tuple[int, bool]:
         """Lock the file ``path`` names; return its descriptor and whether we waited."""
@@ -297,6 +359,37 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             _remove_and_close(fd, self._path)
+
+
+def _busy_path(lock_path: Path) -> Path:
+    return lock_path.with_suffix(".busy")
+
+
+def _busy_left(busy: Path, now: float) -> float:
+    """Seconds the mark at ``busy`` still keeps the token busy; remove a mark run out."""
+    try:
+        text = busy.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 0.0
+    except OSError as exc:
+        raise LockError(f"cannot read busy mark {busy}: {_os_reason(exc)}") from exc
+    try:
+        until, seconds = (float(part) for part in text.split())
+    except ValueError as exc:
+        raise LockError(
+            f"busy mark {busy} is unreadable: remove it once no call on its token can still run"
+        ) from exc
+    left = min(until - now, seconds)
+    if left > 0:
+        return left
+    with suppress(OSError):  # a mark run out that stays only costs a read
+        busy.unlink()
+    return 0.0
+
+
+async def _unmark(busy: Path) -> None:
+    with suppress(OSError):  # left behind, it runs out on its own
+        os.unlink(busy)
 
 
 async def _wait_for_flock(fd: int, path: Path) -> None:

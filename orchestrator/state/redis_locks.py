@@ -14,6 +14,12 @@ before is still running: it keeps off every token for ``fence_s`` (the plan's
 and writes a fence key that expires then, so processes that start meanwhile wait
 out the rest of it too.
 
+A call outlives a lease given up by a holder killed or cut mid-call, so right
+before each call the holder also sets a busy key for the token, expiring in
+Redis when the call's ``timeout_s`` plus ``cooldown_s`` have passed, in the same
+script that checks the lease; a holder that knows its call's outcome deletes it.
+Taking a lease reads what is left of it, for the new holder to wait out.
+
 Why not redis-py's ``Lock``: it takes a lease with a plain ``SET NX``, so it cannot
 check the epoch in the same step (a lease taken in a Redis that lost its data looks
 like any other), and its blocking acquire gives up on the first connection error,
@@ -39,9 +45,11 @@ from redis.exceptions import RedisError
 from orchestrator.errors import LockError
 from orchestrator.state.locks import FIRST_POLL_S, MAX_POLL_S, Lease, Slot
 
-__all__ = ["EPOCH_KEY", "FENCE_KEY", "KEY_PREFIX", "RedisLocks", "describe_lock_url"]
+__all__ = ["BUSY_PREFIX", "EPOCH_KEY", "FENCE_KEY", "KEY_PREFIX", "RedisLocks", "describe_lock_url"]
 
 KEY_PREFIX = "orchestrator:token-lock:"
+#: Present (with an expiry) while a call on the token may still run at wolkvox.
+BUSY_PREFIX = "orchestrator:token-busy:"
 #: Random value written once and kept forever; missing or changed means Redis lost data.
 EPOCH_KEY = "orchestrator:lock-epoch"
 #: Present (with an expiry) while calls from before a loss of data may still run.
@@ -51,19 +59,25 @@ FENCE_KEY = "orchestrator:lock-fence"
 _MAX_REDIS_OP_S = 5.0
 
 # Every script compares and acts in one atomic step.
-# KEYS: lease, epoch. ARGV: owner, ttl ms, the epoch we hold. -1: the epoch is not ours.
+# KEYS: lease, epoch, busy. ARGV: owner, ttl ms, the epoch we hold.
+# Returns -1 (the epoch is not ours), 0 (held by another) or 1, and the busy key's ms left.
 _ACQUIRE_LUA = """
 if redis.call('get', KEYS[2]) ~= ARGV[3] then
-    return -1
+    return {-1, 0}
 end
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
+    return {1, math.max(redis.call('pttl', KEYS[3]), 0)}
 end
-return 0
+return {0, 0}
 """
-# KEYS: lease, epoch. ARGV: owner, the epoch we hold.
+# KEYS: lease, epoch, busy. ARGV: owner, the epoch we hold, busy ms.
+# A busy key that would outlast ours is kept as long.
 _CONFIRM_LUA = """
 if redis.call('get', KEYS[2]) == ARGV[2] and redis.call('get', KEYS[1]) == ARGV[1] then
+    local busy_ms = math.max(tonumber(ARGV[3]), redis.call('pttl', KEYS[3]))
+    if busy_ms > 0 then
+        redis.call('set', KEYS[3], ARGV[1], 'PX', busy_ms)
+    end
     return 1
 end
 return 0
@@ -94,6 +108,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Used for the lease and for the busy key alike: only their owner deletes them.
 _RELEASE_LUA = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
@@ -193,19 +208,21 @@ class RedisLocks:
     async def hold(self, token_id: str) -> AsyncIterator[Lease]:
         """Wait for ``token_id``'s lease, yield it, keep it renewed, release it on exit."""
         slot = self._slots.setdefault(token_id, Slot())
-        key = KEY_PREFIX + token_id
+        key, busy = KEY_PREFIX + token_id, BUSY_PREFIX + token_id
         owner = self._owner_prefix + secrets.token_hex(8)
         started = time.monotonic()
         contended = slot.users > 0
         slot.users += 1
         try:
             async with slot.guard:
-                valid_until, epoch, waited = await self._acquire(token_id, key, owner)
+                valid_until, epoch, waited, busy_ms = await self._acquire(token_id, key, owner)
                 contended = waited or contended
                 lease = Lease(
                     token_id,
                     time.monotonic() - started if contended else 0.0,
-                    recheck=lambda: self._confirm(key, owner, epoch),
+                    busy_left_s=busy_ms / 1000,
+                    mark_busy=lambda seconds: self._confirm(key, busy, owner, epoch, seconds),
+                    unmark=lambda: self._release(busy, owner),
                 )
                 keeper = asyncio.create_task(self._keep(lease, key, owner, valid_until))
                 try:
@@ -254,8 +271,9 @@ class RedisLocks:
             await self._sleep(left)
         return fenced
 
-    async def _acquire(self, token_id: str, key: str, owner: str) -> tuple[float, str, bool]:
-        """Take the lease; return until when it is surely ours, its epoch, whether we waited."""
+    async def _acquire(self, token_id: str, key: str, owner: str) -> tuple[float, str, bool, int]:
+        """Take the lease; return until when it is surely ours, its epoch, whether we waited,
+        and the ms left of the token's busy key."""
         delay = FIRST_POLL_S
         unreachable_since: float | None = None
         waited = False
@@ -265,8 +283,15 @@ class RedisLocks:
                 epoch = self._epoch
                 sent = time.monotonic()
                 try:
-                    taken = await self._client.eval(
-                        _ACQUIRE_LUA, 2, key, EPOCH_KEY, owner, self._ttl_ms, epoch or ""
+                    taken, busy_ms = await self._client.eval(
+                        _ACQUIRE_LUA,
+                        3,
+                        key,
+                        EPOCH_KEY,
+                        BUSY_PREFIX + token_id,
+                        owner,
+                        self._ttl_ms,
+                        epoch or "",
                     )
                     if taken == -1:
                         await self._adopt(epoch)
@@ -284,7 +309,7 @@ class RedisLocks:
                     unreachable_since = None
                     if taken == 1 and epoch is not None:
                         # Counted from sending: Redis cannot have started the ttl earlier.
-                        return sent + self._ttl_s, epoch, waited
+                        return sent + self._ttl_s, epoch, waited, int(busy_ms)
                 waited = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_POLL_S)
@@ -294,11 +319,18 @@ class RedisLocks:
             await self._release(key, owner)
             raise
 
-    async def _confirm(self, key: str, owner: str, epoch: str) -> bool:
-        """True when the lease is still ours under the epoch it was taken in."""
+    async def _confirm(self, key: str, busy: str, owner: str, epoch: str, busy_s: float) -> bool:
+        """True when the lease is still ours under the epoch it was taken in.
+
+        Then the token's busy key is set to expire in ``busy_s``, in the same step.
+        """
+        busy_ms = max(0, round(busy_s * 1000))
         try:
             async with asyncio.timeout(self._ttl_s / 3):
-                return bool(await self._client.eval(_CONFIRM_LUA, 2, key, EPOCH_KEY, owner, epoch))
+                confirmed = await self._client.eval(
+                    _CONFIRM_LUA, 3, key, EPOCH_KEY, busy, owner, epoch, busy_ms
+                )
+                return bool(confirmed)
         except (RedisError, OSError, TimeoutError):
             return False  # what cannot be proved is not sent
 
@@ -326,7 +358,7 @@ class RedisLocks:
             delay = self._ttl_s / 3
 
     async def _release(self, key: str, owner: str) -> None:
-        """Delete the lease if it is still ours; a failure only leaves it to expire."""
+        """Delete ``key`` (a lease or a busy key) if still ours; a failure leaves it to expire."""
         with suppress(RedisError, OSError):
             await self._client.eval(_RELEASE_LUA, 1, key, owner)
 

@@ -95,7 +95,8 @@ async def check_quota(
     ``token_info`` call that reported it; by default it is taken not to, and
     that call is added (the cautious reading: at worst one call too few is
     reported as left). Lanes without clears are left out. With ``locks``, each
-    call holds its token's lock, so it never meets another process's call.
+    call holds its token's lock and first waits out the token's busy mark, so it
+    never meets another process's call, not even one cut or killed mid-flight.
 
     Raises :class:`TokenInfoError` naming every token whose quota could not be
     read (its names and ``token_id``, never its value), after the other calls
@@ -115,7 +116,8 @@ async def check_quota(
     async def one(token: Token, server: str) -> TokenInfo | TokenInfoError:
         assert token.secret is not None  # _check_lanes
         try:
-            async with gate, holds.hold(token.token_id):
+            async with gate, holds.hold(token.token_id) as lease:
+                await asyncio.sleep(lease.busy_left_s)
                 try:
                     return await client.token_info(server, token.secret, timeout_s)
                 except TokenInfoError as exc:

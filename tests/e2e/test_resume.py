@@ -68,12 +68,13 @@ def test_a_sigkilled_run_resumes_without_resending_journaled_successes_and_rests
 ) -> None:
     cooldown_s = 0.5
     sim = simulators(latency_ms=150)
+    # timeout_s bounds the killed call's busy mark, which the resumed run waits out too.
     plan = write_plan(
         tmp_path / "plan.yaml",
         sim.base_url,
         [
-            f'campaign_id: "3001", results: {SIX}',
-            f'campaign_id: "4001", results: {SIX}, token_env: T_B',
+            f'campaign_id: "3001", results: {SIX}, timeout_s: 3',
+            f'campaign_id: "4001", results: {SIX}, token_env: T_B, timeout_s: 3',
         ],
         cooldown_s=cooldown_s,
     )

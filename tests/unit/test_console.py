@@ -299,6 +299,11 @@ def console(
             "  2m00s until 02:12:05  wolkvox under maintenance",
         ),
         (
+            TokenResting(CLEAR, ID, RestReason.BUSY_ELSEWHERE, 90.0, local("02:11:35")),
+            "02:10:05 ⋯ resting    #7 0014/predictive/3001/busy  env:TOK_A"
+            "  1m30s until 02:11:35  another process's call may run",
+        ),
+        (
             ClearFinished(
                 CLEAR,
                 ID,

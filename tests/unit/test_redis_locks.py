@@ -316,7 +316,7 @@ async def test_redis_that_kept_its_epoch_lets_a_new_process_call_at_once(
     assert locks.fence_left_s == 0.0
     async with locks.hold("abc") as lease:
         assert lease.waited_s == 0.0
-        assert await lease.confirm()
+        assert await lease.confirm(busy_s=0)
     assert clock.slept == []
 
 
@@ -350,9 +350,9 @@ async def test_redis_restarted_empty_while_a_lease_is_held_fences_every_process(
         assert FENCE_S - 1 < host_b.fence_left_s <= FENCE_S
         async with host_b.hold("abc") as lease_b:
             assert FENCE_S - 1 < sum(clock_b.slept) <= FENCE_S
-            assert await lease_b.confirm()
+            assert await lease_b.confirm(busy_s=0)
             # A holder re-checks right before each call: A's lease is gone.
-            assert not await lease_a.confirm()
+            assert not await lease_a.confirm(busy_s=0)
             assert lease_a.lost
             # C starts while B's fence is still up: it waits out the rest of it.
             clock_c.now = clock_b.now  # C's clock does not matter; Redis keeps the fence
@@ -371,9 +371,9 @@ async def test_redis_flushed_between_acquire_and_call_stops_the_call(
     client = aioredis.Redis.from_url(own_redis.url)
     try:
         async with locks.hold("abc") as lease:
-            assert await lease.confirm()
+            assert await lease.confirm(busy_s=0)
             await client.flushall()
-            assert not await lease.confirm()
+            assert not await lease.confirm(busy_s=0)
             assert lease.lost
     finally:
         await client.aclose()
@@ -386,7 +386,7 @@ async def test_redis_that_cannot_answer_a_confirmation_vouches_for_nothing(
     locks = await fenced(FenceClock())
     async with locks.hold("abc") as lease:
         own_redis.stop()
-        assert not await lease.confirm()
+        assert not await lease.confirm(busy_s=0)
 
 
 # --- redis, an optional extra ----------------------------------------------------------

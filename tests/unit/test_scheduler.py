@@ -589,10 +589,10 @@ class VanishingLocks(ScriptedLocks):
 
     @contextlib.asynccontextmanager
     async def hold(self, token_id: str) -> AsyncIterator[Lease]:
-        async def gone() -> bool:
+        async def gone(busy_s: float) -> bool:
             return False
 
-        yield Lease(token_id, 0.0, recheck=gone)
+        yield Lease(token_id, 0.0, mark_busy=gone)
 
 
 async def test_a_lease_that_cannot_be_confirmed_right_before_the_call_sends_nothing() -> None:
