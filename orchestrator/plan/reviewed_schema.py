@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Final
 
 from orchestrator.plan.model import CAMPAIGN_TYPES, MAX_CLEARS, RESULT_FILTERS, OnFailure, Order
-from orchestrator.plan.schema import (
+from orchestrator.plan.patterns import (
     BASE_URL_PATTERN,
     CAMPAIGN_ID_PATTERN,
     LOCK_URL_PATTERN,
-    MAX_MAINTENANCE_WAIT_S,
-    MAX_SECONDS,
     SERVER_PATTERN,
 )
+from orchestrator.plan.schema import MAX_MAINTENANCE_WAIT_S, MAX_SECONDS
 
 __all__ = ["FORMAT", "SCHEMA"]
 
