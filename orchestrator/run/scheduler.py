@@ -1,17 +1,17 @@
 """Run lanes of clears: one call at a time per token, lanes side by side.
 
 A lane's next clear starts only after its previous one is confirmed
-successful (or, with ``on_failure: continue``, definitely finished). Up to
-``max_parallel`` tokens run at once. Time comes from an injected :class:`Clock`
-and backoff from an injected function, so tests run without sleeping.
+successful (or, with ``on_failure: continue``, definitely finished). Time comes
+from an injected clock and backoff from an injected function: tests do not sleep.
 
-A pool's lane is served by each of its tokens in turn (:class:`_Pool`): a token
-that is free takes the next campaign not yet started and runs its clears, one at
-a time and in order, to the end of its chain. A token that is rejected, has spent
-its quota or lost its lock leaves the pool; the campaign it served goes back to
-the head of the queue, at the clear it was on, for another token. A token named
-both alone and in a pool is one token: every call holds its token's guard, so its
-calls stay one at a time in this process, as its lock keeps them across processes.
+A pool's lane is served by each of its tokens in turn (see
+:class:`~orchestrator.run.lanes.Pool`): a token that is free takes the next
+campaign not yet started and runs its clears, one at a time and in order, to the
+end of its chain. A token that is rejected, has spent its quota or lost its lock
+leaves the pool; the campaign it served goes back to the head of the queue, at the
+clear it was on, for another token. A token named both alone and in a pool is one
+token: every call holds its token's guard, so its calls stay one at a time in this
+process, as its lock keeps them across processes.
 
 Lanes run in an anyio task group, at most ``max_parallel`` at once (a capacity
 limiter). Stopping is graceful first: :meth:`Scheduler.interrupt` starts nothing
@@ -27,15 +27,12 @@ and, up to ``maintenance_wait_s``, while wolkvox says it is under maintenance.
 
 from __future__ import annotations
 
-import dataclasses
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import anyio
 
-from orchestrator.errors import LockError, OrchestratorError
+from orchestrator.errors import LockError
 from orchestrator.plan.model import DEFAULT_MAINTENANCE_WAIT_S, Clear, Lane, OnFailure, Secret
 from orchestrator.run.backoff import MaintenanceWindow, backoff_delay, maintenance_delay
 from orchestrator.run.clock import Clock, SystemClock, utc_now
@@ -43,7 +40,6 @@ from orchestrator.run.events import (
     ClearFinished,
     ClearRetrying,
     ClearStarted,
-    Event,
     Listener,
     Outcome,
     Reason,
@@ -53,6 +49,16 @@ from orchestrator.run.events import (
     TokenResting,
     TokenWaiting,
 )
+from orchestrator.run.lanes import (
+    LANE_ENDING,
+    TIMED_OUT,
+    Attempts,
+    LaneState,
+    Pool,
+    Token,
+    failure_reason,
+)
+from orchestrator.run.recording import EventSink
 from orchestrator.state.locks import NoLocks, TokenLocks
 from orchestrator.wolkvox.client import Answer, Verdict
 
@@ -62,95 +68,10 @@ Sender = Callable[[Clear, Secret], Awaitable[Answer]]
 #: ``(attempt, retry_after_s) -> seconds`` to wait before the next attempt.
 Backoff = Callable[[int, float | None], float]
 
-_LANE_ENDING = {
-    Verdict.TOKEN_REJECTED: Reason.TOKEN_REJECTED,
-    Verdict.QUOTA_EXHAUSTED: Reason.TOKEN_QUOTA_EXHAUSTED,
-}
-
-#: The answer of a call that outlived its ``timeout_s``: it may have reached wolkvox.
-TIMED_OUT = Answer(Verdict.RETRY, error="timeout", outcome_unknown=True)
-
 
 def default_backoff(attempt: int, retry_after_s: float | None) -> float:
     """Full-jitter exponential backoff, 1 s base, 60 s cap, honouring Retry-After."""
     return backoff_delay(attempt, retry_after_s=retry_after_s)
-
-
-@dataclass(slots=True)
-class _Token:
-    """One token as the run uses it, shared by every lane and pool that holds it."""
-
-    token_id: str
-    secret: Secret | None
-    #: A resumed run: the token's call was in flight when the run stopped; rest before use.
-    cooling: bool = False
-    #: Keeps this process's calls on the token one at a time, whichever lane makes them.
-    guard: anyio.Lock = field(default_factory=anyio.Lock)
-
-
-@dataclass(slots=True)
-class _Attempts:
-    count: int = 0
-    #: Attempts answered "under maintenance": they do not count against ``retries``.
-    maintenance: int = 0
-    #: Attempts refused because their token left the pool: no retry of the clear's own.
-    handed_over: int = 0
-    answer: Answer | None = None
-    started: float = 0.0
-    rested_s: float = 0.0
-    error: str | None = None
-    reason: Reason | None = field(default=None)
-
-    @property
-    def retried(self) -> int:
-        """The attempts that count against the clear's ``retries``."""
-        return self.count - self.maintenance - self.handed_over
-
-
-@dataclass(slots=True)
-class _LaneState:
-    """A lane's clears, or one campaign's clears in a pool, and how far they got."""
-
-    token: _Token
-    clears: tuple[Clear, ...]
-    maintenance: MaintenanceWindow
-    #: The pool this campaign belongs to; ``None`` for a lane of one token.
-    pool: _Pool | None = None
-    #: Index in ``clears`` of the next clear to run.
-    next: int = 0
-    blocked: Reason | None = None
-    blocked_by: int | None = None
-    #: In a pool: why the token serving this campaign left the pool, handing it on.
-    left: Reason | None = None
-    #: In a pool: the attempts of the clear under way when its token left.
-    tries: _Attempts | None = None
-
-
-class _Pool:
-    """The campaigns of a pool not yet started, and who is working on the others."""
-
-    def __init__(
-        self, lane: Lane, tokens: list[_Token], window: Callable[[], MaintenanceWindow]
-    ) -> None:
-        self.pool_id = lane.token_id
-        self.tokens = tokens
-        placeholder = _Token(lane.token_id, None)  # names a campaign until a token takes it
-        self.queue = deque(
-            _LaneState(placeholder, chain, window(), pool=self) for chain in lane.campaigns()
-        )
-        self.running = 0
-        #: Why the last token left: the reason the rest is skipped with.
-        self.emptied: Reason | None = None
-        self._changed = anyio.Event()
-
-    def changed(self) -> None:
-        """Wake the tokens waiting for a campaign."""
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    def next_change(self) -> anyio.Event:
-        """Set at the next change: a campaign handed back, or one finished."""
-        return self._changed
 
 
 class Scheduler:
@@ -184,8 +105,7 @@ class Scheduler:
         self._send = send
         self._max_parallel = max(1, max_parallel)
         self._cooldown_s = cooldown_s
-        self._listeners = tuple(listeners)
-        self._recorder = recorder
+        self._events = EventSink(recorder, listeners, lambda: self._stop(Reason.RECORDING_FAILED))
         self._clock = clock or SystemClock()
         self._backoff = backoff
         self._maintenance_wait_s = maintenance_wait_s
@@ -203,9 +123,8 @@ class Scheduler:
         self._calls: set[anyio.CancelScope] = set()
         self._rests: set[anyio.CancelScope] = set()
         self._interrupts = 0
-        self._recording_error: Exception | None = None
         self._calls_sent = 0
-        self._tokens: dict[str, _Token] = {}
+        self._tokens: dict[str, Token] = {}
 
     @property
     def in_flight(self) -> int:
@@ -220,7 +139,7 @@ class Scheduler:
     @property
     def recording_error(self) -> Exception | None:
         """The first error a listener raised; the run halted on it."""
-        return self._recording_error
+        return self._events.error
 
     @property
     def calls_sent(self) -> int:
@@ -243,16 +162,16 @@ class Scheduler:
                 # The limiter serves its waiters first come, first served: lane order.
                 if lane.pool:
                     tokens = [self._token(t.token_id, t.secret) for t in lane.pool]
-                    pool = _Pool(lane, tokens, self._maintenance_window)
+                    pool = Pool(lane, tokens, self._maintenance_window)
                     for token in tokens:
                         lanes.start_soon(self._serve_pool, pool, token, slots)
                 else:
                     lanes.start_soon(self._lane, lane, slots)
 
-    def _token(self, token_id: str, secret: Secret | None) -> _Token:
+    def _token(self, token_id: str, secret: Secret | None) -> Token:
         token = self._tokens.get(token_id)
         if token is None:
-            token = self._tokens[token_id] = _Token(token_id, secret)
+            token = self._tokens[token_id] = Token(token_id, secret)
             token.cooling = token_id in self._cooling_tokens
         return token
 
@@ -272,7 +191,7 @@ class Scheduler:
 
     async def _lane(self, lane: Lane, slots: anyio.CapacityLimiter) -> None:
         async with slots:
-            state = _LaneState(
+            state = LaneState(
                 self._token(lane.token_id, lane.secret), lane.clears, self._maintenance_window()
             )
             try:
@@ -280,7 +199,7 @@ class Scheduler:
             finally:
                 self._locks.forget(lane.token_id)  # its lock file is not needed again
 
-    async def _serve_pool(self, pool: _Pool, token: _Token, slots: anyio.CapacityLimiter) -> None:
+    async def _serve_pool(self, pool: Pool, token: Token, slots: anyio.CapacityLimiter) -> None:
         """Take the pool's next campaign whenever this token is free, until none is left."""
         try:
             while True:
@@ -309,13 +228,15 @@ class Scheduler:
         finally:
             self._locks.forget(token.token_id)
 
-    async def _leave_pool(self, pool: _Pool, token: _Token, campaign: _LaneState) -> None:
+    async def _leave_pool(self, pool: Pool, token: Token, campaign: LaneState) -> None:
         """Take ``token`` out of ``pool``; hand its campaign on, or skip the rest if it is empty."""
         reason = campaign.left
         assert reason is not None
         pool.tokens.remove(token)
         clear = campaign.clears[min(campaign.next, len(campaign.clears) - 1)]
-        self._emit(TokenLeftPool(clear, token.token_id, pool.pool_id, reason, len(pool.tokens)))
+        self._events.emit(
+            TokenLeftPool(clear, token.token_id, pool.pool_id, reason, len(pool.tokens))
+        )
         if campaign.next < len(campaign.clears):
             pool.queue.appendleft(campaign)  # it goes on first, where it stopped
         if pool.tokens:
@@ -326,7 +247,7 @@ class Scheduler:
             rest.left, rest.blocked = None, rest.blocked or reason
             await self._run_clears(rest)
 
-    async def _run_clears(self, state: _LaneState) -> None:
+    async def _run_clears(self, state: LaneState) -> None:
         while state.next < len(state.clears) and state.left is None:
             clear = state.clears[state.next]
             if clear.seq in self._already_succeeded:
@@ -356,7 +277,7 @@ class Scheduler:
             state.next += 1
             self._after(state, clear, finished)
 
-    async def _skip_or_end(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
+    async def _skip_or_end(self, state: LaneState, clear: Clear, reason: Reason) -> None:
         """Skip ``clear``, unless a token that left the pool made attempts of it: it failed."""
         tries, state.tries = state.tries, None
         if tries is None or tries.count == 0:
@@ -365,13 +286,13 @@ class Scheduler:
         tries.reason = reason
         await self._finish(state, clear, Outcome.FAILED, tries)
 
-    def _after(self, state: _LaneState, clear: Clear, finished: ClearFinished) -> None:
+    def _after(self, state: LaneState, clear: Clear, finished: ClearFinished) -> None:
         if finished.outcome is not Outcome.FAILED or finished.reason is self._halt_reason:
             # A clear cut by a halt is not the lane's failure: the halt's reason covers the rest.
             return
         if state.blocked is not None:
             return
-        lane_ending = finished.reason in _LANE_ENDING.values()
+        lane_ending = finished.reason in LANE_ENDING.values()
         if lane_ending:
             state.blocked = finished.reason
         elif clear.on_failure is OnFailure.STOP:
@@ -390,9 +311,9 @@ class Scheduler:
                     self._waits.discard(scope)
         return self._halt_reason is not None
 
-    async def _run_clear(self, state: _LaneState, clear: Clear) -> ClearFinished | None:
+    async def _run_clear(self, state: LaneState, clear: Clear) -> ClearFinished | None:
         """Run ``clear`` to its end; ``None`` when its token left the pool before it ended."""
-        tries, state.tries = state.tries or _Attempts(started=self._clock.monotonic()), None
+        tries, state.tries = state.tries or Attempts(started=self._clock.monotonic()), None
         tries.reason = tries.error = None  # a token that left the pool took its reason along
         while True:
             answer = await self._locked_call(state, clear, tries)
@@ -411,7 +332,7 @@ class Scheduler:
                 state.maintenance.close()
             if answer.verdict is Verdict.SUCCEEDED:
                 return await self._finish(state, clear, Outcome.SUCCEEDED, tries)
-            token_ending = _LANE_ENDING.get(answer.verdict)
+            token_ending = LANE_ENDING.get(answer.verdict)
             if state.pool is not None and token_ending is not None:
                 # wolkvox refused the token, not the clear: another token may send it.
                 tries.handed_over += 1
@@ -424,7 +345,7 @@ class Scheduler:
             if not maintenance and (
                 answer.verdict is not Verdict.RETRY or tries.retried > clear.retries
             ):
-                tries.reason = _failure_reason(answer)
+                tries.reason = failure_reason(answer)
                 return await self._finish(state, clear, Outcome.FAILED, tries)
             if state.blocked is Reason.LOCK_LOST:
                 tries.reason = Reason.LOCK_LOST
@@ -437,9 +358,7 @@ class Scheduler:
                 tries.reason = self._halt_reason or Reason.MAINTENANCE
                 return await self._finish(state, clear, Outcome.FAILED, tries)
 
-    async def _locked_call(
-        self, state: _LaneState, clear: Clear, tries: _Attempts
-    ) -> Answer | None:
+    async def _locked_call(self, state: LaneState, clear: Clear, tries: Attempts) -> Answer | None:
         """Send one attempt while holding the token's lock; None when nothing came back."""
         token_id = state.token.token_id
         try:
@@ -449,7 +368,7 @@ class Scheduler:
                     tries.reason = self._halt_reason
                     return None
                 if lease.waited_s > 0:
-                    self._emit(TokenWaiting(clear, token_id, lease.waited_s))
+                    self._events.emit(TokenWaiting(clear, token_id, lease.waited_s))
                 if lease.busy_left_s > 0:
                     # A holder killed or cut mid-call left its mark: its call may still run.
                     why, began = RestReason.BUSY_ELSEWHERE, self._clock.monotonic()
@@ -461,9 +380,9 @@ class Scheduler:
                         return None
                 # Counted once it leaves: an attempt stopped here (or by a LockError) is none.
                 started = ClearStarted(clear, token_id, tries.count + 1)
-                if await self._record_start(started):
-                    self._emit(started, recorded=True)
-                if self._recording_error is not None:
+                if await self._events.record_start(started):
+                    self._events.emit(started, recorded=True)
+                if self._events.error is not None:
                     # The in-flight mark was not recorded: this attempt must not leave.
                     tries.reason = Reason.RECORDING_FAILED
                     return None
@@ -492,14 +411,14 @@ class Scheduler:
             self._token_lost(state, Reason.LOCK_LOST)
         return answer
 
-    def _token_lost(self, state: _LaneState, reason: Reason) -> None:
+    def _token_lost(self, state: LaneState, reason: Reason) -> None:
         """The token cannot be used again: its lane stops, or it leaves its pool."""
         if state.pool is None:
             state.blocked = reason
         elif state.left is None:
             state.left = reason
 
-    async def _call(self, state: _LaneState, clear: Clear, tries: _Attempts) -> Answer | None:
+    async def _call(self, state: LaneState, clear: Clear, tries: Attempts) -> Answer | None:
         """One request within the clear's ``timeout_s``; ``None`` when a second interrupt cut it."""
         secret = state.token.secret
         assert secret is not None, "a lane without a token cannot send"
@@ -516,9 +435,7 @@ class Scheduler:
         tries.error, tries.reason = "interrupted", Reason.INTERRUPTED
         return None  # the lane itself goes on, to skip what is left
 
-    async def _rest(
-        self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
-    ) -> bool:
+    async def _rest(self, state: LaneState, clear: Clear, tries: Attempts, answer: Answer) -> bool:
         """Keep the token unused for the cooldown after a call whose outcome is unknown.
 
         wolkvox may still be working on it. The rest is taken while the token's lock is
@@ -541,15 +458,15 @@ class Scheduler:
         return not scope.cancelled_caught
 
     async def _wait_to_retry(
-        self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
+        self, state: LaneState, clear: Clear, tries: Attempts, answer: Answer
     ) -> bool:
         # Any rest the token needed is over by now: the delay is the backoff alone.
         delay = self._backoff(tries.retried, answer.retry_after_s)
-        self._emit(ClearRetrying(clear, state.token.token_id, tries.count, delay, answer))
+        self._events.emit(ClearRetrying(clear, state.token.token_id, tries.count, delay, answer))
         return await self._pause(delay)
 
     async def _wait_out_maintenance(
-        self, state: _LaneState, clear: Clear, tries: _Attempts, answer: Answer
+        self, state: LaneState, clear: Clear, tries: Attempts, answer: Answer
     ) -> bool:
         """Rest through wolkvox's maintenance; True when the run halted or the wait is spent."""
         now = self._clock.monotonic()
@@ -565,99 +482,19 @@ class Scheduler:
     def _announce_rest(
         self,
         clear: Clear,
-        state: _LaneState,
+        state: LaneState,
         why: RestReason,
         seconds: float,
         answer: Answer | None,
     ) -> None:
         until = self._wall_clock() + timedelta(seconds=seconds)
-        self._emit(TokenResting(clear, state.token.token_id, why, seconds, until, answer))
+        self._events.emit(TokenResting(clear, state.token.token_id, why, seconds, until, answer))
 
     async def _finish(
-        self, state: _LaneState, clear: Clear, outcome: Outcome, tries: _Attempts
+        self, state: LaneState, clear: Clear, outcome: Outcome, tries: Attempts
     ) -> ClearFinished:
-        elapsed_ms = round((self._clock.monotonic() - tries.started) * 1000)
-        finished = ClearFinished(
-            clear=clear,
-            token_id=state.token.token_id,
-            outcome=outcome,
-            reason=tries.reason,
-            attempts=tries.count,
-            answer=tries.answer,
-            duration_ms=elapsed_ms,
-            error=tries.error,
-            rested_ms=round(tries.rested_s * 1000),
-        )
-        return await self._end(finished)
+        ended = tries.ended(clear, state.token.token_id, outcome, self._clock.monotonic())
+        return await self._events.end(ended)
 
-    async def _skip(self, state: _LaneState, clear: Clear, reason: Reason) -> None:
-        blocked_by = state.blocked_by if reason is Reason.BLOCKED_BY_FAILURE else None
-        await self._end(
-            ClearFinished(
-                clear=clear,
-                token_id=state.token.token_id,
-                outcome=Outcome.SKIPPED,
-                reason=reason,
-                attempts=0,
-                answer=None,
-                duration_ms=0,
-                blocked_by=blocked_by,
-            )
-        )
-
-    async def _end(self, finished: ClearFinished) -> ClearFinished:
-        """Record how a clear ended, durably, and only then tell the listeners (the log).
-
-        The log never claims an outcome the journal lacks without saying so: when the
-        outcome cannot be recorded, the event says why (``unrecorded``) and the run halts.
-        """
-        if self._recorder is not None:
-            try:
-                self._recorder(finished)
-                await self._recorder.settle()
-            except Exception as exc:
-                self._recording_failed(exc)
-                finished = dataclasses.replace(finished, unrecorded=_reason_of(exc))
-        self._emit(finished, recorded=True)
-        return finished
-
-    async def _record_start(self, started: ClearStarted) -> bool:
-        """Record the attempt durably before its request leaves; False when it cannot be."""
-        if self._recorder is None:
-            return True
-        try:
-            self._recorder(started)
-            await self._recorder.settle()
-        except Exception as exc:
-            self._recording_failed(exc)
-            return False
-        return True
-
-    def _emit(self, event: Event, *, recorded: bool = False) -> None:
-        if self._recorder is not None and not recorded:
-            try:
-                self._recorder(event)
-            except Exception as exc:
-                self._recording_failed(exc)
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception as exc:
-                self._recording_failed(exc)
-
-    def _recording_failed(self, exc: Exception) -> None:
-        # A clear whose state cannot be recorded must not be followed by another request:
-        # halt, and let the runner report the error once the lanes are done.
-        if self._recording_error is None:
-            self._recording_error = exc
-        self._stop(Reason.RECORDING_FAILED)
-
-
-def _reason_of(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
-
-
-def _failure_reason(answer: Answer) -> Reason:
-    if answer.verdict is Verdict.RETRY:
-        return Reason.RETRIES_EXHAUSTED
-    return _LANE_ENDING.get(answer.verdict, Reason.REJECTED)
+    async def _skip(self, state: LaneState, clear: Clear, reason: Reason) -> None:
+        await self._events.end(state.skipped(clear, reason))

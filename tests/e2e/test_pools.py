@@ -21,7 +21,10 @@ POOL = "token_env: [T_A, T_B]"
 
 
 def pooled_plan(path: Path, sim: SimProcess, campaigns: int, *, cooldown_s: float = 0) -> Path:
-    entries = [f'campaign_id: "{5001 + n}", results: {SIX}, {POOL}' for n in range(campaigns)]
+    # timeout_s bounds the busy mark a killed call leaves, which a resumed run waits out too.
+    entries = [
+        f'campaign_id: "{5001 + n}", results: {SIX}, {POOL}, timeout_s: 3' for n in range(campaigns)
+    ]
     return write_plan(path, sim.base_url, entries, cooldown_s=cooldown_s)
 
 

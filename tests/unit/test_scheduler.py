@@ -35,7 +35,8 @@ from orchestrator.run.events import (
     Recorder,
     TokenWaiting,
 )
-from orchestrator.run.scheduler import TIMED_OUT, Scheduler, Sender
+from orchestrator.run.lanes import TIMED_OUT
+from orchestrator.run.scheduler import Scheduler, Sender
 from orchestrator.state.locks import Lease, LockError
 from orchestrator.wolkvox.client import Answer
 
