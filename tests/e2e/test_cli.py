@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sim_thread import ThreadedSimulator, running_simulator
 
-from orchestrator import cli
+from orchestrator.cli import commands as cli
 from orchestrator.cli import main
 from orchestrator.plan.model import RESULT_FILTERS
 from orchestrator.state.journal import Journal

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fakes import make_clear, make_lane
 
-from orchestrator.confirm import confirmation, target_of
+from orchestrator.cli.confirm import confirmation, target_of
 
 
 def test_filtered_clears_only_ask_y_or_n_naming_the_host() -> None:

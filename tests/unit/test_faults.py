@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from sim_thread import running_simulator
 
-from orchestrator.cli import _parser, main
+from orchestrator.cli.commands import _parser, main
 from orchestrator.plan.model import token_fingerprint
 from orchestrator.wolkvox.faults import Faults, FaultSpec, combined, parse_fault
 from orchestrator.wolkvox.simulator import Simulator, SimulatorConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.resume_option import resume_spelled_apart
+from orchestrator.cli.resume_option import resume_spelled_apart
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,11 @@ from typing import NoReturn, TextIO
 
 import anyio
 
-from orchestrator.argtypes import count, fault, fraction, non_negative, port
-from orchestrator.completion import SHELLS, completion_script
-from orchestrator.confirm import confirm
+from orchestrator.cli.argtypes import count, fault, fraction, non_negative, port
+from orchestrator.cli.completion import SHELLS, completion_script
+from orchestrator.cli.confirm import confirm
+from orchestrator.cli.resume_option import command_again, resume_spelled_apart, settle_resume
+from orchestrator.cli.reviewed import add_apply, add_save, apply, save
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
 from orchestrator.output.history import runs_json, runs_table, show_json, show_text
 from orchestrator.output.streams import flush, print_line
@@ -33,8 +35,6 @@ from orchestrator.plan.one_off import plan_from_options, token_problems_by_optio
 from orchestrator.plan.schema import render_schema
 from orchestrator.plan.tokens import build_lanes, missing_tokens
 from orchestrator.plan.validate import load_plan
-from orchestrator.resume_option import command_again, resume_spelled_apart, settle_resume
-from orchestrator.reviewed_command import add_apply, add_save, apply, save
 from orchestrator.run.ending import EXIT_USAGE
 from orchestrator.run.execute import perform
 from orchestrator.run.openfiles import allow_every_open_file
