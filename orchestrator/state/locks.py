@@ -15,10 +15,10 @@ token's lane has ended it calls ``locks.forget(token_id)``.
 
 Releasing a lock does not end a call: a holder killed, or cut by a second interrupt,
 mid-call lets go of the lock while wolkvox may still work on the token. So
-``confirm`` also leaves a *busy mark* beside the lock, seen by every process using
-the same locks, saying "busy until now + ``busy_s``" (the call's ``timeout_s`` plus
-``cooldown_s``); ``idle`` lifts it. A mark left behind is reported to the next
-holder as ``lease.busy_left_s``.
+``confirm`` also leaves a *busy mark* with the lock (in its file, or a Redis key),
+seen by every process using the same locks, saying "busy until now + ``busy_s``"
+(the call's ``timeout_s`` plus ``cooldown_s``); ``idle`` lifts it. A mark left
+behind is reported to the next holder as ``lease.busy_left_s``.
 
 Why not the ``filelock`` package: its lock cannot notice that its file was
 deleted and replaced at the same path (it keeps locking the orphan while a
@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrator.errors import LockError
-from orchestrator.output.atomic import write_text_atomically
 
 __all__ = [
     "FileLocks",
@@ -184,7 +183,8 @@ class NoLocks:
 class Slot:
     """Per-token state of one lock object, shared with ``RedisLocks``."""
 
-    #: The token's lock file while held (FileLocks only), else -1.
+    #: The token's lock file (FileLocks only), open from the first hold until
+    #: ``forget``, else -1.
     fd: int = -1
     #: Serialises holds through this object: neither flock on one descriptor nor
     #: Redis can tell two of our own holds apart.
@@ -196,21 +196,25 @@ class Slot:
 class FileLocks:
     """One host: an exclusive ``flock`` on ``state_dir/locks/<token_id>.lock``.
 
-    The busy mark is ``locks/<token_id>.busy``, written whole (write and rename) and
-    read, removed or replaced only by the holder of the token's lock. It outlives
-    its writer's release and death, and the next holder removes it once it has run
-    out, so ``locks/`` keeps one only per token left busy by a cut or killed call.
-    It holds its deadline on ``CLOCK_BOOTTIME`` (every process on the host shares
-    it, wall-clock steps do not move it, it counts suspended time) and the seconds
-    it was set for: what is left is never taken as more than those seconds, so a
-    mark from before a reboot (when the clock restarts at 0) waits at most that.
+    The busy mark is the lock file's content, written, read and lifted (emptied)
+    only by the holder of its lock, on the descriptor it holds. It outlives its
+    writer's release and death: the kernel keeps what was written, so it is not
+    synced to disk (a reboot ends every call anyway). It holds its deadline on
+    ``CLOCK_BOOTTIME`` (every process on the host shares it, wall-clock steps do
+    not move it, it counts suspended time) and the seconds it was set for: what
+    is left is never taken as more than those seconds, so a mark from before a
+    reboot (when the clock restarts at 0) waits at most that. The next holder
+    empties a mark that has run out.
 
-    Each hold opens the file the path names, locks it, and checks that the path
-    still names the file it locked: if the file was deleted (an operator cleaning
-    ``locks/``, or the previous holder releasing), another process may already
-    hold a new file at that path, so the hold starts over with that one. Release
-    removes the file while still holding it, if the path still names it, so
-    ``locks/`` keeps a file only per token in use, never one per token ever used.
+    A token's file is opened at its first hold and kept open, unlocked between
+    holds, until :meth:`forget` (its lane has ended). Each hold locks it and
+    checks that the path still names the file it locked: if the file was deleted
+    (an operator cleaning ``locks/``, or another process forgetting the token),
+    another process may already hold a new file at that path, so the hold opens
+    and locks that one instead. :meth:`forget` and :meth:`aclose` remove the file
+    while holding it, if the path still names it and it keeps no busy mark still
+    running, so ``locks/`` keeps a file only per token in use or left busy by a
+    cut or killed call, never one per token ever used.
 
     ``flock`` locks belong to the open file description: another process, or
     another :class:`FileLocks` in this one, is excluded by the kernel; an
@@ -255,66 +259,71 @@ class FileLocks:
         slot.users += 1
         try:
             async with slot.guard:
-                slot.fd, waited = await self._lock_named_file(path)
-                contended = contended or waited
+                contended = await self._lock_named_file(slot, path) or contended
                 try:
-                    busy = _busy_path(path)
+                    fd = slot.fd
                     yield Lease(
                         token_id,
                         time.monotonic() - started if contended else 0.0,
-                        busy_left_s=_busy_left(busy, self._clock()),
-                        mark_busy=lambda seconds: self._mark_busy(busy, seconds),
-                        unmark=lambda: _unmark(busy),
+                        busy_left_s=_busy_left(fd, path, self._clock()),
+                        mark_busy=lambda seconds: self._mark_busy(fd, path, seconds),
+                        unmark=lambda: _unmark(fd),
                     )
                 finally:
-                    fd, slot.fd = slot.fd, -1
-                    if fd >= 0:  # aclose() may have closed it already
-                        _remove_and_close(fd, path)
+                    if slot.fd >= 0:  # aclose() may have closed it already
+                        _unlock(slot.fd)
         finally:
             slot.users -= 1
 
     def forget(self, token_id: str) -> None:
-        """Drop ``token_id``'s bookkeeping, unless a hold of it is active or queued."""
+        """Close ``token_id``'s lock file, removed if we may, unless a hold is active or queued."""
         slot = self._slots.get(token_id)
         if slot is not None and slot.users == 0:
             del self._slots[token_id]
+            if slot.fd >= 0:
+                _remove_and_close(slot.fd, self.path(token_id), self._clock)
 
     async def aclose(self) -> None:
-        """Close every lock file still held, which also drops its lock."""
+        """Close every lock file still open, which also drops its lock; remove those we may."""
         slots, self._slots = self._slots, {}
-        for slot in slots.values():
+        for token_id, slot in slots.items():
             fd, slot.fd = slot.fd, -1
             if fd >= 0:
-                os.close(fd)
+                _remove_and_close(fd, self.path(token_id), self._clock)
 
-    async def _mark_busy(self, busy: Path, seconds: float) -> bool:
+    async def _mark_busy(self, fd: int, path: Path, seconds: float) -> bool:
         """Mark the token busy for ``seconds``, or longer if a mark says so already."""
         now = self._clock()
-        seconds = max(seconds, _busy_left(busy, now))
+        seconds = max(seconds, _busy_left(fd, path, now))
+        mark = f"{now + seconds:.3f} {seconds:.3f}\n".encode()
         try:
-            write_text_atomically(busy, f"{now + seconds:.3f} {seconds:.3f}\n")
+            # Only the first line is read: a shorter old mark is overwritten whole.
+            os.pwrite(fd, mark, 0)
+            os.ftruncate(fd, len(mark))
         except OSError as exc:
-            raise LockError(f"cannot write busy mark {busy}: {_os_reason(exc)}") from exc
+            raise LockError(f"cannot write busy mark to {path}: {_os_reason(exc)}") from exc
         return True
 
-    async def _lock_named_file(self, path: Path) -> tuple[int, bool]:
-        """Lock the file ``path`` names; return its descriptor and whether we waited."""
+    async def _lock_named_file(self, slot: Slot, path: Path) -> bool:
+        """Lock the file ``path`` names, kept open on ``slot.fd``; return whether we waited."""
         waited = False
         while True:
-            fd = _open_lock_file(path)
+            if slot.fd < 0:
+                slot.fd = _open_lock_file(path)
             try:
-                if not _try_flock(fd, path):  # held by another process
+                if not _try_flock(slot.fd, path):  # held by another process
                     waited = True
-                    await _wait_for_flock(fd, path)
-                if _still_named(fd, path):
-                    return fd, waited
+                    await _wait_for_flock(slot.fd, path)
+                if _still_named(slot.fd, path):
+                    return waited
             except BaseException:
-                os.close(fd)
+                fd, slot.fd = slot.fd, -1
+                os.close(fd)  # drops the lock if it was taken
                 raise
-            # Locked an orphan: whoever holds the file the path names now would not
-            # see us. Take that one instead.
+            # Locked an orphan (deleted since we opened it): whoever holds the file
+            # the path names now would not see us. Take that one instead.
+            fd, slot.fd = slot.fd, -1
             os.close(fd)
-            waited = True
 
 
 class RunLock:
@@ -340,7 +349,7 @@ class RunLock:
         except OSError as exc:
             raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
         while True:
-            fd = _open_lock_file(path)
+            fd = _open_lock_file(path, writable=False)
             try:
                 if not _try_flock(fd, path):
                     os.close(fd)
@@ -361,35 +370,41 @@ class RunLock:
             _remove_and_close(fd, self._path)
 
 
-def _busy_path(lock_path: Path) -> Path:
-    return lock_path.with_suffix(".busy")
+def _busy_left(fd: int, path: Path, now: float) -> float:
+    """Seconds the mark in the lock file on ``fd`` (held) still keeps the token busy.
 
-
-def _busy_left(busy: Path, now: float) -> float:
-    """Seconds the mark at ``busy`` still keeps the token busy; remove a mark run out."""
+    A mark that has run out is emptied.
+    """
     try:
-        text = busy.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return 0.0
+        text = os.pread(fd, 256, 0).decode("utf-8", errors="replace")
     except OSError as exc:
-        raise LockError(f"cannot read busy mark {busy}: {_os_reason(exc)}") from exc
+        raise LockError(f"cannot read busy mark in {path}: {_os_reason(exc)}") from exc
+    line = text.partition("\n")[0]
+    if not line:
+        return 0.0
     try:
-        until, seconds = (float(part) for part in text.split())
+        until, seconds = (float(part) for part in line.split())
     except ValueError as exc:
         raise LockError(
-            f"busy mark {busy} is unreadable: remove it once no call on its token can still run"
+            f"busy mark in {path} is unreadable: empty the file once no call on its "
+            "token can still run"
         ) from exc
     left = min(until - now, seconds)
     if left > 0:
         return left
     with suppress(OSError):  # a mark run out that stays only costs a read
-        busy.unlink()
+        os.ftruncate(fd, 0)
     return 0.0
 
 
-async def _unmark(busy: Path) -> None:
+async def _unmark(fd: int) -> None:
     with suppress(OSError):  # left behind, it runs out on its own
-        os.unlink(busy)
+        os.ftruncate(fd, 0)
+
+
+def _unlock(fd: int) -> None:
+    with suppress(OSError):  # closing the file drops the lock at the latest
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 async def _wait_for_flock(fd: int, path: Path) -> None:
@@ -413,12 +428,13 @@ def _try_flock(fd: int, path: Path) -> bool:
     return True
 
 
-def _open_lock_file(path: Path) -> int:
+def _open_lock_file(path: Path, *, writable: bool = True) -> int:
     """Open (creating) a lock file; raise :class:`LockError` when it cannot be."""
+    # A token's lock file holds its busy mark, so it is opened for writing; a run's
+    # needs only flock. CLOEXEC: a child inheriting the descriptor would share our lock.
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CREAT | os.O_CLOEXEC
     try:
-        # Read-only is enough for flock and lets another user's run share a file it
-        # did not create. CLOEXEC: a child inheriting the descriptor would share our lock.
-        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, flags, 0o644)
     except OSError as exc:
         raise LockError(f"cannot open lock file {path}: {_os_reason(exc)}") from exc
 
@@ -435,9 +451,11 @@ def _still_named(fd: int, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def _remove_and_close(fd: int, path: Path) -> None:
-    """Remove the lock file we hold on ``fd`` if ``path`` still names it, then let go.
+def _remove_and_close(fd: int, path: Path, clock: Callable[[], float] | None = None) -> None:
+    """Remove the lock file open on ``fd`` if we hold it and ``path`` still names it; close it.
 
+    With ``clock``, ``fd`` may be unlocked: it is locked first, and neither a file
+    another process holds nor one keeping a busy mark still running is removed.
     Removed while still locked: whoever opened it meanwhile locks it only after we
     close, and then sees that the path no longer names it. A file the path does not
     name is someone else's (``locks/`` was cleaned up and another process took the
@@ -445,6 +463,10 @@ def _remove_and_close(fd: int, path: Path) -> None:
     """
     try:
         with suppress(OSError, LockError):  # a file left behind costs only its name
+            if clock is not None and (
+                not _try_flock(fd, path) or _busy_left(fd, path, clock()) > 0
+            ):
+                return
             if _still_named(fd, path):
                 path.unlink()
     finally:

@@ -87,12 +87,16 @@ async def test_a_holder_killed_mid_call_leaves_the_next_holder_the_rest_of_its_d
     clock = SharedClock()
     a, b = FileLocks(tmp_path, clock=clock), FileLocks(tmp_path, clock=clock)
     await killed_mid_call(a, TOKEN, busy_s=90.0)
+    a.forget(TOKEN)  # a lane's end never removes a mark still running
     assert await busy_left(b, TOKEN) == pytest.approx(90.0)
     clock.now += 30
     assert await busy_left(b, TOKEN) == pytest.approx(60.0)
     clock.now += 60
     assert await busy_left(b, TOKEN) == 0.0
-    # The mark that ran out was removed by the holder that found it: no file piles up.
+    # The mark that ran out was dropped by the holder that found it, and its file goes
+    # once the token is forgotten: no file piles up.
+    assert b.path(TOKEN).read_bytes() == b""
+    b.forget(TOKEN)
     assert list((tmp_path / "locks").iterdir()) == []
 
 
@@ -101,10 +105,13 @@ async def test_a_known_outcome_lifts_the_mark_and_leaves_no_file(tmp_path: Path)
     a, b = FileLocks(tmp_path, clock=clock), FileLocks(tmp_path, clock=clock)
     async with a.hold(TOKEN) as lease:
         assert await lease.confirm(busy_s=90.0)
-        assert (tmp_path / "locks" / f"{TOKEN}.busy").is_file()
+        assert a.path(TOKEN).read_text().split() == ["590.000", "90.000"]
         await lease.idle()
-    assert list((tmp_path / "locks").iterdir()) == []
+        assert a.path(TOKEN).read_bytes() == b""
     assert await busy_left(b, TOKEN) == 0.0
+    a.forget(TOKEN)
+    b.forget(TOKEN)
+    assert list((tmp_path / "locks").iterdir()) == []
 
 
 async def test_a_new_mark_never_shortens_one_still_running(tmp_path: Path) -> None:
@@ -126,8 +133,8 @@ async def test_a_mark_from_before_a_reboot_waits_at_most_the_seconds_it_was_set_
 
 async def test_an_unreadable_mark_is_refused_with_its_path(tmp_path: Path) -> None:
     locks = FileLocks(tmp_path)
-    (tmp_path / "locks" / f"{TOKEN}.busy").write_text("garbled")
-    with pytest.raises(LockError, match=r"abc\.busy is unreadable"):
+    locks.path(TOKEN).write_text("garbled")
+    with pytest.raises(LockError, match=r"busy mark in \S*/abc\.lock is unreadable"):
         await busy_left(locks, TOKEN)
 
 
@@ -198,14 +205,14 @@ async def test_the_scheduler_marks_each_call_and_lifts_the_mark_after_a_known_an
     tmp_path: Path,
 ) -> None:
     lane = lane_of("A", [1])
-    busy_file = tmp_path / "locks" / f"{lane.token_id}.busy"
+    lock_file = tmp_path / "locks" / f"{lane.token_id}.lock"
     marked_at_call: list[bool] = []
     sender = ScriptedSender({1: [TIMEOUT, OK]})
-    sender.on_call = lambda seq: marked_at_call.append(busy_file.is_file())
+    sender.on_call = lambda seq: marked_at_call.append(lock_file.stat().st_size > 0)
     async with asyncio.timeout(BOUND_S):
         await scheduler(FileLocks(tmp_path), sender, [], FakeClock()).run()
     assert marked_at_call == [True, True]
-    # Lifted after the timeout's full rest, and after the answer.
+    # Lifted after the timeout's full rest, and after the answer; the file goes at lane end.
     assert list((tmp_path / "locks").iterdir()) == []
 
 
@@ -354,8 +361,8 @@ async def test_a_rest_after_a_timeout_cut_by_a_second_interrupt_leaves_the_mark(
 class UnmarkableLocks(FileLocks):
     """File locks whose busy mark cannot be written (a full disk, say)."""
 
-    async def _mark_busy(self, busy: Path, seconds: float) -> bool:
-        raise LockError(f"cannot write busy mark {busy.name}: No space left on device")
+    async def _mark_busy(self, fd: int, path: Path, seconds: float) -> bool:
+        raise LockError(f"cannot write busy mark to {path.name}: No space left on device")
 
 
 async def test_a_call_whose_busy_mark_cannot_be_made_is_not_sent(tmp_path: Path) -> None:
@@ -374,7 +381,7 @@ async def test_the_quota_check_waits_out_a_busy_mark_before_its_call(tmp_path: P
     # must not leave before the deadline the mark holds.
     lane = lane_of("A", [1])
     await killed_mid_call(FileLocks(tmp_path), lane.token_id, busy_s=0.2)
-    mark = tmp_path / "locks" / f"{lane.token_id}.busy"
+    mark = tmp_path / "locks" / f"{lane.token_id}.lock"
     until = float(mark.read_text().split()[0])
     called_at: list[float] = []
 

@@ -231,16 +231,42 @@ async def test_no_locks_forget_is_harmless() -> None:
         assert lease.waited_s == 0.0
 
 
-async def test_file_locks_keep_no_descriptor_and_no_file_once_a_hold_is_over(
+async def test_file_locks_keep_no_descriptor_and_no_file_once_a_token_is_forgotten(
     file_locks: FileLocks, tmp_path: Path
 ) -> None:
     before = open_descriptors()
     for token_id in ("one", "two", "three"):
         async with file_locks.hold(token_id):
             assert open_descriptors() == before + 1
+        file_locks.forget(token_id)
     assert open_descriptors() == before
     # A state directory used for years keeps no file per token ever used.
     assert list((tmp_path / "locks").iterdir()) == []
+
+
+async def test_consecutive_holds_reuse_one_open_lock_file(
+    file_locks: FileLocks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = file_locks.path("abc")
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(file: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        opened.append(os.fspath(file))
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(locks_module.os, "open", counting_open)
+    before = open_descriptors()
+    inodes = []
+    for _ in range(3):  # a lane's calls, one hold each
+        async with file_locks.hold("abc") as lease:
+            assert await lease.confirm(busy_s=60.0)
+            inodes.append(path.stat().st_ino)
+            await lease.idle()
+        assert open_descriptors() == before + 1  # kept open, unlocked, between calls
+    assert opened == [os.fspath(path)]
+    assert len(set(inodes)) == 1
+    assert await run_probe(path) == 0  # unlocked between holds
 
 
 async def test_file_lock_forgotten_is_taken_afresh_and_still_excludes(tmp_path: Path) -> None:
@@ -431,12 +457,14 @@ async def test_releasing_a_deleted_lock_file_leaves_the_new_holders_file_alone(
             b_in, b_leave = asyncio.Event(), asyncio.Event()
             b_holds = asyncio.create_task(hold_until(run_b, "abc", b_in, b_leave))
             await asyncio.wait_for(b_in.wait(), BOUND_S)
-        # A's release must not remove B's file: a third process would create another
+        # A's lane end must not remove B's file: a third process would create another
         # and lock it while B still calls.
+        run_a.forget("abc")
         assert run_b.path("abc").exists()
         assert await run_probe(run_b.path("abc")) == 1
         b_leave.set()
         await b_holds
+        run_b.forget("abc")
         assert not run_b.path("abc").exists()
     finally:
         await run_a.aclose()
