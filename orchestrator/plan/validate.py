@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import jsonschema_rs
 
 from orchestrator.errors import PlanError, Problem
-from orchestrator.plan import loader as yamlload
+from orchestrator.plan import loader
 from orchestrator.plan.loader import MAX_PROBLEMS, Data, Node, line_of, node_at
 from orchestrator.plan.model import (
     DEFAULT_RETRIES,
@@ -55,7 +55,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     paths are resolved against the plan file's directory.
     """
     source = os.fspath(path)
-    data = yamlload.read_file(path, source)
+    data = loader.read_file(path, source)
     return parse_plan(data, source, base_dir=Path(source).parent)
 
 
@@ -71,10 +71,10 @@ def parse_plan(text: str | bytes, source: str, *, base_dir: Path) -> Plan:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        root = yamlload.compose(text, source)
-        if root is None or yamlload.kind(root) == "null":
+        root = loader.compose(text, source)
+        if root is None or loader.kind(root) == "null":
             raise PlanError([Problem(source, None, "", "the plan is empty")])
-        reader = yamlload.Reader(source)
+        reader = loader.Reader(source)
         data = reader.data(root)
         check = _Check(source, reader.problems)
         check.against_schema(data, root)
@@ -283,7 +283,7 @@ class _Check:
 
 def _campaign_lines(root: Node) -> list[int]:
     _, campaigns = node_at(root, ("campaigns",))
-    items = campaigns.value if isinstance(campaigns, yamlload.SequenceNode) else []
+    items = campaigns.value if isinstance(campaigns, loader.SequenceNode) else []
     return [line_of(item) for item in items]
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import loader as yamlload
+from orchestrator.plan import loader
 from orchestrator.plan.loader import Node, Reader, compose
 
 
@@ -43,7 +43,7 @@ def whole_file_problems(excinfo: pytest.ExceptionInfo[PlanError]) -> list[str]:
 def either_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run a test with libyaml's composer and with PyYAML's pure-Python one."""
     if request.param == "pure-python":
-        monkeypatch.setattr(yamlload, "_Loader", yamlload._PyLoader)
+        monkeypatch.setattr(loader, "_Loader", loader._PyLoader)
     elif not yaml.__with_libyaml__:
         pytest.skip("PyYAML was built without libyaml")
     yield request.param
@@ -251,7 +251,7 @@ def test_aliases_count_each_time_they_are_read() -> None:
     reader = Reader("p.yaml")
     root = root_of("[&a x, *a, *a]\n")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(yamlload, "MAX_NODES", 3)
+        patch.setattr(loader, "MAX_NODES", 3)
         with pytest.raises(PlanError, match="more than 3 YAML nodes"):
             reader.data(root)
 
@@ -262,11 +262,11 @@ def test_recursive_alias_composes_and_reading_it_stops_at_the_depth_limit() -> N
     depth = 0
     while isinstance(data, list):
         depth, data = depth + 1, data[0]
-    assert (depth, data) == (yamlload.MAX_DEPTH, None)
+    assert (depth, data) == (loader.MAX_DEPTH, None)
 
 
 def test_composing_stops_at_the_node_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(yamlload, "MAX_NODES", 100)
+    monkeypatch.setattr(loader, "MAX_NODES", 100)
     with pytest.raises(PlanError) as excinfo:
         compose("[" + ", ".join(["a"] * 100) + "]\n", "p.yaml")
     assert whole_file_problems(excinfo) == ["p.yaml: the plan has more than 100 YAML nodes"]
@@ -275,7 +275,7 @@ def test_composing_stops_at_the_node_budget(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_list_longer_than_any_plan_needs_is_refused_at_its_line(
     either_loader: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(yamlload, "MAX_ITEMS", 5)
+    monkeypatch.setattr(loader, "MAX_ITEMS", 5)
     compose("campaigns:\n" + "  - a\n" * 5, "p.yaml")  # as long as allowed: fine
     with pytest.raises(PlanError) as excinfo:
         compose("version: 1\ncampaigns:\n" + "  - a\n" * 6, "p.yaml")
@@ -287,7 +287,7 @@ def test_a_list_longer_than_any_plan_needs_is_refused_at_its_line(
 def test_a_mapping_with_more_keys_than_any_plan_needs_is_refused(
     either_loader: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(yamlload, "MAX_ITEMS", 5)
+    monkeypatch.setattr(loader, "MAX_ITEMS", 5)
     compose("".join(f"k{n}: v\n" for n in range(5)), "p.yaml")
     with pytest.raises(PlanError) as excinfo:
         compose("top:\n" + "".join(f"  k{n}: v\n" for n in range(6)), "p.yaml")
@@ -319,7 +319,7 @@ def test_deep_nesting_is_refused_by_libyaml() -> None:
 def test_deep_nesting_is_refused_by_the_pure_python_composer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(yamlload, "_Loader", yamlload._PyLoader)
+    monkeypatch.setattr(loader, "_Loader", loader._PyLoader)
     with pytest.raises(PlanError) as excinfo:
         compose("[" * 600 + "]" * 600, "p.yaml")
     assert whole_file_problems(excinfo) == ["p.yaml: the plan is nested too deeply"]
@@ -331,7 +331,7 @@ def test_deep_nesting_is_refused_by_the_pure_python_composer(
 @pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "---\n...\n"])
 def test_a_document_without_content_composes_to_nothing_or_null(text: str) -> None:
     root = compose(text, "p.yaml")
-    assert root is None or yamlload.kind(root) == "null"
+    assert root is None or loader.kind(root) == "null"
 
 
 def test_invalid_yaml_names_its_line_and_problem(either_loader: str) -> None:
@@ -416,7 +416,7 @@ def test_text_with_a_lone_surrogate_is_refused() -> None:
 
 def test_lines_are_one_based() -> None:
     entries = entries_of("\n\nv: x\n")
-    assert yamlload.line_of(entries["v"][0]) == 3
+    assert loader.line_of(entries["v"][0]) == 3
 
 
 # --- files --------------------------------------------------------------------
@@ -424,13 +424,13 @@ def test_lines_are_one_based() -> None:
 
 def test_reading_a_missing_file_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(PlanError) as excinfo:
-        yamlload.read_file(tmp_path / "none.yaml", "plans/none.yaml")
+        loader.read_file(tmp_path / "none.yaml", "plans/none.yaml")
     assert whole_file_problems(excinfo) == ["plans/none.yaml: no such file"]
 
 
 def test_reading_a_directory_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(PlanError) as excinfo:
-        yamlload.read_file(tmp_path, "plans")
+        loader.read_file(tmp_path, "plans")
     assert whole_file_problems(excinfo) == ["plans: is a directory, not a plan file"]
 
 
@@ -441,27 +441,27 @@ def test_reading_an_unreadable_file_is_a_problem(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(yamlload, "open", refuse, raising=False)
+    monkeypatch.setattr(loader, "open", refuse, raising=False)
     with pytest.raises(PlanError) as excinfo:
-        yamlload.read_file(tmp_path / "p.yaml", "p.yaml")
+        loader.read_file(tmp_path / "p.yaml", "p.yaml")
     assert whole_file_problems(excinfo) == ["p.yaml: permission denied: cannot read the plan"]
 
 
 def test_reading_a_file_larger_than_64_mib_is_a_problem(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     with open(path, "wb") as stream:
-        stream.truncate(yamlload.MAX_BYTES + 1)  # sparse: nothing is written
+        stream.truncate(loader.MAX_BYTES + 1)  # sparse: nothing is written
     with pytest.raises(PlanError) as excinfo:
-        yamlload.read_file(path, "huge.yaml")
+        loader.read_file(path, "huge.yaml")
     assert whole_file_problems(excinfo) == ["huge.yaml: the plan is larger than 64 MiB"]
 
 
 def test_reading_a_file_returns_its_bytes(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_bytes(b"version: 1\n")
-    assert yamlload.read_file(os.fspath(path), "p.yaml") == b"version: 1\n"
+    assert loader.read_file(os.fspath(path), "p.yaml") == b"version: 1\n"
 
 
 def test_text_larger_than_64_mib_is_refused_before_parsing() -> None:
     with pytest.raises(PlanError, match="larger than 64 MiB"):
-        compose(b" " * (yamlload.MAX_BYTES + 1), "p.yaml")
+        compose(b" " * (loader.MAX_BYTES + 1), "p.yaml")
