@@ -24,6 +24,7 @@ import anyio
 from orchestrator.cli.argtypes import count, fault, fraction, non_negative, port
 from orchestrator.cli.completion import SHELLS, completion_script
 from orchestrator.cli.confirm import confirm
+from orchestrator.cli.options import add_sending_options, add_state_dir
 from orchestrator.cli.resume_option import command_again, resume_spelled_apart, settle_resume
 from orchestrator.cli.reviewed import add_apply, add_save, apply, save
 from orchestrator.errors import OrchestratorError, PlanError, Terminated, UsageError
@@ -141,7 +142,6 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     apply = add_apply(commands, epilog=EXIT_CODES.format(given="reviewed file"))
-    _add_state_dir(apply)
     apply.set_defaults(handler=_apply)
 
     clear = commands.add_parser(
@@ -185,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list the runs made with --simulate (kept apart unless --state-dir was given)",
     )
-    _add_state_dir(runs)
+    add_state_dir(runs)
     runs.set_defaults(handler=_runs)
 
     show = commands.add_parser(
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("run_id", metavar="RUN_ID")
     show.add_argument("--json", action="store_true", help="print JSON")
-    _add_state_dir(show)
+    add_state_dir(show)
     show.set_defaults(handler=_show)
 
     schema = commands.add_parser("schema", help="print the plan's JSON Schema (for editors)")
@@ -267,33 +267,17 @@ _FAULT_OPTIONS = (
 )
 
 
-def _add_state_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="journal and lock directory (default: $ORCHESTRATOR_STATE_DIR, "
-        "$XDG_STATE_HOME/orchestrator or ~/.local/state/orchestrator)",
-    )
-
-
 def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) -> None:
     """The options ``run`` and ``clear`` share: one engine, one set of guards.
 
     ``clear`` has no plan, so its help speaks of its options (``one_off``).
     """
-    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_sending_options(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="send nothing; print what would be sent"
     )
     default_url = f"default {DEFAULT_BASE_URL}" if one_off else "default from the plan"
     parser.add_argument("--base-url", help=f"URL template of the API ({default_url})")
-    parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default="auto",
-        help="JSON lines, or a readable rendering (auto: console on a terminal)",
-    )
     parser.add_argument(
         "--simulate",
         action="store_true",
@@ -308,20 +292,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, one_off: bool = False) 
         if one_off
         else "refuse a plan of more than N clears",
     )
-    parser.add_argument(
-        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
-    )
-    parser.add_argument(
-        "--metrics-file",
-        metavar="PATH",
-        help="write Prometheus metrics of the run to PATH (for node_exporter's textfile collector)",
-    )
-    parser.add_argument(
-        "--check-quota",
-        action="store_true",
-        help="before clearing, refuse to start when a token lacks the calls its lane may need",
-    )
-    _add_state_dir(parser)
+    add_state_dir(parser)
 
 
 def _add_tag(parser: argparse.ArgumentParser) -> None:

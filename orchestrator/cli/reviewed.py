@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.cli.options import add_sending_options, add_state_dir
 from orchestrator.errors import PlanError
 from orchestrator.plan import reviewed
 from orchestrator.plan.model import Plan
@@ -49,28 +50,11 @@ def add_apply(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("reviewed", metavar="REVIEWED", help="path of the reviewed file")
-    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_sending_options(parser)
     parser.add_argument(
         "--base-url", help="refuse unless the reviewed clears go to this URL template"
     )
-    parser.add_argument("--report", metavar="PATH", help="write a JSON report of the run to PATH")
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default="auto",
-        help="JSON lines, or a readable rendering (auto: console on a terminal)",
-    )
-    parser.add_argument(
-        "--lock-url", metavar="URL", help="redis:// URL of shared token locks (many hosts)"
-    )
-    parser.add_argument(
-        "--metrics-file", metavar="PATH", help="write Prometheus metrics of the run to PATH"
-    )
-    parser.add_argument(
-        "--check-quota",
-        action="store_true",
-        help="before clearing, refuse to start when a token lacks the calls its lane may need",
-    )
+    add_state_dir(parser)
     return parser
 
 
