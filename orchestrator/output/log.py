@@ -154,14 +154,6 @@ def make_logger(
     ).bind(run_id=run_id)
 
 
-def make_log(
-    fmt: LogFormat, run_id: str | None, stream: TextIO | None = None
-) -> tuple[Any, EventLog]:
-    """A run's logger (see :func:`make_logger`) and the listener that logs its clear events."""
-    logger = make_logger(fmt, run_id, stream)
-    return logger, EventLog(logger)
-
-
 def _standard_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     # The four fields every line has come first, so a person reading raw JSON sees them.
     ordered: MutableMapping[str, Any] = {

@@ -6,7 +6,9 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
+from orchestrator.output.log import EventLog, LogFormat, make_logger
 from orchestrator.plan.model import Clear, Lane, OnFailure, Secret, TokenRef
 from orchestrator.wolkvox.client import Answer, Verdict
 
@@ -115,3 +117,9 @@ class ScriptedSender:
         finally:
             self.in_flight[tid] -= 1
             self.total_in_flight -= 1
+
+
+def make_log(fmt: LogFormat, run_id: str | None, stream: TextIO) -> tuple[Any, EventLog]:
+    """A logger on ``stream`` and the listener that logs clear events through it, as a run has."""
+    logger = make_logger(fmt, run_id, stream)
+    return logger, EventLog(logger)

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fakes import BAD_REQUEST, OK, REJECTED, TIMEOUT, UNAVAILABLE, make_clear, make_lane
+from fakes import BAD_REQUEST, OK, REJECTED, TIMEOUT, UNAVAILABLE, make_clear, make_lane, make_log
 from sim_thread import ThreadedSimulator, running_simulator
 from structlog.typing import EventDict, WrappedLogger
 
 from orchestrator.cli import main
 from orchestrator.output.console import MAX_WIDTH, console_width
-from orchestrator.output.log import EventLog, make_log, make_logger
+from orchestrator.output.log import EventLog, make_logger
 from orchestrator.plan.model import TokenRef
 from orchestrator.run.events import (
     ClearFinished,

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 import structlog
-from fakes import MAINTENANCE, OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane
+from fakes import MAINTENANCE, OK, TIMEOUT, UNAVAILABLE, make_clear, make_lane, make_log
 
-from orchestrator.output.log import EventLog, LineWriter, make_log, make_logger, pick_format
+from orchestrator.output.log import EventLog, LineWriter, make_logger, pick_format
 from orchestrator.plan.model import TokenRef
 from orchestrator.run.events import (
     ClearFinished,
