@@ -15,10 +15,9 @@ from typing import TypedDict
 from aiohttp import web
 
 from orchestrator.plan.model import token_fingerprint
+from orchestrator.wolkvox.client import TOKEN_HEADER
 
 __all__ = ["Call", "CallInfo", "CallLog", "SimulatorStats"]
-
-TOKEN_HEADER = "wolkvox-token"
 
 
 class CallInfo(TypedDict):
