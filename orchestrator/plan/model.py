@@ -127,6 +127,11 @@ class Secret:
         return hash(self._token_id)
 
 
+def campaign_key(campaign_id: str) -> str:
+    """The identity of a campaign id: 3001 and 03001 are one campaign to wolkvox."""
+    return campaign_id.lstrip("0") or "0"
+
+
 def token_fingerprint(value: str) -> str:
     """The first 12 hex digits of the SHA-256 of ``value``."""
     return hashlib.sha256(value.encode()).hexdigest()[:12]
@@ -237,9 +242,8 @@ class Lane:
         """The clears grouped by campaign (server, type, id), in order of first clear."""
         chains: dict[tuple[str, str, str], list[Clear]] = {}
         for clear in self.clears:
-            # 3001 and 03001 are one campaign to wolkvox: never two calls on it at once.
-            server, type_campaign, campaign_id = clear.target
-            key = (server, type_campaign, campaign_id.lstrip("0") or "0")
+            # Never two calls at once on one campaign, however its id is written.
+            key = (clear.server, clear.type_campaign, campaign_key(clear.campaign_id))
             chains.setdefault(key, []).append(clear)
         return tuple(tuple(chain) for chain in chains.values())
 

@@ -36,6 +36,7 @@ from orchestrator.plan.model import (
     Settings,
     TokenPool,
     TokenRef,
+    campaign_key,
 )
 from orchestrator.plan.schema import ALL_RESULTS, plan_schema
 from orchestrator.plan.schema_errors import Finding, explain, shown
@@ -244,7 +245,7 @@ class _Check:
         defaults = data.get("defaults")
         if not isinstance(campaigns, list) or not self._clean("defaults"):
             return ()
-        protected = frozenset(map(_id_key, protect))
+        protected = frozenset(map(campaign_key, protect))
         first = _First()
         token_files: dict[str, str] = {}
         pools = _Pools()
@@ -256,7 +257,7 @@ class _Check:
             line = lines[index]
             path: DataPath = ("campaigns", index)
             campaign_id = str(fields["campaign_id"])
-            if _id_key(campaign_id) in protected:
+            if campaign_key(campaign_id) in protected:
                 message = (
                     f"campaign {campaign_id!r} is protected (settings.protect): "
                     "no clear may touch it"
@@ -302,7 +303,7 @@ class _First:
         """A problem when ``results`` of ``target`` are already cleared, else None."""
         # The identity protect uses: 3001 and 03001 are one campaign to wolkvox.
         server, type_campaign, campaign_id = target
-        earlier = self.seen.setdefault((server, type_campaign, _id_key(campaign_id)), [])
+        earlier = self.seen.setdefault((server, type_campaign, campaign_key(campaign_id)), [])
         for result in results:
             for their_results, their_id, there in earlier:
                 if result in their_results or result is None or None in their_results:
@@ -452,7 +453,3 @@ def _check_lock_url(url: str) -> str | None:
     if parts.scheme not in ("redis", "rediss"):
         return f"{shown(url)} is not a redis:// or rediss:// URL"
     return None if host else f"{shown(url)} has no host"
-
-
-def _id_key(campaign_id: str) -> str:
-    return campaign_id.lstrip("0") or "0"

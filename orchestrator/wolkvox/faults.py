@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from orchestrator.plan.model import campaign_key
+
 __all__ = ["Fault", "FaultPicker", "FaultSpec", "Faults", "combined", "parse_fault"]
 
 
@@ -67,11 +69,6 @@ class FaultSpec:
 
 
 NO_FAULT = FaultSpec()
-
-
-def campaign_key(campaign_id: str) -> str:
-    """The identity of a campaign id: ``03001`` is ``3001``."""
-    return campaign_id.lstrip("0") or "0"
 
 
 def parse_fault(text: str) -> FaultSpec:

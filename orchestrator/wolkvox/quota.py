@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from orchestrator.errors import TokenInfoError
 from orchestrator.plan.model import Lane, Token
 from orchestrator.state.locks import NoLocks, TokenLocks
-from orchestrator.wolkvox.client import TokenInfo, WolkvoxClient
+from orchestrator.wolkvox.client import COUNT_FIELDS, TokenInfo, WolkvoxClient
 
 __all__ = ["QuotaLine", "check_quota", "render_quota", "worst_case"]
 
@@ -202,7 +202,8 @@ def _check_lanes(lanes: Sequence[Lane]) -> None:
     seen: set[str] = set()
     for lane in lanes:
         if any(token.secret is None for token in lane.tokens):
-            raise ValueError(f"lane {_label(lane)} has no token: read the tokens first")
+            label = _named(lane.token_names, lane.token_id)
+            raise ValueError(f"lane {label} has no token: read the tokens first")
         if lane.pool:
             continue  # a token alone and in a pool is one token: it is asked once
         assert lane.secret is not None
@@ -214,7 +215,7 @@ def _check_lanes(lanes: Sequence[Lane]) -> None:
 
 def _line(token: Token, server: str, info: TokenInfo, spent_by_check: int, worst: int) -> QuotaLine:
     label = _named(token.token_names, token.token_id)
-    warnings = [_field_warning(label, name, info) for name in _COUNT_FIELDS]
+    warnings = [_field_warning(label, name, info) for name in COUNT_FIELDS]
     used = None if info.token_use_today is None else info.token_use_today + spent_by_check
     # Both ways wolkvox states what is left are honoured: the smaller one wins.
     candidates = []
@@ -240,15 +241,6 @@ def _line(token: Token, server: str, info: TokenInfo, spent_by_check: int, worst
         description=info.description,
         warnings=tuple(w for w in warnings if w),
     )
-
-
-#: The counts of a ``token_info`` answer (its ``description`` is only shown).
-_COUNT_FIELDS = (
-    "token_limit",
-    "token_use_today",
-    "all_token_today",
-    "available_consumption_options",
-)
 
 
 def _field_warning(label: str, name: str, info: TokenInfo) -> str:
@@ -311,10 +303,6 @@ def _shared_lines(
             )
         )
     return lines
-
-
-def _label(lane: Lane) -> str:
-    return _named(lane.token_names, lane.token_id)
 
 
 def _named(token_names: Sequence[str], token_id: str) -> str:
