@@ -197,8 +197,8 @@ class _Check:
             raise self.error()
 
     def error(self) -> PlanError:
-        """Every problem, in the order of the lines they concern."""
-        return PlanError(sorted(self.problems, key=lambda p: p.line or 0))
+        """Every problem (PlanError orders them by line)."""
+        return PlanError(self.problems)
 
     def _url_worded(self, path: DataPath, url: str) -> bool:
         """Whether the code's own URL check refuses ``url`` (and so words it)."""
