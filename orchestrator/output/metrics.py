@@ -21,11 +21,7 @@ from orchestrator.errors import MetricsError
 from orchestrator.output.atomic import FILE_MODE, write_text_atomically
 from orchestrator.run.events import TALLIES
 
-__all__ = ["OUTCOMES", "MetricsError", "render_metrics", "write_metrics"]
-
-#: How clears end, in the order they are written; every one is written, zero or not.
-#: ``already_succeeded``: done by an earlier attempt of a resumed run, not sent again.
-OUTCOMES = TALLIES
+__all__ = ["MetricsError", "render_metrics", "write_metrics"]
 
 
 def render_metrics(
@@ -64,7 +60,8 @@ def render_metrics(
         duration_s
     )
     clears = gauge("orchestrator_clears", "Clears of the run by how they ended.", "outcome")
-    for outcome in [*OUTCOMES, *sorted(set(totals) - set(OUTCOMES))]:
+    # Every tally is written, zero or not (already_succeeded: done before a resume).
+    for outcome in [*TALLIES, *sorted(set(totals) - set(TALLIES))]:
         clears.labels(plan, outcome).set(totals.get(outcome, 0))
     calls = gauge(
         "orchestrator_token_calls",

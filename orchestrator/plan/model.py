@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 #: The values wolkvox accepts in the ``result`` parameter, one per call.
@@ -192,8 +192,6 @@ class Plan:
     source: str
     settings: Settings
     clears: tuple[Clear, ...]
-    #: Problems that do not stop a run, such as tokens not set at validate time.
-    warnings: tuple[str, ...] = field(default=())
 
     def token_refs(self) -> tuple[TokenRef, ...]:
         """Every distinct token reference, pools' members included, in order of first use."""
@@ -202,7 +200,7 @@ class Plan:
     def with_tags(self, tags: frozenset[str]) -> Plan:
         """The plan restricted to clears of campaigns carrying any of ``tags``."""
         kept = tuple(c for c in self.clears if tags.intersection(c.tags))
-        return Plan(self.source, self.settings, kept, self.warnings)
+        return Plan(self.source, self.settings, kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,11 +180,11 @@ class _Check:
         ``lines`` holds the line of each campaign entry.
         """
         if not isinstance(data, dict):
-            raise self.error()
+            raise PlanError(self.problems)
         settings = self._settings(data.get("settings"))
         clears = self._clears(data, settings.protect, lines, base_dir)
         if self.problems:
-            raise self.error()
+            raise PlanError(self.problems)
         return Plan(self.source, settings, clears)
 
     def add(self, finding: Finding) -> None:
@@ -194,11 +194,7 @@ class _Check:
         if len(self.problems) >= MAX_PROBLEMS:
             stop = f"stopped after {MAX_PROBLEMS} problems; fix these first"
             self.problems.append(Problem(self.source, None, "", stop))
-            raise self.error()
-
-    def error(self) -> PlanError:
-        """Every problem (PlanError orders them by line)."""
-        return PlanError(self.problems)
+            raise PlanError(self.problems)
 
     def _url_worded(self, path: DataPath, url: str) -> bool:
         """Whether the code's own URL check refuses ``url`` (and so words it)."""
@@ -277,7 +273,7 @@ class _Check:
                 if len(clears) >= MAX_CLEARS:
                     message = f"the plan expands to more than {MAX_CLEARS} clears; split it up"
                     self.add(Finding(path, message, line))
-                    raise self.error()
+                    raise PlanError(self.problems)
                 clears.append(_clear(len(clears) + 1, target, result, token, fields, line))
         return tuple(clears)
 

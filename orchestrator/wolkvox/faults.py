@@ -58,10 +58,6 @@ class FaultSpec:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"a fault rate must be between 0 and 1, got {self.rate}")
 
-    @property
-    def active(self) -> bool:
-        return self.rate > 0 or bool(self.campaigns)
-
     def merged(self, other: FaultSpec) -> FaultSpec:
         """Both specs at once: the higher rate, the campaigns of both."""
         targets = {**dict(self.campaigns), **dict(other.campaigns)}
@@ -160,8 +156,6 @@ class FaultPicker:
 
     def _strikes(self, fault: Fault, campaign_id: str | None) -> bool:
         spec = self.faults.spec(fault)
-        if not spec.active:
-            return False
         targets = dict(spec.campaigns)
         if campaign_id is not None:
             key = campaign_key(campaign_id)

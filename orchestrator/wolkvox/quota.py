@@ -173,7 +173,7 @@ def _pool_lines(
     ]
     # A token with a lane of its own keeps that lane's worst case for it.
     lefts = [None if m.left is None else max(0, m.left - alone.get(m.token_id, 0)) for m in members]
-    left = None if None in lefts else sum(x for x in lefts if x is not None)
+    left = _total(lefts)
     worst = worst_case(lane)
     pool = QuotaLine(
         token_id="",

@@ -32,7 +32,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 
@@ -249,19 +248,12 @@ class Simulator:
         app.router.add_post("/_simulator/reset", self._handle_reset)
         return app
 
-    def _code(self, code: int) -> int | str:
-        return str(code) if self.config.code_as_string else code
-
-    def _reply(
-        self, call: Call | None, status: int, error: str | None, msg: str, **extra: Any
-    ) -> web.Response:
-        """Answer; ``status`` is both the HTTP status and the body code, except 202."""
-        code = status
-        if status == 202:  # wolkvox's success: HTTP 200 with 202 in the body
-            status = 200
+    def _reply(self, call: Call | None, code: int, error: str | None, msg: str) -> web.Response:
+        """Answer; ``code`` is both the HTTP status and the body's code, except 202."""
+        status = 200 if code == 202 else code  # wolkvox's success: HTTP 200, 202 in the body
         self._log.depart(call, status)
-        body = {"code": self._code(code), "error": error, "msg": msg, **extra}
-        return web.json_response(body, status=status)
+        shown = str(code) if self.config.code_as_string else code
+        return web.json_response({"code": shown, "error": error, "msg": msg}, status=status)
 
     def _error(self, call: Call | None, status: int, detail: str) -> web.Response:
         """wolkvox's error shape: the status name in ``error``, the detail in ``msg``."""
