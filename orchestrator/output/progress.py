@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from types import TracebackType
 from typing import TextIO, cast
 
 from rich.console import Console, Group, RenderableType
@@ -174,12 +173,7 @@ class Progress:
         self._live.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Stop the display and erase it: the log and the summary tell the rest."""
         live, self._live = self._live, None
         if live is not None:

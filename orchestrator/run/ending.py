@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,14 +22,12 @@ from orchestrator.output.metrics import write_metrics as write_metrics_file
 from orchestrator.plan.model import Lane
 from orchestrator.run.events import ClearFinished
 from orchestrator.run.lanes import reason_of
-from orchestrator.run.prepare import Prepared, State, utc_now
+from orchestrator.run.prepare import Prepared, Say, State, utc_now
 from orchestrator.wolkvox.redact import redact
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-Say = Callable[[str], None]
 
 #: Seqs of unrecorded clears the summary names before it says "...".
 _SHOWN_SEQS = 10
