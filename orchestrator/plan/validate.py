@@ -24,7 +24,7 @@ import jsonschema_rs
 
 from orchestrator.errors import PlanError, Problem
 from orchestrator.plan import loader
-from orchestrator.plan.loader import MAX_PROBLEMS, Data, Node, line_of, node_at
+from orchestrator.plan.loader import Data, Node, line_of, node_at
 from orchestrator.plan.model import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
@@ -77,7 +77,7 @@ def parse_plan(text: str | bytes, source: str, *, base_dir: Path) -> Plan:
             raise PlanError([Problem(source, None, "", "the plan is empty")])
         reader = loader.Reader(source)
         data = reader.data(root)
-        check = _Check(source, reader.problems)
+        check = _Check(reader)
         check.against_schema(data, root)
         lines = _campaign_lines(root)
         # The node tree is by far the largest part of a plan in memory; past
@@ -144,16 +144,18 @@ def _is_loopback(host: str) -> bool:
 class _Check:
     """One validation pass over one plan read as data."""
 
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = problems
+    def __init__(self, reader: loader.Reader) -> None:
+        #: Holds every problem, those of reading the YAML first.
+        self.reader = reader
+        self.source = reader.source
+        self.problems = reader.problems
         #: Paths with a problem, and every path above one: what lies at, above
         #: or below them is not checked further.
         self.faulty: set[DataPath] = set()
         self.above_faulty: set[DataPath] = set()
         #: Where reading the YAML found a problem: the schema's view of the
         #: value left there (None, a missing key) would only repeat it.
-        self.read_faults = {problem.path for problem in problems}
+        self.read_faults = {problem.path for problem in reader.problems}
 
     def against_schema(self, data: Data, root: Node) -> None:
         """Record what the schema, and the code's own URL checks, find wrong."""
@@ -188,13 +190,9 @@ class _Check:
         return Plan(self.source, settings, clears)
 
     def add(self, finding: Finding) -> None:
-        """Record a problem; past :data:`MAX_PROBLEMS`, stop with all of them."""
+        """Record a problem; past :data:`~orchestrator.plan.loader.MAX_PROBLEMS`, stop."""
         self._mark(finding.path)
-        self.problems.append(Problem(self.source, finding.line, finding.where, finding.message))
-        if len(self.problems) >= MAX_PROBLEMS:
-            stop = f"stopped after {MAX_PROBLEMS} problems; fix these first"
-            self.problems.append(Problem(self.source, None, "", stop))
-            raise PlanError(self.problems)
+        self.reader.problem(finding.line, finding.where, finding.message)
 
     def _url_worded(self, path: DataPath, url: str) -> bool:
         """Whether the code's own URL check refuses ``url`` (and so words it)."""

@@ -31,27 +31,17 @@ from typing import Any
 
 from orchestrator.errors import JournalError
 from orchestrator.plan.model import Lane
-from orchestrator.state.database import (
-    BUSY_TIMEOUT_S,
-    NOW,
-    SCHEMA_VERSION,
-    connect,
-    journal_error,
-    transaction,
-)
+from orchestrator.state.database import NOW, SCHEMA_VERSION, connect, journal_error, transaction
 from orchestrator.state.identity import plan_digest
 from orchestrator.state.recorder import JournalRecorder
 from orchestrator.state.records import STATES, ClearRecord, RunRecord, RunSummary
 
 __all__ = [
-    "BUSY_TIMEOUT_S",
     "JOURNAL_FILE",
     "SCHEMA_VERSION",
-    "STATES",
     "ClearRecord",
     "Journal",
     "JournalError",
-    "JournalRecorder",
     "RunRecord",
     "RunSummary",
     "plan_digest",

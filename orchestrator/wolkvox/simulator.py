@@ -40,14 +40,7 @@ from orchestrator.wolkvox.calllog import Call, CallLog, SimulatorStats
 from orchestrator.wolkvox.client import CAMPAIGN_PATH, INFORMATION_PATH
 from orchestrator.wolkvox.faults import NO_FAULTS, Fault, FaultPicker, Faults
 
-__all__ = [
-    "SERVER_PREFIX",
-    "Call",
-    "Simulator",
-    "SimulatorConfig",
-    "SimulatorStats",
-    "serve",
-]
+__all__ = ["SERVER_PREFIX", "Simulator", "SimulatorConfig", "serve"]
 
 SERVER_PREFIX = "/wv{server}"
 
