@@ -45,20 +45,17 @@ def render_metrics(
     def gauge(name: str, help_text: str, *labels: str) -> Gauge:
         return Gauge(name, help_text, ("plan", *labels), registry=registry)
 
-    gauge("orchestrator_run_started_timestamp_seconds", "Unix time the run started.").labels(
-        plan
-    ).set(started_at)
-    gauge("orchestrator_run_finished_timestamp_seconds", "Unix time the run finished.").labels(
-        plan
-    ).set(finished_at)
-    gauge(
-        "orchestrator_run_exit_code",
+    exit_help = (
         "Exit code of the run: 0 all succeeded (now or already), 1 some failed or skipped, "
-        "2 nothing sent, 128+N signal N.",
-    ).labels(plan).set(exit_code)
-    gauge("orchestrator_run_duration_seconds", "How long the run took.").labels(plan).set(
-        duration_s
+        "2 nothing sent, 128+N signal N."
     )
+    for name, help_text, value in (
+        ("orchestrator_run_started_timestamp_seconds", "Unix time the run started.", started_at),
+        ("orchestrator_run_finished_timestamp_seconds", "Unix time the run finished.", finished_at),
+        ("orchestrator_run_exit_code", exit_help, exit_code),
+        ("orchestrator_run_duration_seconds", "How long the run took.", duration_s),
+    ):
+        gauge(name, help_text).labels(plan).set(value)
     clears = gauge("orchestrator_clears", "Clears of the run by how they ended.", "outcome")
     # Every tally is written, zero or not (already_succeeded: done before a resume).
     for outcome in [*TALLIES, *sorted(set(totals) - set(TALLIES))]:

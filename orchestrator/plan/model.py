@@ -41,7 +41,8 @@ DEFAULT_MAINTENANCE_WAIT_S = 1800.0
 DEFAULT_TIMEOUT_S = 90.0
 DEFAULT_RETRIES = 3
 
-#: Label used in logs and reports for a clear without a result filter.
+#: ``results: all`` in a plan: no filter, every record of the campaign; also what logs,
+#: reports and the journal call a clear without a result filter.
 ALL = "all"
 
 

@@ -26,6 +26,7 @@ from orchestrator.errors import PlanError, Problem
 from orchestrator.plan import loader
 from orchestrator.plan.loader import Data, Node, line_of, node_at
 from orchestrator.plan.model import (
+    ALL,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
     MAX_CLEARS,
@@ -38,7 +39,7 @@ from orchestrator.plan.model import (
     TokenRef,
     campaign_key,
 )
-from orchestrator.plan.schema import ALL_RESULTS, plan_schema
+from orchestrator.plan.schema import plan_schema
 from orchestrator.plan.schema_errors import Finding, explain, shown
 from orchestrator.plan.schema_errors import Path as DataPath
 
@@ -319,11 +320,11 @@ def _duplicate(
     server, type_campaign, campaign_id = target
     what = f"campaign {campaign_id!r} on server {server!r} ({type_campaign})"
     if result in their_results:
-        label = ALL_RESULTS if result is None else result
+        label = ALL if result is None else result
         return f"duplicate clear: {what}, result {label!r}, is already cleared by {there}"
     return (
-        f"duplicate clear: {what} is cleared both with {ALL_RESULTS!r} and with a "
-        f"result filter (see {there}); {ALL_RESULTS!r} already deletes every record"
+        f"duplicate clear: {what} is cleared both with {ALL!r} and with a "
+        f"result filter (see {there}); {ALL!r} already deletes every record"
     )
 
 
