@@ -37,7 +37,7 @@ from orchestrator.run.events import (
     TokenWaiting,
     tally_of,
 )
-from orchestrator.run.order import Estimates
+from orchestrator.run.order import DEFAULT_CLEAR_S, Estimates
 
 #: Redraws per second: enough for a countdown, cheap beside the event loop.
 REFRESH_PER_SECOND = 4
@@ -389,7 +389,7 @@ class Progress:
         if self._timed == 0 and not self._estimates.runs:
             return None
         at = self._clock() if now is None else now
-        mean = self._timed_s / self._timed if self._timed else self._estimates.default_s
+        mean = self._timed_s / self._timed if self._timed else DEFAULT_CLEAR_S
         longest = total = 0.0
         for view in self._lanes:
             work = view.known_left_s + view.unknown_left * mean

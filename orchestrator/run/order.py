@@ -34,7 +34,6 @@ class Estimates:
     seconds: Mapping[Key, float] = field(default_factory=dict)
     #: The most durations behind any one estimate: "from the last N runs".
     runs: int = 0
-    default_s: float = DEFAULT_CLEAR_S
 
     @classmethod
     def from_durations(cls, durations: Mapping[Key, Sequence[int]]) -> Estimates:
@@ -48,7 +47,7 @@ class Estimates:
 
     def of(self, clear: Clear) -> float:
         """Seconds ``clear`` is expected to take."""
-        return self.seconds.get(_key(clear), self.default_s)
+        return self.seconds.get(_key(clear), DEFAULT_CLEAR_S)
 
     def chain(self, clears: Iterable[Clear]) -> float:
         """Seconds ``clears`` are expected to take one after another."""

@@ -146,9 +146,7 @@ def resolve_state_dir(cli_value: str | None, environ: Mapping[str, str] | None =
     return Path(home) / ".local" / "state" / "orchestrator"
 
 
-def read_durations(
-    state_dir: Path, last: int = DURATIONS_KEPT
-) -> dict[tuple[str, str, str, str], list[int]]:
+def read_durations(state_dir: Path) -> dict[tuple[str, str, str, str], list[int]]:
     """:meth:`Journal.durations` of the journal in ``state_dir``, opened read only.
 
     Nothing is created or changed: ``validate`` and ``--dry-run`` read it too. A journal
@@ -163,7 +161,7 @@ def read_durations(
     except sqlite3.Error:
         return {}
     try:
-        return Journal(conn, path).durations(last)
+        return Journal(conn, path).durations()
     except JournalError:
         return {}
     finally:
@@ -372,15 +370,16 @@ class Journal:
         """
         return dict(self._read(_SELECT_CALLS, (run_id,)))
 
-    def durations(self, last: int = DURATIONS_KEPT) -> dict[tuple[str, str, str, str], list[int]]:
-        """The ``last`` successful durations (ms) of each clear ever journaled, newest first.
+    def durations(self) -> dict[tuple[str, str, str, str], list[int]]:
+        """The last :data:`DURATIONS_KEPT` successful durations (ms) of each clear ever
+        journaled, newest first.
 
         Keyed by (server, type_campaign, campaign_id, result label), whatever run or plan
         made them; dry runs sent nothing, so they have none.
         """
         found: dict[tuple[str, str, str, str], list[int]] = {}
         for server, type_campaign, campaign_id, result, ms in self._read(
-            _SELECT_DURATIONS, (last,)
+            _SELECT_DURATIONS, (DURATIONS_KEPT,)
         ):
             found.setdefault((server, type_campaign, campaign_id, result), []).append(ms)
         return found
