@@ -314,7 +314,7 @@ class Reader:
         return None if tag == _NULL else str(node.value)
 
     def items(self, node: Node, parent: str, key: str | int, expected: str) -> list[Node] | None:
-        """A list's items (not read yet: read each with :meth:`text` or :meth:`texts`)."""
+        """A list's items, not read yet (each is read with :meth:`data`)."""
         self._count(1)
         if type(node) is not SequenceNode:
             self.problem(line_of(node), join(parent, key), f"expected {expected}, got {kind(node)}")
