@@ -12,6 +12,7 @@ starts in plan order.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,13 +92,7 @@ def in_start_order(
 
 def _longest_campaigns_first(lane: Lane, estimates: Estimates) -> Lane:
     chains = sorted(lane.campaigns(), key=estimates.chain, reverse=True)
-    return Lane(
-        lane.token_id,
-        lane.token_names,
-        lane.secret,
-        tuple(clear for chain in chains for clear in chain),
-        lane.pool,
-    )
+    return dataclasses.replace(lane, clears=tuple(clear for chain in chains for clear in chain))
 
 
 def _key(clear: Clear) -> Key:
