@@ -25,29 +25,20 @@ MIN_WIDTH = 80
 #: so that a clear's duration and outcome still fit on its line.
 MAX_TOKEN_LABEL = 40
 
-#: Marks by kind of line, and the ASCII a stream that cannot encode them gets instead.
-UNICODE_MARKS = {
-    "started": "▶",
-    "succeeded": "✓",
-    "failed": "✗",
-    "skipped": "–",  # noqa: RUF001 (an en dash: a hyphen reads as a minus)
-    "retrying": "↻",
-    "waiting": "⋯",
-    "warning": "!",
-    "info": "·",
-    "cut": "…",
+#: Marks by kind of line: the Unicode one, and the ASCII a stream that cannot encode it gets.
+_MARKS = {
+    "started": ("▶", ">"),
+    "succeeded": ("✓", "+"),
+    "failed": ("✗", "x"),
+    "skipped": ("–", "-"),  # noqa: RUF001 (an en dash: a hyphen reads as a minus)
+    "retrying": ("↻", "~"),
+    "waiting": ("⋯", "."),
+    "warning": ("!", "!"),
+    "info": ("·", "*"),
+    "cut": ("…", "..."),
 }
-ASCII_MARKS = {
-    "started": ">",
-    "succeeded": "+",
-    "failed": "x",
-    "skipped": "-",
-    "retrying": "~",
-    "waiting": ".",
-    "warning": "!",
-    "info": "*",
-    "cut": "...",
-}
+UNICODE_MARKS = {kind: marks[0] for kind, marks in _MARKS.items()}
+ASCII_MARKS = {kind: marks[1] for kind, marks in _MARKS.items()}
 
 _COLOURS = {
     "started": "\x1b[36m",
