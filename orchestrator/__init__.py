@@ -1,37 +1,9 @@
 """orchestrator: reset wolkvox dialer campaigns in bulk, safely.
 
-The public surface: load a plan, read its tokens, group it into lanes, run it.
+The command line (:mod:`orchestrator.cli`) is the interface; README.md describes it.
+The parts, in the order a run flows through them: :mod:`orchestrator.plan` (the plan
+file, its rules, its tokens), :mod:`orchestrator.run` (prepare, then execute),
+:mod:`orchestrator.wolkvox` (the API client and its simulator),
+:mod:`orchestrator.state` (the journal and the token locks) and
+:mod:`orchestrator.output` (log, progress, report, metrics).
 """
-
-from orchestrator.errors import (
-    CallTimeout,
-    ConnectionFailed,
-    ConnectionLost,
-    OrchestratorError,
-    OutcomeUnknown,
-    PlanError,
-    Problem,
-    TransportError,
-    UsageError,
-)
-from orchestrator.plan.model import Clear, Lane, OnFailure, Plan, Secret, Settings, TokenRef
-
-__all__ = [
-    "CallTimeout",
-    "Clear",
-    "ConnectionFailed",
-    "ConnectionLost",
-    "Lane",
-    "OnFailure",
-    "OrchestratorError",
-    "OutcomeUnknown",
-    "Plan",
-    "PlanError",
-    "Problem",
-    "Secret",
-    "Settings",
-    "TokenRef",
-    "TransportError",
-    "UsageError",
-]
-__version__ = "0.1.0"

@@ -17,13 +17,12 @@ from orchestrator.cli.options import add_sending_options, add_state_dir
 from orchestrator.errors import PlanError
 from orchestrator.plan import reviewed
 from orchestrator.plan.model import Plan
-from orchestrator.run.prepare import Prepared
+from orchestrator.run.prepare import Prepared, Say
 
 __all__ = ["Execute", "add_apply", "add_save", "apply", "save"]
 
 #: ``execute(plan, args, checked=...)``: prepare, call ``checked``, confirm, run.
 Execute = Callable[..., int]
-Say = Callable[[str], None]
 
 
 def add_save(run: argparse.ArgumentParser) -> None:

@@ -25,29 +25,20 @@ MIN_WIDTH = 80
 #: so that a clear's duration and outcome still fit on its line.
 MAX_TOKEN_LABEL = 40
 
-#: Marks by kind of line, and the ASCII a stream that cannot encode them gets instead.
-UNICODE_MARKS = {
-    "started": "▶",
-    "succeeded": "✓",
-    "failed": "✗",
-    "skipped": "–",  # noqa: RUF001 (an en dash: a hyphen reads as a minus)
-    "retrying": "↻",
-    "waiting": "⋯",
-    "warning": "!",
-    "info": "·",
-    "cut": "…",
+#: Marks by kind of line: the Unicode one, and the ASCII a stream that cannot encode it gets.
+_MARKS = {
+    "started": ("▶", ">"),
+    "succeeded": ("✓", "+"),
+    "failed": ("✗", "x"),
+    "skipped": ("–", "-"),  # noqa: RUF001 (an en dash: a hyphen reads as a minus)
+    "retrying": ("↻", "~"),
+    "waiting": ("⋯", "."),
+    "warning": ("!", "!"),
+    "info": ("·", "*"),
+    "cut": ("…", "..."),
 }
-ASCII_MARKS = {
-    "started": ">",
-    "succeeded": "+",
-    "failed": "x",
-    "skipped": "-",
-    "retrying": "~",
-    "waiting": ".",
-    "warning": "!",
-    "info": "*",
-    "cut": "...",
-}
+UNICODE_MARKS = {kind: marks[0] for kind, marks in _MARKS.items()}
+ASCII_MARKS = {kind: marks[1] for kind, marks in _MARKS.items()}
 
 _COLOURS = {
     "started": "\x1b[36m",
@@ -166,7 +157,8 @@ def _shown(value: object) -> bool:
     return True
 
 
-def _plural(count: object, noun: str) -> str:
+def plural(count: object, noun: str) -> str:
+    """``1 clear``, ``2 clears``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
@@ -237,8 +229,8 @@ def _run_started(e: EventDict) -> Line:
     counts = ", ".join(
         part
         for part in (
-            _plural(e["clears"], "clear") if _shown(e.get("clears")) else "",
-            _plural(e["tokens"], "token") if _shown(e.get("tokens")) else "",
+            plural(e["clears"], "clear") if _shown(e.get("clears")) else "",
+            plural(e["tokens"], "token") if _shown(e.get("tokens")) else "",
         )
         if part
     )
@@ -253,11 +245,11 @@ def _run_started(e: EventDict) -> Line:
 def _run_interrupted(e: EventDict) -> Line:
     signal = _text(e.get("signal")) or "signal"
     calls = e.get("calls_in_flight") or 0
-    in_flight = _plural(calls, "call") + " in flight" if calls else "no call in flight"
+    in_flight = plural(calls, "call") + " in flight" if calls else "no call in flight"
     resting = e.get("tokens_resting") or 0
     if e.get("cut"):
         return "warning", [_head("stopping"), f"{signal} again: {in_flight} cut, outcome unknown"]
-    rest = f", {_plural(resting, 'token')} resting" if resting else ""
+    rest = f", {plural(resting, 'token')} resting" if resting else ""
     return "warning", [_head("stopping"), f"{signal}: {in_flight} let finish{rest}"]
 
 
@@ -301,7 +293,7 @@ def _finished(kind: str) -> Callable[[EventDict], Line]:
             # Not sent again, yet done: to the operator that is no skip.
             return "succeeded", [_head("done"), *_clear(e), "already succeeded, not sent again"]
         attempts = e.get("attempts")
-        took = [_plural(attempts, "attempt")] if isinstance(attempts, int) and attempts > 1 else []
+        took = [plural(attempts, "attempt")] if isinstance(attempts, int) and attempts > 1 else []
         if e.get("duration_ms"):
             # Rests in it (rested_ms) had lines of their own; the JSON log keeps the figure.
             took.append(_duration(e.get("duration_ms")))

@@ -63,7 +63,7 @@ def show_text(record: RunRecord, clears: Sequence[ClearRecord]) -> list[str]:
     return lines
 
 
-def _target(run: RunRecord | RunSummary) -> str:
+def _target(run: RunRecord) -> str:
     """Where a run was sent, in a word: ``simulated``, the URL template, or ``-``."""
     if run.simulated:
         return "simulated"

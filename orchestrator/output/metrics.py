@@ -21,11 +21,7 @@ from orchestrator.errors import MetricsError
 from orchestrator.output.atomic import FILE_MODE, write_text_atomically
 from orchestrator.run.events import TALLIES
 
-__all__ = ["OUTCOMES", "MetricsError", "render_metrics", "write_metrics"]
-
-#: How clears end, in the order they are written; every one is written, zero or not.
-#: ``already_succeeded``: done by an earlier attempt of a resumed run, not sent again.
-OUTCOMES = TALLIES
+__all__ = ["MetricsError", "render_metrics", "write_metrics"]
 
 
 def render_metrics(
@@ -49,22 +45,20 @@ def render_metrics(
     def gauge(name: str, help_text: str, *labels: str) -> Gauge:
         return Gauge(name, help_text, ("plan", *labels), registry=registry)
 
-    gauge("orchestrator_run_started_timestamp_seconds", "Unix time the run started.").labels(
-        plan
-    ).set(started_at)
-    gauge("orchestrator_run_finished_timestamp_seconds", "Unix time the run finished.").labels(
-        plan
-    ).set(finished_at)
-    gauge(
-        "orchestrator_run_exit_code",
+    exit_help = (
         "Exit code of the run: 0 all succeeded (now or already), 1 some failed or skipped, "
-        "2 nothing sent, 128+N signal N.",
-    ).labels(plan).set(exit_code)
-    gauge("orchestrator_run_duration_seconds", "How long the run took.").labels(plan).set(
-        duration_s
+        "2 nothing sent, 128+N signal N."
     )
+    for name, help_text, value in (
+        ("orchestrator_run_started_timestamp_seconds", "Unix time the run started.", started_at),
+        ("orchestrator_run_finished_timestamp_seconds", "Unix time the run finished.", finished_at),
+        ("orchestrator_run_exit_code", exit_help, exit_code),
+        ("orchestrator_run_duration_seconds", "How long the run took.", duration_s),
+    ):
+        gauge(name, help_text).labels(plan).set(value)
     clears = gauge("orchestrator_clears", "Clears of the run by how they ended.", "outcome")
-    for outcome in [*OUTCOMES, *sorted(set(totals) - set(OUTCOMES))]:
+    # Every tally is written, zero or not (already_succeeded: done before a resume).
+    for outcome in [*TALLIES, *sorted(set(totals) - set(TALLIES))]:
         clears.labels(plan, outcome).set(totals.get(outcome, 0))
     calls = gauge(
         "orchestrator_token_calls",

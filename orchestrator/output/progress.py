@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from types import TracebackType
 from typing import TextIO, cast
 
 from rich.console import Console, Group, RenderableType
@@ -33,11 +32,12 @@ from orchestrator.run.events import (
     ClearStarted,
     Event,
     RestReason,
+    TokenLeftPool,
     TokenResting,
     TokenWaiting,
     tally_of,
 )
-from orchestrator.run.order import Estimates
+from orchestrator.run.order import DEFAULT_CLEAR_S, Estimates
 
 #: Redraws per second: enough for a countdown, cheap beside the event loop.
 REFRESH_PER_SECOND = 4
@@ -55,11 +55,7 @@ def progress_wanted(stderr: TextIO) -> bool:
     Whatever stdout is and whichever log format it carries: the display is drawn on
     stderr, so a JSON log redirected to a file or a pipe stays whole.
     """
-    try:
-        return stderr.isatty()
-    except (ValueError, OSError):
-        # A closed or odd stream is no terminal.
-        return False
+    return _is_terminal(stderr)
 
 
 class _State(Enum):
@@ -130,7 +126,6 @@ class Progress:
         max_parallel: int | None = None,
         estimates: Estimates | None = None,
     ) -> None:
-
         self._console = console if console is not None else Console(file=sys.stderr)
         self._clock = clock
         self._estimates = estimates or Estimates()
@@ -161,13 +156,6 @@ class Progress:
         self._fault: str | None = None
         self._started_at = clock()
         self._live: Live | None = None
-        self._handlers: dict[type, Callable[[Event], None]] = {
-            TokenWaiting: self._on_waiting,  # type: ignore[dict-item]
-            TokenResting: self._on_resting,  # type: ignore[dict-item]
-            ClearStarted: self._on_started,  # type: ignore[dict-item]
-            ClearRetrying: self._on_retrying,  # type: ignore[dict-item]
-            ClearFinished: self._on_finished,  # type: ignore[dict-item]
-        }
 
     def __enter__(self) -> Progress:
         """Start the live display on the console (stderr unless given)."""
@@ -185,12 +173,7 @@ class Progress:
         self._live.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Stop the display and erase it: the log and the summary tell the rest."""
         live, self._live = self._live, None
         if live is not None:
@@ -198,13 +181,14 @@ class Progress:
 
     def __call__(self, event: Event) -> None:
         """Take one scheduler event into account."""
-        if self._fault is not None:
-            return
-        handler = self._handlers.get(type(event))
-        if handler is None:
+        if self._fault is not None or isinstance(event, TokenLeftPool):
             return
         try:
-            handler(event)
+            if isinstance(event, ClearFinished):
+                self._on_finished(event)
+            elif (view := self._row(event)) is not None:
+                self._begin(view, event.clear)
+                self._step(view, event)
         except Exception as exc:
             # The scheduler halts the run when a listener raises; a display fault must not.
             self._fault = f"{type(exc).__name__}: {exc}"
@@ -232,12 +216,9 @@ class Progress:
 
     # Events: each touches one lane and a few counters.
 
-    def _view(self, clear: Clear) -> _LaneView | None:
-        return self._lane_of.get(clear.seq)
-
     def _row(self, event: Event) -> _LaneView | None:
         """Where an event shows: its lane, or in a pool, the row of the token that sent it."""
-        view = self._view(event.clear)
+        view = self._lane_of.get(event.clear.seq)
         if view is None or not view.rows:
             return view
         if view.state is _State.QUEUED:
@@ -257,37 +238,22 @@ class Progress:
             view.label = str(clear.token)
         view.began_at = self._clock()
 
-    def _on_waiting(self, event: TokenWaiting) -> None:
-        view = self._row(event)
-        if view is None:
-            return
-        self._begin(view, event.clear)
-        view.state, view.waited_s = _State.WAITING, event.waited_s
-
-    def _on_resting(self, event: TokenResting) -> None:
-        view = self._row(event)
-        if view is None:
-            return
-        self._begin(view, event.clear)
-        view.state, view.rest_until = _State.RESTING, self._clock() + event.rest_s
-        view.why = _REST_WHY[event.reason]
-
-    def _on_started(self, event: ClearStarted) -> None:
-        view = self._row(event)
-        if view is None:
-            return
-        self._begin(view, event.clear)
-        view.state, view.attempt = _State.SENDING, event.attempt
-
-    def _on_retrying(self, event: ClearRetrying) -> None:
-        view = self._row(event)
-        if view is None:
-            return
-        self._begin(view, event.clear)
-        view.state, view.attempt = _State.RETRYING, event.attempt
-        view.retry_at = self._clock() + event.delay_s
-        answer = event.answer
-        view.why = f"HTTP {answer.http_status}" if answer.http_status else (answer.error or "")
+    def _step(self, view: _LaneView, event: Event) -> None:
+        """A clear under way: waiting for its token, resting, sent, or to be sent again."""
+        match event:
+            case TokenWaiting():
+                view.state, view.waited_s = _State.WAITING, event.waited_s
+            case TokenResting():
+                view.state, view.rest_until = _State.RESTING, self._clock() + event.rest_s
+                view.why = _REST_WHY[event.reason]
+            case ClearStarted():
+                view.state, view.attempt = _State.SENDING, event.attempt
+            case ClearRetrying(answer=answer):
+                view.state, view.attempt = _State.RETRYING, event.attempt
+                view.retry_at = self._clock() + event.delay_s
+                view.why = (
+                    f"HTTP {answer.http_status}" if answer.http_status else (answer.error or "")
+                )
 
     def _on_finished(self, event: ClearFinished) -> None:
         outcome = tally_of(event)  # done by an earlier attempt is no skip
@@ -299,7 +265,7 @@ class Progress:
             self._timed_s += event.duration_ms / 1000
         elif reason in _HALT_REASONS and self._halting is None:
             self._halting = reason
-        view = self._view(event.clear)
+        view = self._lane_of.get(event.clear.seq)
         if view is None:
             return
         if self._estimates.known(event.clear):
@@ -318,7 +284,6 @@ class Progress:
     # Drawing: runs on rich's refresh thread; reads the counters, never changes them.
 
     def _compose(self, now: float) -> RenderableType:
-
         done = sum(self._counts.values())
         head = Table.grid(padding=(0, 1))
         head.add_row(
@@ -343,7 +308,6 @@ class Progress:
         return Group(*parts)
 
     def _counts_text(self) -> Text:
-
         counts = self._counts
         # Clears done before a resume are shown only where there are some.
         already = counts.get("already_succeeded", 0)
@@ -357,7 +321,6 @@ class Progress:
         )
 
     def _times_text(self, now: float) -> Text:
-
         left = self.estimate_left(now)
         queued = sum(1 for view in self._lanes if view.state is _State.QUEUED)
         finished = sum(1 for view in self._lanes if view.state is _State.DONE)
@@ -377,7 +340,6 @@ class Progress:
         return text
 
     def _lanes_table(self, views: Sequence[_LaneView], now: float) -> RenderableType:
-
         table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
         table.add_column("token")
         table.add_column("lane", justify="right")
@@ -427,7 +389,7 @@ class Progress:
         if self._timed == 0 and not self._estimates.runs:
             return None
         at = self._clock() if now is None else now
-        mean = self._timed_s / self._timed if self._timed else self._estimates.default_s
+        mean = self._timed_s / self._timed if self._timed else DEFAULT_CLEAR_S
         longest = total = 0.0
         for view in self._lanes:
             work = view.known_left_s + view.unknown_left * mean
@@ -444,7 +406,7 @@ class Progress:
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # a closed or odd stream is no terminal
         return False
 
 

@@ -48,7 +48,6 @@ class ConsoleLines(io.TextIOBase):
     def __init__(self, console: Console) -> None:
         super().__init__()
         self._console = console
-        self._from_ansi = Text.from_ansi
         self._partial = ""
 
     def writable(self) -> bool:
@@ -80,4 +79,4 @@ class ConsoleLines(io.TextIOBase):
 
     def _print(self, line: str) -> None:
         # A console log line carries ANSI colours; rich must know them to measure the line.
-        self._console.print(self._from_ansi(line), soft_wrap=True)
+        self._console.print(Text.from_ansi(line), soft_wrap=True)

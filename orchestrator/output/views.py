@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from orchestrator.plan.model import Clear, Lane, Plan
+from orchestrator.plan.model import Clear, Lane, Plan, Token
 
 ALL_MARK = "ALL RECORDS"
 
@@ -38,8 +38,7 @@ def render_schedule(plan: Plan, lanes: Sequence[Lane]) -> str:
         if lane.pool:
             lines.extend(_pool_lines(number, lane))
             continue
-        names = ", ".join(lane.token_names)
-        label = names if lane.secret is None else f"{names} (token_id {lane.token_id})"
+        label = _token_label(lane.tokens[0])
         lines.append(f"lane {number}: {label}: {len(lane.clears)} clear(s), one at a time")
         lines.extend(f"  {_clear_line(clear)}" for clear in lane.clears)
     return "\n".join(lines)
@@ -53,10 +52,7 @@ def _pool_lines(number: int, lane: Lane) -> list[str]:
         f"{len(campaigns)} campaign(s), {len(lane.clears)} clear(s); whichever token is "
         "free takes the next campaign, each campaign's clears one at a time in this order"
     ]
-    for token in lane.pool:
-        names = ", ".join(token.token_names)
-        label = names if token.secret is None else f"{names} (token_id {token.token_id})"
-        lines.append(f"  token {label}")
+    lines.extend(f"  token {_token_label(token)}" for token in lane.pool)
     for position, chain in enumerate(campaigns, 1):
         lines.append(f"  campaign {position} to start:")
         lines.extend(f"    {_clear_line(clear)}" for clear in chain)
@@ -107,6 +103,12 @@ def _lane_entry(number: int, lane: Lane) -> dict[str, object]:
         # A pool's clears come in the order its campaigns are expected to start.
         entry["pool"] = lane.token_id
     return entry | {"seqs": [c.seq for c in lane.clears]}
+
+
+def _token_label(token: Token) -> str:
+    """Its names in the plan, and its fingerprint once the tokens were read."""
+    names = ", ".join(token.token_names)
+    return names if token.secret is None else f"{names} (token_id {token.token_id})"
 
 
 def _clear_line(clear: Clear) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Final, NoReturn
+from typing import Final
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -303,9 +303,7 @@ class Reader:
 
     def value(self, node: Node, parent: str, key: str | int) -> str | None:
         """A scalar's text exactly as written, or None for a null or a bad tag."""
-        self._reads += 1
-        if self._reads > MAX_NODES:
-            self._too_many()
+        self._count(1)
         tag = node.tag
         if tag == _PLAIN:
             text: str = node.value
@@ -316,10 +314,8 @@ class Reader:
         return None if tag == _NULL else str(node.value)
 
     def items(self, node: Node, parent: str, key: str | int, expected: str) -> list[Node] | None:
-        """A list's items (not read yet: read each with :meth:`text` or :meth:`texts`)."""
-        self._reads += 1
-        if self._reads > MAX_NODES:
-            self._too_many()
+        """A list's items, not read yet (each is read with :meth:`data`)."""
+        self._count(1)
         if type(node) is not SequenceNode:
             self.problem(line_of(node), join(parent, key), f"expected {expected}, got {kind(node)}")
             return None
@@ -342,9 +338,7 @@ class Reader:
         self, node: MappingNode, parent: str, key: str | int, depth: int
     ) -> dict[str, tuple[Node, Node]]:
         pairs: list[tuple[Node, Node]] = node.value
-        self._reads += 1 + len(pairs)
-        if self._reads > MAX_NODES:
-            self._too_many()
+        self._count(1 + len(pairs))
         if node.tag != _MAP:
             self._bad_tag(node, parent, key)
         entries: dict[str, tuple[Node, Node]] = {}
@@ -403,9 +397,7 @@ class Reader:
             self._node_problem(merged, path, message)
             return
         sources: list[Node] = merged.value if type(merged) is SequenceNode else [merged]
-        self._reads += len(sources)
-        if self._reads > MAX_NODES:
-            self._too_many()
+        self._count(len(sources))
         for source in sources:
             if type(source) is MappingNode:
                 for name, pair in self._flatten(source, parent, key, depth + 1).items():
@@ -429,12 +421,15 @@ class Reader:
             self._reported.add(seen)
             self.problem(line_of(node), path, message)
 
-    def _too_many(self) -> NoReturn:
-        message = (
-            f"the plan expands to more than {MAX_NODES} YAML nodes "
-            "(a node reached through aliases counts each time)"
-        )
-        raise PlanError([*self.problems, Problem(self.source, None, "", message)])
+    def _count(self, reads: int) -> None:
+        """Count ``reads`` more nodes read; past :data:`MAX_NODES`, stop with every problem."""
+        self._reads += reads
+        if self._reads > MAX_NODES:
+            message = (
+                f"the plan expands to more than {MAX_NODES} YAML nodes "
+                "(a node reached through aliases counts each time)"
+            )
+            raise PlanError([*self.problems, Problem(self.source, None, "", message)])
 
 
 def _decode(data: bytes, source: str) -> str:

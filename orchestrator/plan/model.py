@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 #: The values wolkvox accepts in the ``result`` parameter, one per call.
@@ -41,7 +41,8 @@ DEFAULT_MAINTENANCE_WAIT_S = 1800.0
 DEFAULT_TIMEOUT_S = 90.0
 DEFAULT_RETRIES = 3
 
-#: Label used in logs and reports for a clear without a result filter.
+#: ``results: all`` in a plan: no filter, every record of the campaign; also what logs,
+#: reports and the journal call a clear without a result filter.
 ALL = "all"
 
 
@@ -127,6 +128,11 @@ class Secret:
         return hash(self._token_id)
 
 
+def campaign_key(campaign_id: str) -> str:
+    """The identity of a campaign id: 3001 and 03001 are one campaign to wolkvox."""
+    return campaign_id.lstrip("0") or "0"
+
+
 def token_fingerprint(value: str) -> str:
     """The first 12 hex digits of the SHA-256 of ``value``."""
     return hashlib.sha256(value.encode()).hexdigest()[:12]
@@ -187,8 +193,6 @@ class Plan:
     source: str
     settings: Settings
     clears: tuple[Clear, ...]
-    #: Problems that do not stop a run, such as tokens not set at validate time.
-    warnings: tuple[str, ...] = field(default=())
 
     def token_refs(self) -> tuple[TokenRef, ...]:
         """Every distinct token reference, pools' members included, in order of first use."""
@@ -197,7 +201,7 @@ class Plan:
     def with_tags(self, tags: frozenset[str]) -> Plan:
         """The plan restricted to clears of campaigns carrying any of ``tags``."""
         kept = tuple(c for c in self.clears if tags.intersection(c.tags))
-        return Plan(self.source, self.settings, kept, self.warnings)
+        return Plan(self.source, self.settings, kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +241,8 @@ class Lane:
         """The clears grouped by campaign (server, type, id), in order of first clear."""
         chains: dict[tuple[str, str, str], list[Clear]] = {}
         for clear in self.clears:
-            # 3001 and 03001 are one campaign to wolkvox: never two calls on it at once.
-            server, type_campaign, campaign_id = clear.target
-            key = (server, type_campaign, campaign_id.lstrip("0") or "0")
+            # Never two calls at once on one campaign, however its id is written.
+            key = (clear.server, clear.type_campaign, campaign_key(clear.campaign_id))
             chains.setdefault(key, []).append(clear)
         return tuple(tuple(chain) for chain in chains.values())
 

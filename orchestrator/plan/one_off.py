@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from orchestrator.errors import PlanError, Problem
-from orchestrator.plan.model import Plan
+from orchestrator.plan.model import ALL, Plan
 from orchestrator.plan.validate import parse_plan
 
 SOURCE = "orchestrator clear"
@@ -37,7 +37,7 @@ def plan_from_options(args: argparse.Namespace) -> Plan:
         "campaign_id": args.campaign_id,
         "server": args.server,
         "type_campaign": args.type_campaign,
-        "results": list(args.result) if args.result else "all",
+        "results": list(args.result) if args.result else ALL,
     }
     campaign |= {"token_env": args.token_env} if args.token_env else {"token_file": args.token_file}
     for field in ("retries", "timeout_s"):

@@ -195,7 +195,8 @@ def load_reviewed(path: str) -> Reviewed:
             "was changed after it was saved (its content no longer matches its digest); "
             "save the review again with `orchestrator run PLAN --dry-run --save`",
         )
-    errors = [f"{_where(e.instance_path)}: {e.message}" for e in _validator().iter_errors(document)]
+    validator = jsonschema_rs.validator_for(SCHEMA)
+    errors = [f"{_where(e.instance_path)}: {e.message}" for e in validator.iter_errors(document)]
     if errors:
         raise _refused(path, "is not a valid reviewed plan: " + "; ".join(errors[:5]))
     return _reviewed(path, document)
@@ -358,10 +359,6 @@ def _clear(fields: dict[str, Any]) -> Clear:
 def _token_ref(text: str) -> TokenRef:
     kind, _, name = text.partition(":")
     return TokenRef(kind, name)
-
-
-def _validator() -> jsonschema_rs.Validator:
-    return jsonschema_rs.validator_for(SCHEMA)
 
 
 def _where(instance_path: list[str | int]) -> str:

@@ -25,6 +25,7 @@ import json
 from typing import Final
 
 from orchestrator.plan.model import (
+    ALL,
     CAMPAIGN_TYPES,
     DEFAULT_BASE_URL,
     DEFAULT_COOLDOWN_S,
@@ -52,7 +53,6 @@ from orchestrator.plan.patterns import (
 )
 
 __all__ = [
-    "ALL_RESULTS",
     "MAX_MAINTENANCE_WAIT_S",
     "MAX_SECONDS",
     "PLAN_VERSION",
@@ -68,9 +68,6 @@ PLAN_VERSION: Final = "1"
 MAX_SECONDS: Final = 3600.0
 #: The longest maintenance_wait_s, in seconds: a day.
 MAX_MAINTENANCE_WAIT_S: Final = 86400.0
-
-#: The ``results`` text meaning "no filter: every record of the campaign".
-ALL_RESULTS: Final = "all"
 
 #: Where the schema says it lives.
 SCHEMA_ID: Final = "https://github.com/orchestrator/orchestrator/plan-v1.schema.json"
@@ -234,16 +231,16 @@ def _campaign_fields() -> dict[str, Schema]:
     filters = list(RESULT_FILTERS)
     return {
         "results": {
-            "title": f"{ALL_RESULTS!r} or a list of result filters",
+            "title": f"{ALL!r} or a list of result filters",
             "description": (
-                f"Which records to delete: {ALL_RESULTS!r} (one call without a filter: "
+                f"Which records to delete: {ALL!r} (one call without a filter: "
                 "every record of the campaign), or a list of result filters (one call "
                 "per filter, in the order written). A single filter needs brackets: "
                 "[busy]. Required here or in defaults."
             ),
             "anyOf": [
                 {
-                    "const": ALL_RESULTS,
+                    "const": ALL,
                     "description": "Every record of the campaign: one unfiltered call.",
                 },
                 {
@@ -258,7 +255,7 @@ def _campaign_fields() -> dict[str, Schema]:
                     },
                 },
             ],
-            "examples": [ALL_RESULTS, ["no-answer", "busy", "abandon"]],
+            "examples": [ALL, ["no-answer", "busy", "abandon"]],
         },
         "type_campaign": {
             "title": "a campaign type",

@@ -18,8 +18,8 @@ from typing import Any, Final
 import jsonschema_rs
 
 from orchestrator.plan.loader import Node, join, line_of, node_at
-from orchestrator.plan.model import RESULT_FILTERS
-from orchestrator.plan.schema import ALL_RESULTS, PLAN_VERSION
+from orchestrator.plan.model import ALL, RESULT_FILTERS
+from orchestrator.plan.schema import PLAN_VERSION
 
 __all__ = ["Finding", "explain", "hint", "shown"]
 
@@ -28,7 +28,7 @@ _ROOT: Final = "a mapping with version, settings, defaults and campaigns"
 
 _EMPTY: Final = {
     "campaigns": "the list is empty: a plan clears at least one campaign",
-    "results": f"the list is empty: name at least one filter, or write results: {ALL_RESULTS}",
+    "results": f"the list is empty: name at least one filter, or write results: {ALL}",
 }
 
 Path = tuple[str | int, ...]
@@ -183,8 +183,8 @@ def _wrong_value(
         return "a file path cannot contain a NUL character"
     if field == "tags" and instance == "":
         return "a tag cannot be empty"
-    if field == "results" and isinstance(path[-1], int) and instance == ALL_RESULTS:
-        return f"{ALL_RESULTS!r} cannot be in a list: write results: {ALL_RESULTS}"
+    if field == "results" and isinstance(path[-1], int) and instance == ALL:
+        return f"{ALL!r} cannot be in a list: write results: {ALL}"
     if field == "results" and isinstance(path[-1], str):
         one = f" (for one filter write [{instance}])" if instance in RESULT_FILTERS else ""
         return f"expected {title}, got {shown(instance)}{one}"

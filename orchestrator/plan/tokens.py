@@ -30,6 +30,24 @@ def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[To
     Each token that cannot be read is told once, at its first use, with the
     campaigns that need it. Messages name the variable or file, never the value.
     """
+    keyring, problems = _read_all(plan, environ)
+    if not problems:
+        problems = _pools_sharing_a_token(plan, keyring)
+    if problems:
+        raise PlanError(problems)
+    return keyring
+
+
+def missing_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for tokens that cannot be read now (``validate`` does not need them)."""
+    _, problems = _read_all(plan, environ)
+    return [f"{p.source}:{p.line}: warning: {p.message}" for p in problems]
+
+
+def _read_all(
+    plan: Plan, environ: Mapping[str, str] | None
+) -> tuple[dict[TokenRef, Secret], list[Problem]]:
+    """Every token of the plan that can be read, and a problem for each one that cannot."""
     env = os.environ if environ is None else environ
     keyring: dict[TokenRef, Secret] = {}
     problems: list[Problem] = []
@@ -39,22 +57,7 @@ def read_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[To
             keyring[ref] = Secret(value)
         else:
             problems.append(Problem(plan.source, clears[0].line, "", _needed(why, clears)))
-    if not problems:
-        problems.extend(_pools_sharing_a_token(plan, keyring))
-    if problems:
-        raise PlanError(problems)
-    return keyring
-
-
-def missing_tokens(plan: Plan, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Warnings for tokens that cannot be read now (``validate`` does not need them)."""
-    env = os.environ if environ is None else environ
-    warnings = []
-    for ref, clears in _users(plan).items():
-        _, why = _read(ref, env)
-        if why is not None:
-            warnings.append(f"{plan.source}:{clears[0].line}: warning: {_needed(why, clears)}")
-    return warnings
+    return keyring, problems
 
 
 def placeholder_tokens(plan: Plan) -> dict[TokenRef, Secret]:

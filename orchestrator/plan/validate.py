@@ -24,8 +24,9 @@ import jsonschema_rs
 
 from orchestrator.errors import PlanError, Problem
 from orchestrator.plan import loader
-from orchestrator.plan.loader import MAX_PROBLEMS, Data, Node, line_of, node_at
+from orchestrator.plan.loader import Data, Node, line_of, node_at
 from orchestrator.plan.model import (
+    ALL,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
     MAX_CLEARS,
@@ -36,8 +37,9 @@ from orchestrator.plan.model import (
     Settings,
     TokenPool,
     TokenRef,
+    campaign_key,
 )
-from orchestrator.plan.schema import ALL_RESULTS, plan_schema
+from orchestrator.plan.schema import plan_schema
 from orchestrator.plan.schema_errors import Finding, explain, shown
 from orchestrator.plan.schema_errors import Path as DataPath
 
@@ -76,7 +78,7 @@ def parse_plan(text: str | bytes, source: str, *, base_dir: Path) -> Plan:
             raise PlanError([Problem(source, None, "", "the plan is empty")])
         reader = loader.Reader(source)
         data = reader.data(root)
-        check = _Check(source, reader.problems)
+        check = _Check(reader)
         check.against_schema(data, root)
         lines = _campaign_lines(root)
         # The node tree is by far the largest part of a plan in memory; past
@@ -143,16 +145,18 @@ def _is_loopback(host: str) -> bool:
 class _Check:
     """One validation pass over one plan read as data."""
 
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = problems
+    def __init__(self, reader: loader.Reader) -> None:
+        #: Holds every problem, those of reading the YAML first.
+        self.reader = reader
+        self.source = reader.source
+        self.problems = reader.problems
         #: Paths with a problem, and every path above one: what lies at, above
         #: or below them is not checked further.
         self.faulty: set[DataPath] = set()
         self.above_faulty: set[DataPath] = set()
         #: Where reading the YAML found a problem: the schema's view of the
         #: value left there (None, a missing key) would only repeat it.
-        self.read_faults = {problem.path for problem in problems}
+        self.read_faults = {problem.path for problem in reader.problems}
 
     def against_schema(self, data: Data, root: Node) -> None:
         """Record what the schema, and the code's own URL checks, find wrong."""
@@ -179,25 +183,17 @@ class _Check:
         ``lines`` holds the line of each campaign entry.
         """
         if not isinstance(data, dict):
-            raise self.error()
+            raise PlanError(self.problems)
         settings = self._settings(data.get("settings"))
         clears = self._clears(data, settings.protect, lines, base_dir)
         if self.problems:
-            raise self.error()
+            raise PlanError(self.problems)
         return Plan(self.source, settings, clears)
 
     def add(self, finding: Finding) -> None:
-        """Record a problem; past :data:`MAX_PROBLEMS`, stop with all of them."""
+        """Record a problem; past :data:`~orchestrator.plan.loader.MAX_PROBLEMS`, stop."""
         self._mark(finding.path)
-        self.problems.append(Problem(self.source, finding.line, finding.where, finding.message))
-        if len(self.problems) >= MAX_PROBLEMS:
-            stop = f"stopped after {MAX_PROBLEMS} problems; fix these first"
-            self.problems.append(Problem(self.source, None, "", stop))
-            raise self.error()
-
-    def error(self) -> PlanError:
-        """Every problem, in the order of the lines they concern."""
-        return PlanError(sorted(self.problems, key=lambda p: p.line or 0))
+        self.reader.problem(finding.line, finding.where, finding.message)
 
     def _url_worded(self, path: DataPath, url: str) -> bool:
         """Whether the code's own URL check refuses ``url`` (and so words it)."""
@@ -244,7 +240,7 @@ class _Check:
         defaults = data.get("defaults")
         if not isinstance(campaigns, list) or not self._clean("defaults"):
             return ()
-        protected = frozenset(map(_id_key, protect))
+        protected = frozenset(map(campaign_key, protect))
         first = _First()
         token_files: dict[str, str] = {}
         pools = _Pools()
@@ -256,7 +252,7 @@ class _Check:
             line = lines[index]
             path: DataPath = ("campaigns", index)
             campaign_id = str(fields["campaign_id"])
-            if _id_key(campaign_id) in protected:
+            if campaign_key(campaign_id) in protected:
                 message = (
                     f"campaign {campaign_id!r} is protected (settings.protect): "
                     "no clear may touch it"
@@ -276,7 +272,7 @@ class _Check:
                 if len(clears) >= MAX_CLEARS:
                     message = f"the plan expands to more than {MAX_CLEARS} clears; split it up"
                     self.add(Finding(path, message, line))
-                    raise self.error()
+                    raise PlanError(self.problems)
                 clears.append(_clear(len(clears) + 1, target, result, token, fields, line))
         return tuple(clears)
 
@@ -302,7 +298,7 @@ class _First:
         """A problem when ``results`` of ``target`` are already cleared, else None."""
         # The identity protect uses: 3001 and 03001 are one campaign to wolkvox.
         server, type_campaign, campaign_id = target
-        earlier = self.seen.setdefault((server, type_campaign, _id_key(campaign_id)), [])
+        earlier = self.seen.setdefault((server, type_campaign, campaign_key(campaign_id)), [])
         for result in results:
             for their_results, their_id, there in earlier:
                 if result in their_results or result is None or None in their_results:
@@ -324,11 +320,11 @@ def _duplicate(
     server, type_campaign, campaign_id = target
     what = f"campaign {campaign_id!r} on server {server!r} ({type_campaign})"
     if result in their_results:
-        label = ALL_RESULTS if result is None else result
+        label = ALL if result is None else result
         return f"duplicate clear: {what}, result {label!r}, is already cleared by {there}"
     return (
-        f"duplicate clear: {what} is cleared both with {ALL_RESULTS!r} and with a "
-        f"result filter (see {there}); {ALL_RESULTS!r} already deletes every record"
+        f"duplicate clear: {what} is cleared both with {ALL!r} and with a "
+        f"result filter (see {there}); {ALL!r} already deletes every record"
     )
 
 
@@ -452,7 +448,3 @@ def _check_lock_url(url: str) -> str | None:
     if parts.scheme not in ("redis", "rediss"):
         return f"{shown(url)} is not a redis:// or rediss:// URL"
     return None if host else f"{shown(url)} has no host"
-
-
-def _id_key(campaign_id: str) -> str:
-    return campaign_id.lstrip("0") or "0"

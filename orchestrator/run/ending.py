@@ -11,24 +11,23 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 
-from orchestrator.errors import JournalError, MetricsError, OrchestratorError, Terminated
+from orchestrator.errors import JournalError, MetricsError, Terminated
+from orchestrator.output.console import plural
 from orchestrator.output.log import console_line
 from orchestrator.output.metrics import write_metrics as write_metrics_file
 from orchestrator.plan.model import Lane
 from orchestrator.run.events import ClearFinished
-from orchestrator.run.prepare import Prepared, State, utc_now
+from orchestrator.run.lanes import reason_of
+from orchestrator.run.prepare import Prepared, Say, State, utc_now
 from orchestrator.wolkvox.redact import redact
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-Say = Callable[[str], None]
 
 #: Seqs of unrecorded clears the summary names before it says "...".
 _SHOWN_SEQS = 10
@@ -94,8 +93,7 @@ def describe(exc: BaseException, lanes: tuple[Lane, ...]) -> str:
     """``exc`` in one line for an operator, without any token of ``lanes``."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a task group's wrapping says nothing
-    text = str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
-    return without_tokens(text, lanes)
+    return without_tokens(reason_of(exc), lanes)
 
 
 def without_tokens(text: str, lanes: tuple[Lane, ...]) -> str:
@@ -211,8 +209,8 @@ def explain_interrupt(signum: int, in_flight: int, resting: int, *, cut: bool) -
     ``in_flight`` calls are waiting for their answer; ``resting`` tokens wait out their
     cooldown after a call whose outcome is unknown (wolkvox may still be working on it).
     """
-    calls = _plural(in_flight, "call")
-    tokens = _plural(resting, "token")
+    calls = plural(in_flight, "call")
+    tokens = plural(resting, "token")
     if cut:
         cutting = [f"{calls} in flight"] if in_flight else []
         cutting += [f"the cooldown of {tokens}"] if resting else []
@@ -235,10 +233,6 @@ def explain_interrupt(signum: int, in_flight: int, resting: int, *, cut: bool) -
         f"orchestrator: {name}: nothing new starts; {', '.join(waiting)}. "
         f"{again} to cut them: their outcome is then unknown."
     )
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def explain_log_cut(exc: Exception, prepared: Prepared) -> str:

@@ -38,7 +38,6 @@ from orchestrator.run.ending import (
     EXIT_USAGE,
     Ending,
     RunResult,
-    Say,
     exit_code_of,
     explain_interrupt,
     explain_log_cut,
@@ -47,11 +46,11 @@ from orchestrator.run.ending import (
     write_metrics,
 )
 from orchestrator.run.events import ClearFinished, Listener, Outcome, Reason, Recorder
-from orchestrator.run.prepare import Prepared, Resume, State, utc_now
+from orchestrator.run.prepare import Prepared, Resume, Say, State, utc_now
 from orchestrator.run.scheduler import Backoff, Scheduler, default_backoff
 from orchestrator.state.locks import TokenLocks, open_token_locks
 from orchestrator.wolkvox.client import Transport, WolkvoxClient
-from orchestrator.wolkvox.quota import check_quota, render_quota
+from orchestrator.wolkvox.quota import DEFAULT_MAX_PARALLEL, check_quota, render_quota
 from orchestrator.wolkvox.simulator import SERVER_PREFIX, Simulator
 from orchestrator.wolkvox.transport import AiohttpTransport
 
@@ -209,8 +208,9 @@ def _still_to_do(lanes: tuple[Lane, ...], resume: Resume) -> tuple[Lane, ...]:
 
 async def _check_quota(lanes: tuple[Lane, ...], base_url: str, locks: TokenLocks) -> None:
     """Refuse to start when a lane's worst case needs more calls than its token has left."""
+    at_once = max(1, min(len(lanes), DEFAULT_MAX_PARALLEL))  # the calls check_quota makes
     try:
-        async with AiohttpTransport(limit=max(1, min(len(lanes), 32))) as transport:
+        async with AiohttpTransport(limit=at_once) as transport:
             lines = await check_quota(lanes, WolkvoxClient(transport, base_url), locks=locks)
     except TokenInfoError as exc:
         raise UsageError(f"--check-quota: {exc}; nothing was sent") from exc

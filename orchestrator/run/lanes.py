@@ -132,7 +132,8 @@ class Pool:
         return self._changed
 
 
-def reason_of(exc: Exception) -> str:
+def reason_of(exc: BaseException) -> str:
+    """``exc`` in one line: our own errors by their message, others by their type too."""
     return str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
 
 

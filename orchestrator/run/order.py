@@ -12,6 +12,7 @@ starts in plan order.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,6 @@ class Estimates:
     seconds: Mapping[Key, float] = field(default_factory=dict)
     #: The most durations behind any one estimate: "from the last N runs".
     runs: int = 0
-    default_s: float = DEFAULT_CLEAR_S
 
     @classmethod
     def from_durations(cls, durations: Mapping[Key, Sequence[int]]) -> Estimates:
@@ -48,7 +48,7 @@ class Estimates:
 
     def of(self, clear: Clear) -> float:
         """Seconds ``clear`` is expected to take."""
-        return self.seconds.get(_key(clear), self.default_s)
+        return self.seconds.get(_key(clear), DEFAULT_CLEAR_S)
 
     def chain(self, clears: Iterable[Clear]) -> float:
         """Seconds ``clears`` are expected to take one after another."""
@@ -92,13 +92,7 @@ def in_start_order(
 
 def _longest_campaigns_first(lane: Lane, estimates: Estimates) -> Lane:
     chains = sorted(lane.campaigns(), key=estimates.chain, reverse=True)
-    return Lane(
-        lane.token_id,
-        lane.token_names,
-        lane.secret,
-        tuple(clear for chain in chains for clear in chain),
-        lane.pool,
-    )
+    return dataclasses.replace(lane, clears=tuple(clear for chain in chains for clear in chain))
 
 
 def _key(clear: Clear) -> Key:

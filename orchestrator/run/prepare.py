@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
 from yarl import URL
 
@@ -78,8 +77,6 @@ class State:
     #: The run's id: only a journaled run has one, so ``show`` finds every id it is told.
     run_id: str
     digest: str
-    #: Held while this process runs the run, so no other process resumes it meanwhile.
-    run_lock: RunLock
     #: ``None`` for a new run.
     resume: Resume | None
 
@@ -111,12 +108,7 @@ class Prepared:
     def __enter__(self) -> Prepared:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -221,13 +213,15 @@ def _state(
         record = _resumable(plan, journal, digest, options)
         _check_same_target(record, options)
         run_id = record.run_id
+    # Held while this process runs the run (``held`` releases it), so no other process
+    # resumes it meanwhile.
     run_lock = RunLock.take(state_dir, run_id)
     if run_lock is None:
         raise UsageError(f"--resume: run {run_id} is still running in another process")
     held.callback(run_lock.release)
     # Read under the run lock, so no other process moves the run on meanwhile.
     resume = None if options.resume is None else _carried_over(journal, run_id, lanes)
-    return State(journal, state_dir, run_id, digest, run_lock, resume)
+    return State(journal, state_dir, run_id, digest, resume)
 
 
 def _resumable(plan: Plan, journal: Journal, digest: str, options: RunOptions) -> RunRecord:

@@ -34,27 +34,14 @@ class EventSink:
         When the outcome cannot be recorded, the event says why (``unrecorded``) and
         the run halts.
         """
-        if self._recorder is not None:
-            try:
-                self._recorder(finished)
-                await self._recorder.settle()
-            except Exception as exc:
-                self._failed(exc)
-                finished = dataclasses.replace(finished, unrecorded=reason_of(exc))
+        if (exc := await self._settled(finished)) is not None:
+            finished = dataclasses.replace(finished, unrecorded=reason_of(exc))
         self.emit(finished, recorded=True)
         return finished
 
     async def record_start(self, started: ClearStarted) -> bool:
         """Record the attempt durably before its request leaves; False when it cannot be."""
-        if self._recorder is None:
-            return True
-        try:
-            self._recorder(started)
-            await self._recorder.settle()
-        except Exception as exc:
-            self._failed(exc)
-            return False
-        return True
+        return await self._settled(started) is None
 
     def emit(self, event: Event, *, recorded: bool = False) -> None:
         """Tell the recorder (unless it has it already) and every listener of ``event``."""
@@ -68,6 +55,18 @@ class EventSink:
                 listener(event)
             except Exception as exc:
                 self._failed(exc)
+
+    async def _settled(self, event: Event) -> Exception | None:
+        """Record ``event`` durably; the error when that failed (the run then halts)."""
+        if self._recorder is None:
+            return None
+        try:
+            self._recorder(event)
+            await self._recorder.settle()
+        except Exception as exc:
+            self._failed(exc)
+            return exc
+        return None
 
     def _failed(self, exc: Exception) -> None:
         if self.error is None:

@@ -22,36 +22,26 @@ database path and the cause.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import JournalError
 from orchestrator.plan.model import Lane
-from orchestrator.state.database import (
-    BUSY_TIMEOUT_S,
-    NOW,
-    SCHEMA_VERSION,
-    connect,
-    journal_error,
-    transaction,
-)
+from orchestrator.state.database import NOW, SCHEMA_VERSION, connect, journal_error, transaction
 from orchestrator.state.identity import plan_digest
 from orchestrator.state.recorder import JournalRecorder
 from orchestrator.state.records import STATES, ClearRecord, RunRecord, RunSummary
 
 __all__ = [
-    "BUSY_TIMEOUT_S",
     "JOURNAL_FILE",
     "SCHEMA_VERSION",
-    "STATES",
     "ClearRecord",
     "Journal",
     "JournalError",
-    "JournalRecorder",
     "RunRecord",
     "RunSummary",
     "plan_digest",
@@ -156,9 +146,7 @@ def resolve_state_dir(cli_value: str | None, environ: Mapping[str, str] | None =
     return Path(home) / ".local" / "state" / "orchestrator"
 
 
-def read_durations(
-    state_dir: Path, last: int = DURATIONS_KEPT
-) -> dict[tuple[str, str, str, str], list[int]]:
+def read_durations(state_dir: Path) -> dict[tuple[str, str, str, str], list[int]]:
     """:meth:`Journal.durations` of the journal in ``state_dir``, opened read only.
 
     Nothing is created or changed: ``validate`` and ``--dry-run`` read it too. A journal
@@ -173,7 +161,7 @@ def read_durations(
     except sqlite3.Error:
         return {}
     try:
-        return Journal(conn, path).durations(last)
+        return Journal(conn, path).durations()
     except JournalError:
         return {}
     finally:
@@ -260,12 +248,7 @@ class Journal:
     def __enter__(self) -> Journal:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- writing
@@ -319,7 +302,7 @@ class Journal:
             if self._conn.execute(_REOPEN_RUN, (base_url, run_id)).rowcount != 1:
                 raise JournalError(f"journal {self._path} has no run {run_id}")
             rows = self._conn.execute(_SELECT_CLEARS, (run_id,)).fetchall()
-        return {record.seq: record for record in map(_clear_record, rows)}
+        return {record.seq: record for record in (ClearRecord(*row) for row in rows)}
 
     def finish_run(self, run_id: str, *, exit_code: int, finished_at: str) -> None:
         """Record how ``run_id`` ended. Raises :class:`JournalError` when there is no such run."""
@@ -341,10 +324,7 @@ class Journal:
         """
         if self.run(run_id) is None:
             raise JournalError(f"journal {self._path} has no run {run_id}")
-        try:
-            prior = dict(self._conn.execute(_SELECT_ATTEMPTED, (run_id,)).fetchall())
-        except sqlite3.Error as exc:
-            raise journal_error(self._path, "read", exc) from exc
+        prior = dict(self._read(_SELECT_ATTEMPTED, (run_id,)))
         return JournalRecorder(self._conn, self._path, run_id, prior)
 
     # -- reading
@@ -362,81 +342,56 @@ class Journal:
         """
         if run_id is not None:
             return self.run(run_id)
-        row = self._fetchone(_SELECT_RESUMABLE, (digest, int(simulated)))
-        return None if row is None else _run_record(row)
+        rows = self._read(_SELECT_RESUMABLE, (digest, int(simulated)))
+        return _run_record(rows[0]) if rows else None
 
     def run(self, run_id: str) -> RunRecord | None:
         """The run ``run_id``, or ``None`` when the journal has no such run."""
-        row = self._fetchone(_SELECT_RUN, (run_id,))
-        return None if row is None else _run_record(row)
+        rows = self._read(_SELECT_RUN, (run_id,))
+        return _run_record(rows[0]) if rows else None
 
     def runs(self, limit: int = 20) -> list[RunSummary]:
         """The ``limit`` runs recorded last, the last first, with their clears' totals."""
-        try:
-            records = [_run_record(row) for row in self._conn.execute(_SELECT_RUNS, (limit,))]
-            return [self._summary(record) for record in records]
-        except sqlite3.Error as exc:
-            raise journal_error(self._path, "read", exc) from exc
+        summaries = []
+        for record in map(_run_record, self._read(_SELECT_RUNS, (limit,))):
+            totals = dict.fromkeys(STATES, 0)
+            totals.update(self._read(_SELECT_TOTALS, (record.run_id,)))
+            summaries.append(RunSummary(**dataclasses.asdict(record), totals=totals))
+        return summaries
 
     def clears(self, run_id: str) -> list[ClearRecord]:
         """Every clear of ``run_id``, by seq (empty for an unknown run)."""
-        try:
-            rows = self._conn.execute(_SELECT_CLEARS, (run_id,)).fetchall()
-        except sqlite3.Error as exc:
-            raise journal_error(self._path, "read", exc) from exc
-        return [_clear_record(row) for row in rows]
+        return [ClearRecord(*row) for row in self._read(_SELECT_CLEARS, (run_id,))]
 
     def calls_per_token(self, run_id: str) -> dict[str, int]:
         """Calls made with each token in ``run_id``, over every session of it (resumes add up).
 
         A clear's attempts count for the token of its latest attempt.
         """
-        try:
-            rows = self._conn.execute(_SELECT_CALLS, (run_id,)).fetchall()
-        except sqlite3.Error as exc:
-            raise journal_error(self._path, "read", exc) from exc
-        return {token_id: calls for token_id, calls in rows}
+        return dict(self._read(_SELECT_CALLS, (run_id,)))
 
-    def durations(self, last: int = DURATIONS_KEPT) -> dict[tuple[str, str, str, str], list[int]]:
-        """The ``last`` successful durations (ms) of each clear ever journaled, newest first.
+    def durations(self) -> dict[tuple[str, str, str, str], list[int]]:
+        """The last :data:`DURATIONS_KEPT` successful durations (ms) of each clear ever
+        journaled, newest first.
 
         Keyed by (server, type_campaign, campaign_id, result label), whatever run or plan
         made them; dry runs sent nothing, so they have none.
         """
         found: dict[tuple[str, str, str, str], list[int]] = {}
-        try:
-            for server, type_campaign, campaign_id, result, ms in self._conn.execute(
-                _SELECT_DURATIONS, (last,)
-            ):
-                found.setdefault((server, type_campaign, campaign_id, result), []).append(ms)
-        except sqlite3.Error as exc:
-            raise journal_error(self._path, "read", exc) from exc
+        for server, type_campaign, campaign_id, result, ms in self._read(
+            _SELECT_DURATIONS, (DURATIONS_KEPT,)
+        ):
+            found.setdefault((server, type_campaign, campaign_id, result), []).append(ms)
         return found
 
     # -- helpers
 
-    def _summary(self, record: RunRecord) -> RunSummary:
-        totals = dict.fromkeys(STATES, 0)
-        totals.update(self._conn.execute(_SELECT_TOTALS, (record.run_id,)).fetchall())
-        return RunSummary(
-            run_id=record.run_id,
-            plan=record.plan,
-            digest=record.digest,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            exit_code=record.exit_code,
-            dry_run=record.dry_run,
-            totals=totals,
-            base_url=record.base_url,
-            simulated=record.simulated,
-        )
-
-    def _fetchone(self, sql: str, params: tuple[object, ...]) -> Sequence[Any] | None:
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        """The rows ``sql`` selects; an SQLite failure as :class:`JournalError`."""
         try:
-            row: Sequence[Any] | None = self._conn.execute(sql, params).fetchone()
+            return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise journal_error(self._path, "read", exc) from exc
-        return row
 
 
 # ----------------------------------------------------------------------- helpers
@@ -455,7 +410,3 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
         base_url,
         None if simulated is None else bool(simulated),
     )
-
-
-def _clear_record(row: Sequence[Any]) -> ClearRecord:
-    return ClearRecord(*row)

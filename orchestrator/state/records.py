@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Every state a clear row can be in, in the order totals are reported.
 STATES: tuple[str, ...] = ("succeeded", "failed", "skipped", "pending", "in_flight")
@@ -28,19 +28,10 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class RunSummary:
+class RunSummary(RunRecord):
     """A run and how many of its clears are in each state (every state present, maybe 0)."""
 
-    run_id: str
-    plan: str
-    digest: str
-    started_at: str
-    finished_at: str | None
-    exit_code: int | None
-    dry_run: bool
-    totals: dict[str, int]
-    base_url: str | None = None
-    simulated: bool | None = None
+    totals: dict[str, int] = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ counts. Tokens appear by fingerprint only.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,27 +18,7 @@ from aiohttp import web
 from orchestrator.plan.model import token_fingerprint
 from orchestrator.wolkvox.client import TOKEN_HEADER
 
-__all__ = ["Call", "CallInfo", "CallLog", "SimulatorStats"]
-
-
-class CallInfo(TypedDict):
-    """One logged call as plain JSON: times are seconds (monotonic and wall-clock)."""
-
-    seq: int
-    token_id: str
-    server: str
-    path: str
-    method: str
-    api: str | None
-    type_campaign: str | None
-    campaign_id: str | None
-    result: str | None
-    connection: str
-    arrived: float
-    departed: float
-    arrived_wall: float
-    departed_wall: float
-    status: int
+__all__ = ["Call", "CallLog", "SimulatorStats"]
 
 
 class SimulatorStats(TypedDict):
@@ -59,7 +40,7 @@ class SimulatorStats(TypedDict):
     connections_per_token: dict[str, int]
     busy_window_s: float
     faults: dict[str, int]
-    timeline: list[CallInfo]
+    timeline: list[dict[str, object]]
 
 
 @dataclass(slots=True)
@@ -88,25 +69,9 @@ class Call:
     departed_wall: float = 0.0
     status: int = 0
 
-    def as_dict(self) -> CallInfo:
-        """The call as a JSON-serializable dict."""
-        return CallInfo(
-            seq=self.seq,
-            token_id=self.token_id,
-            server=self.server,
-            path=self.path,
-            method=self.method,
-            api=self.api,
-            type_campaign=self.type_campaign,
-            campaign_id=self.campaign_id,
-            result=self.result,
-            connection=self.connection,
-            arrived=self.arrived,
-            departed=self.departed,
-            arrived_wall=self.arrived_wall,
-            departed_wall=self.departed_wall,
-            status=self.status,
-        )
+    def as_dict(self) -> dict[str, object]:
+        """The call as a JSON-serializable dict (times in seconds, monotonic and wall-clock)."""
+        return dataclasses.asdict(self)
 
 
 class CallLog:

@@ -327,14 +327,16 @@ def _redact_answer(answer: Answer, token: str) -> Answer:
 # ----------------------------------------------------------------------- client
 
 
-#: The fields of wolkvox's ``token_info`` answer, in the order its page lists them.
-TOKEN_INFO_FIELDS = (
-    "description",
+#: The counts of wolkvox's ``token_info`` answer, in the order its page lists them
+#: (after ``description``, which is only shown).
+COUNT_FIELDS = (
     "token_limit",
     "token_use_today",
     "all_token_today",
     "available_consumption_options",
 )
+#: Every field of a ``token_info`` answer.
+TOKEN_INFO_FIELDS = ("description", *COUNT_FIELDS)
 
 # wolkvox sends counts as text, with thousands grouped by commas ("4,800"). A dot is
 # left unread: "4.800" may be four thousand eight hundred or four point eight.
@@ -357,16 +359,6 @@ class TokenInfo:
     available_consumption_options: int | None = None
     description: str | None = None
     unreadable: tuple[str, ...] = ()
-
-    @property
-    def remaining(self) -> int | None:
-        """Calls left today (never negative): the smaller of what the figures say; else ``None``."""
-        left = []
-        if self.token_limit is not None and self.token_use_today is not None:
-            left.append(self.token_limit - self.token_use_today)
-        if self.available_consumption_options is not None:
-            left.append(self.available_consumption_options)
-        return max(0, min(left)) if left else None
 
 
 def _as_count(value: object) -> int | None:
@@ -391,7 +383,7 @@ def _info_record(body: dict[str, object]) -> dict[str, object] | None:
 def _info_fields(record: dict[str, object]) -> TokenInfo:
     counts: dict[str, int | None] = {}
     unreadable = []
-    for name in TOKEN_INFO_FIELDS[1:]:
+    for name in COUNT_FIELDS:
         raw = record.get(name)
         counts[name] = None if raw is None else _as_count(raw)
         if raw is not None and counts[name] is None:

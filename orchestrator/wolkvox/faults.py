@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from orchestrator.plan.model import campaign_key
+
 __all__ = ["Fault", "FaultPicker", "FaultSpec", "Faults", "combined", "parse_fault"]
 
 
@@ -56,10 +58,6 @@ class FaultSpec:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"a fault rate must be between 0 and 1, got {self.rate}")
 
-    @property
-    def active(self) -> bool:
-        return self.rate > 0 or bool(self.campaigns)
-
     def merged(self, other: FaultSpec) -> FaultSpec:
         """Both specs at once: the higher rate, the campaigns of both."""
         targets = {**dict(self.campaigns), **dict(other.campaigns)}
@@ -67,11 +65,6 @@ class FaultSpec:
 
 
 NO_FAULT = FaultSpec()
-
-
-def campaign_key(campaign_id: str) -> str:
-    """The identity of a campaign id: ``03001`` is ``3001``."""
-    return campaign_id.lstrip("0") or "0"
 
 
 def parse_fault(text: str) -> FaultSpec:
@@ -163,8 +156,6 @@ class FaultPicker:
 
     def _strikes(self, fault: Fault, campaign_id: str | None) -> bool:
         spec = self.faults.spec(fault)
-        if not spec.active:
-            return False
         targets = dict(spec.campaigns)
         if campaign_id is not None:
             key = campaign_key(campaign_id)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from orchestrator.errors import TokenInfoError
 from orchestrator.plan.model import Lane, Token
 from orchestrator.state.locks import NoLocks, TokenLocks
-from orchestrator.wolkvox.client import TokenInfo, WolkvoxClient
+from orchestrator.wolkvox.client import COUNT_FIELDS, TokenInfo, WolkvoxClient
 
 __all__ = ["QuotaLine", "check_quota", "render_quota", "worst_case"]
 
@@ -103,10 +103,6 @@ async def check_quota(
     have finished; :class:`ValueError` when a lane has no token read, or two
     lanes hold the same token.
     """
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    if max_parallel < 1:
-        raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
     checked = [lane for lane in lanes if lane.clears]
     _check_lanes(checked)
     gate = asyncio.Semaphore(max_parallel)
@@ -177,7 +173,7 @@ def _pool_lines(
     ]
     # A token with a lane of its own keeps that lane's worst case for it.
     lefts = [None if m.left is None else max(0, m.left - alone.get(m.token_id, 0)) for m in members]
-    left = None if None in lefts else sum(x for x in lefts if x is not None)
+    left = _total(lefts)
     worst = worst_case(lane)
     pool = QuotaLine(
         token_id="",
@@ -202,7 +198,8 @@ def _check_lanes(lanes: Sequence[Lane]) -> None:
     seen: set[str] = set()
     for lane in lanes:
         if any(token.secret is None for token in lane.tokens):
-            raise ValueError(f"lane {_label(lane)} has no token: read the tokens first")
+            label = _named(lane.token_names, lane.token_id)
+            raise ValueError(f"lane {label} has no token: read the tokens first")
         if lane.pool:
             continue  # a token alone and in a pool is one token: it is asked once
         assert lane.secret is not None
@@ -214,7 +211,7 @@ def _check_lanes(lanes: Sequence[Lane]) -> None:
 
 def _line(token: Token, server: str, info: TokenInfo, spent_by_check: int, worst: int) -> QuotaLine:
     label = _named(token.token_names, token.token_id)
-    warnings = [_field_warning(label, name, info) for name in _COUNT_FIELDS]
+    warnings = [_field_warning(label, name, info) for name in COUNT_FIELDS]
     used = None if info.token_use_today is None else info.token_use_today + spent_by_check
     # Both ways wolkvox states what is left are honoured: the smaller one wins.
     candidates = []
@@ -240,15 +237,6 @@ def _line(token: Token, server: str, info: TokenInfo, spent_by_check: int, worst
         description=info.description,
         warnings=tuple(w for w in warnings if w),
     )
-
-
-#: The counts of a ``token_info`` answer (its ``description`` is only shown).
-_COUNT_FIELDS = (
-    "token_limit",
-    "token_use_today",
-    "all_token_today",
-    "available_consumption_options",
-)
 
 
 def _field_warning(label: str, name: str, info: TokenInfo) -> str:
@@ -311,10 +299,6 @@ def _shared_lines(
             )
         )
     return lines
-
-
-def _label(lane: Lane) -> str:
-    return _named(lane.token_names, lane.token_id)
 
 
 def _named(token_names: Sequence[str], token_id: str) -> str:

@@ -32,26 +32,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 
 from orchestrator.plan.model import CAMPAIGN_TYPES, RESULT_FILTERS, token_fingerprint
-from orchestrator.wolkvox.calllog import Call, CallInfo, CallLog, SimulatorStats
+from orchestrator.wolkvox.calllog import Call, CallLog, SimulatorStats
+from orchestrator.wolkvox.client import CAMPAIGN_PATH, INFORMATION_PATH
 from orchestrator.wolkvox.faults import NO_FAULTS, Fault, FaultPicker, Faults
 
-__all__ = [
-    "SERVER_PREFIX",
-    "Call",
-    "CallInfo",
-    "Simulator",
-    "SimulatorConfig",
-    "SimulatorStats",
-    "serve",
-]
+__all__ = ["SERVER_PREFIX", "Simulator", "SimulatorConfig", "serve"]
 
-CAMPAIGN_PATH = "/api/v2/campaign.php"
-INFORMATION_PATH = "/api/v2/information.php"
 SERVER_PREFIX = "/wv{server}"
 
 # wolkvox's own texts where its documentation gives them; ours otherwise.
@@ -251,19 +241,12 @@ class Simulator:
         app.router.add_post("/_simulator/reset", self._handle_reset)
         return app
 
-    def _code(self, code: int) -> int | str:
-        return str(code) if self.config.code_as_string else code
-
-    def _reply(
-        self, call: Call | None, status: int, error: str | None, msg: str, **extra: Any
-    ) -> web.Response:
-        """Answer; ``status`` is both the HTTP status and the body code, except 202."""
-        code = status
-        if status == 202:  # wolkvox's success: HTTP 200 with 202 in the body
-            status = 200
+    def _reply(self, call: Call | None, code: int, error: str | None, msg: str) -> web.Response:
+        """Answer; ``code`` is both the HTTP status and the body's code, except 202."""
+        status = 200 if code == 202 else code  # wolkvox's success: HTTP 200, 202 in the body
         self._log.depart(call, status)
-        body = {"code": self._code(code), "error": error, "msg": msg, **extra}
-        return web.json_response(body, status=status)
+        shown = str(code) if self.config.code_as_string else code
+        return web.json_response({"code": shown, "error": error, "msg": msg}, status=status)
 
     def _error(self, call: Call | None, status: int, detail: str) -> web.Response:
         """wolkvox's error shape: the status name in ``error``, the detail in ``msg``."""
@@ -339,16 +322,8 @@ class Simulator:
         if fault is Fault.DROP:
             # Lost on the way back: the client cannot know that the clear goes on.
             _drop(request)
-        seconds = (
-            self.config.faults.slow_s if fault is Fault.SLOW else self.config.latency_ms / 1000
-        )
-
-        self._busy.add(token_id)
-        try:
-            if seconds:
-                await asyncio.sleep(seconds)
-        finally:
-            self._busy.discard(token_id)
+        faults, latency_s = self.config.faults, self.config.latency_ms / 1000
+        await self._work(token_id, faults.slow_s if fault is Fault.SLOW else latency_s)
         assert call.type_campaign is not None and call.campaign_id is not None
         counts = self._campaign((call.server, call.type_campaign, call.campaign_id))
         if call.result is None:
@@ -376,16 +351,21 @@ class Simulator:
             self._log.depart(call, 0)
             return web.Response(status=200)
         if fault is Fault.SLOW:
-            self._busy.add(token_id)
-            try:
-                await asyncio.sleep(self.config.faults.slow_s)
-            finally:
-                self._busy.discard(token_id)
+            await self._work(token_id, self.config.faults.slow_s)
         # Answers even past the quota: this is how a client learns it is spent.
         # Real token_info answers carry the code as text, whatever the clears do.
         self._log.depart(call, 200)
         body = {"code": "200", "error": None, "msg": "1 records were found"}
         return web.json_response({**body, "data": [self._info(call)]})
+
+    async def _work(self, token_id: str, seconds: float) -> None:
+        """Take ``seconds`` over a call, the token busy all along."""
+        self._busy.add(token_id)
+        try:
+            if seconds:
+                await asyncio.sleep(seconds)
+        finally:
+            self._busy.discard(token_id)
 
     def _info(self, call: Call) -> dict[str, str]:
         """The ``token_info`` record as wolkvox sends it: every value as text."""

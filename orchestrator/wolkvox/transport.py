@@ -6,8 +6,6 @@ they enter, into the transport errors of :mod:`orchestrator.errors`.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import aiohttp
 from yarl import URL
 
@@ -110,12 +108,7 @@ class AiohttpTransport:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()

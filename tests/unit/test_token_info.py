@@ -46,10 +46,6 @@ def test_token_info_variants_parse(body: dict[str, object]) -> None:
     assert parse_token_info(response(200, body)) == TokenInfo(5000, 120)
 
 
-def test_token_info_remaining_never_negative() -> None:
-    assert TokenInfo(100, 130).remaining == 0
-
-
 @pytest.mark.parametrize(
     "body",
     [

@@ -112,7 +112,6 @@ def test_settings_and_optional_fields_have_their_defaults() -> None:
     plan = parse(campaigns("campaign_id: 1, results: all"))
     assert plan.settings == Settings()
     assert plan.clears == (clear(1, "1", None, 4),)
-    assert plan.warnings == ()
 
 
 def test_the_example_plan_loads() -> None:
