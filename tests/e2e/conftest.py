@@ -18,9 +18,13 @@ from processes import (
 from redis_server import redis_url  # noqa: F401
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def simulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SimProcess]]:
-    """``simulators(latency_ms=.., fail_rate=..)``: a reset simulator of that configuration."""
+    """``simulators(latency_ms=.., fail_rate=..)``: a reset simulator of that configuration.
+
+    One process per configuration for the whole session (each costs an interpreter's
+    start-up): every test gets it reset, and uses tokens of its own.
+    """
     workdir = tmp_path_factory.mktemp("simulators")
     running: dict[tuple[float, float], SimProcess] = {}
     starting = {key: launch_simulator(workdir, *key) for key in SIMULATORS}

@@ -14,16 +14,28 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from processes import SIX, WAIT_S, Child, Cli, SimProcess, calls_of, events, ids, write_plan
+from processes import (
+    SIX,
+    WAIT_S,
+    Child,
+    Cli,
+    SimProcess,
+    assert_rested_before_first_use,
+    calls_of,
+    events,
+    ids,
+    write_plan,
+)
 from test_two_processes import has_open
 
 POOL = "token_env: [T_A, T_B]"
 
 
 def pooled_plan(path: Path, sim: SimProcess, campaigns: int, *, cooldown_s: float = 0) -> Path:
-    # timeout_s bounds the busy mark a killed call leaves, which a resumed run waits out too.
+    # timeout_s bounds the busy mark a killed call leaves, which a resumed run waits out too:
+    # short, yet far above the simulator's answers.
     entries = [
-        f'campaign_id: "{5001 + n}", results: {SIX}, {POOL}, timeout_s: 3' for n in range(campaigns)
+        f'campaign_id: "{5001 + n}", results: {SIX}, {POOL}, timeout_s: 1' for n in range(campaigns)
     ]
     return write_plan(path, sim.base_url, entries, cooldown_s=cooldown_s)
 
@@ -114,7 +126,7 @@ def test_two_processes_sharing_a_pools_tokens_never_use_one_twice_at_once(
 def test_a_killed_pooled_run_resumes_without_resending_successes(
     simulators: Callable[..., SimProcess], cli: Cli, tmp_path: Path, tokens: dict[str, str]
 ) -> None:
-    cooldown_s = 0.5
+    cooldown_s = 0.3
     sim = simulators(latency_ms=150)
     plan = pooled_plan(tmp_path / "plan.yaml", sim, campaigns=3, cooldown_s=cooldown_s)
     state = tmp_path / "state"
@@ -128,7 +140,6 @@ def test_a_killed_pooled_run_resumes_without_resending_successes(
         if line["event"] == "clear.started" and succeeded >= 3:
             break
     run.proc.send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
     assert run.proc.wait(WAIT_S) == -signal.SIGKILL
     run_id = line["run_id"]
     before = cli.show(run_id, state)
@@ -140,7 +151,7 @@ def test_a_killed_pooled_run_resumes_without_resending_successes(
     assert {c["token_id"] for c in in_flight} <= set(ids(tokens).values())
     killed = sim.wait_idle()["timeline"]
 
-    done = cli.run("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
+    done = cli.call("run", plan, "--yes", "--state-dir", state, "--resume", "--log-format", "json")
     assert done.code == 0, done.err
     already = {
         s["seq"] for s in events(done.lines, "clear.skipped") if s["reason"] == "already_succeeded"
@@ -157,9 +168,9 @@ def test_a_killed_pooled_run_resumes_without_resending_successes(
     assert set(counts) == set(by_seq.values())
     assert {key for key, n in counts.items() if n > 1} <= {by_seq[c["seq"]] for c in in_flight}
     assert in_plan_order_per_campaign(resumed)
-    for token_id in {c["token_id"] for c in in_flight}:  # it rests before it is used again
-        arrivals = [c["arrived"] for c in resumed if c["token_id"] == token_id]
-        assert not arrivals or min(arrivals) - killed_at >= cooldown_s
+    # A token whose call was in flight rests cooldown_s before it is used again.
+    cooling = {c["token_id"] for c in in_flight}
+    assert_rested_before_first_use(done.lines, resumed, cooling, cooldown_s)
     assert stats["max_in_flight_per_token"] == 1
     after = cli.show(run_id, state)
     assert {c["state"] for c in after["clears"]} == {"succeeded"}

@@ -33,7 +33,7 @@ def test_calls_per_token_count_every_attempt_in_the_log_report_and_journal(
         ],
     )
     state, report = tmp_path / "state", tmp_path / "report.json"
-    done = cli.run(
+    done = cli.call(
         "run", plan, "--yes", "--state-dir", state, "--report", report, "--log-format", "json"
     )
     assert done.code == 1, done.err
@@ -79,23 +79,26 @@ def test_runs_and_show_list_journaled_runs_with_totals_exit_codes_and_clear_stat
         ],
     )
     dead = f"http://127.0.0.1:{closed_port()}/wv{{server}}"
-    # Side by side: one run succeeds, the other finds nobody listening (no retries) and fails.
-    good, bad = cli.run_all(
-        ("run", plan, "--yes", "--state-dir", state, "--log-format", "json"),
-        ("run", plan, "--yes", "--state-dir", state, "--log-format", "json", "--base-url", dead),
+    # One run succeeds, the other finds nobody listening (no retries) and fails.
+    good = cli.call("run", plan, "--yes", "--state-dir", state, "--log-format", "json")
+    bad = cli.call(
+        "run", plan, "--yes", "--state-dir", state, "--log-format", "json", "--base-url", dead
     )
     assert good.code == 0, good.err
     assert bad.code == 1, bad.err
     good_id, bad_id = ids_ = (good.lines[0]["run_id"], bad.lines[0]["run_id"])
 
     unknown_id = "20000101T000000Z-000000"
-    listed, table, shown_bad, shown_good, text, unknown = cli.run_all(
-        ("runs", "--json", "--state-dir", state),
-        ("runs", "--state-dir", state),
-        ("show", bad_id, "--json", "--state-dir", state),
-        ("show", good_id, "--json", "--state-dir", state),
-        ("show", bad_id, "--state-dir", state),
-        ("show", unknown_id, "--state-dir", state),
+    listed, table, shown_bad, shown_good, text, unknown = (
+        cli.call(*args)
+        for args in (
+            ("runs", "--json", "--state-dir", state),
+            ("runs", "--state-dir", state),
+            ("show", bad_id, "--json", "--state-dir", state),
+            ("show", good_id, "--json", "--state-dir", state),
+            ("show", bad_id, "--state-dir", state),
+            ("show", unknown_id, "--state-dir", state),
+        )
     )
     assert listed.code == 0, listed.err
     runs = json.loads(listed.out)

@@ -7,22 +7,27 @@ never on a fixed sleep.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from redis_server import redis_url  # noqa: F401
 
+from orchestrator.cli import main
 from orchestrator.plan.model import token_fingerprint
 
 Json = dict[str, Any]
@@ -156,6 +161,32 @@ class Cli:
         )
         return Done(done.returncode, done.stdout, done.stderr)
 
+    def call(self, *args: object) -> Done:
+        """``orchestrator ARGS`` in this process, with this environment and directory.
+
+        For a command whose own process is not what a test is about: an interpreter's
+        start-up costs more than most commands. Its stdin is empty, as with :meth:`run`.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        environ, cwd = dict(os.environ), os.getcwd()
+        sigterm = signal.getsignal(signal.SIGTERM)  # main() takes SIGTERM over
+        os.environ.clear()
+        os.environ.update(self.env)
+        os.chdir(self.cwd)
+        try:
+            with (
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+                _stdin(io.StringIO()),
+            ):
+                code = main([str(arg) for arg in args])
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(environ)
+        return Done(code, out.getvalue(), err.getvalue())
+
     def run_all(self, *commands: tuple[object, ...], timeout: float = WAIT_S) -> list[Done]:
         """Independent commands side by side (start-up dominates short commands)."""
         procs = [
@@ -190,10 +221,19 @@ class Cli:
         return Child(proc, err)
 
     def show(self, run_id: str, state: Path) -> Json:
-        done = self.run("show", run_id, "--json", "--state-dir", state)
+        done = self.call("show", run_id, "--json", "--state-dir", state)
         assert done.code == 0, done.err
         document: Json = json.loads(done.out)
         return document
+
+
+@contextlib.contextmanager
+def _stdin(stream: io.StringIO) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 @dataclass
@@ -300,6 +340,32 @@ def write_plan(
 
 def events(lines: list[Json], name: str) -> list[Json]:
     return [line for line in lines if line["event"] == name]
+
+
+def assert_rested_before_first_use(
+    lines: list[Json], timeline: list[Json], token_ids: set[str], cooldown_s: float
+) -> None:
+    """A resumed run rested exactly ``token_ids``, each for ``cooldown_s``, before its first call.
+
+    Exact, whatever start-up takes: the ``token.resting`` line comes before the token's
+    first ``clear.started``, and that call reached the simulator no earlier than the
+    rest's ``until`` (both wall-clock times of this one machine).
+    """
+    # (A call of the resumed run that times out rests too, as outcome_unknown.)
+    rests = [r for r in events(lines, "token.resting") if r["reason"] == "in_flight_at_resume"]
+    assert sorted(rest["token_id"] for rest in rests) == sorted(token_ids), rests
+    for rest in rests:
+        token_id = rest["token_id"]
+        assert rest["rest_s"] == cooldown_s, rest
+        first_start = next(
+            line
+            for line in lines
+            if line["event"] == "clear.started" and line["token_id"] == token_id
+        )
+        assert lines.index(rest) < lines.index(first_start)
+        until = datetime.fromisoformat(rest["until"]).timestamp()
+        first_call = min(c["arrived_wall"] for c in timeline if c["token_id"] == token_id)
+        assert first_call >= until, (token_id, until - first_call)
 
 
 def closed_port() -> int:
