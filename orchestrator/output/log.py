@@ -20,6 +20,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from orchestrator.output.console import MAX_WIDTH, ConsoleLineRenderer, console_width
+from orchestrator.output.streams import is_terminal
 from orchestrator.plan.model import Lane, TokenPool
 from orchestrator.run.events import (
     ClearRetrying,
@@ -49,7 +50,7 @@ def pick_format(requested: str, stream: TextIO) -> LogFormat:
         return "json"
     if requested == "console":
         return "console"
-    return "console" if stream.isatty() else "json"
+    return "console" if is_terminal(stream) else "json"
 
 
 class LineWriter:
@@ -87,10 +88,7 @@ class LineWriter:
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal (the console format colours only then)."""
-        try:
-            return self._stream.isatty()
-        except (ValueError, OSError):
-            return False  # a closed or odd stream is no terminal
+        return is_terminal(self._stream)
 
     @property
     def encoding(self) -> str | None:

@@ -24,7 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.output.streams import ConsoleLines
+from orchestrator.output.streams import ConsoleLines, is_terminal
 from orchestrator.plan.model import Clear, Lane, TokenPool, count_tokens
 from orchestrator.run.events import (
     ClearFinished,
@@ -55,7 +55,7 @@ def progress_wanted(stderr: TextIO) -> bool:
     Whatever stdout is and whichever log format it carries: the display is drawn on
     stderr, so a JSON log redirected to a file or a pipe stays whole.
     """
-    return _is_terminal(stderr)
+    return is_terminal(stderr)
 
 
 class _State(Enum):
@@ -201,7 +201,7 @@ class Progress:
         is returned, so a redirected log stays in its file.
         """
         target = stdout if stdout is not None else sys.stdout
-        if not _is_terminal(target):
+        if not is_terminal(target):
             return target
         return cast(TextIO, ConsoleLines(self._console))
 
@@ -401,13 +401,6 @@ class Progress:
             longest = max(longest, work / view.tokens)
             total += work
         return max(longest, total / self._parallel)
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (ValueError, OSError):  # a closed or odd stream is no terminal
-        return False
 
 
 def _campaign(clear: Clear) -> str:

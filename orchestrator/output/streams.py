@@ -23,6 +23,14 @@ def print_line(text: str, stream: TextIO) -> None:
         drop(stream)
 
 
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal; a closed or odd stream is none."""
+    try:
+        return stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
 def flush(stream: TextIO) -> None:
     """Flush ``stream``; a closed pipe drops what is left."""
     try:

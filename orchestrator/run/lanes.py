@@ -118,8 +118,6 @@ class Pool:
             LaneState(placeholder, chain, window(), pool=self) for chain in lane.campaigns()
         )
         self.running = 0
-        #: Why the last token left: the reason the rest is skipped with.
-        self.emptied: Reason | None = None
         self._changed = anyio.Event()
 
     def changed(self) -> None:

@@ -241,7 +241,6 @@ class Scheduler:
             pool.queue.appendleft(campaign)  # it goes on first, where it stopped
         if pool.tokens:
             return
-        pool.emptied = reason
         while pool.queue:
             rest = pool.queue.popleft()
             rest.left, rest.blocked = None, rest.blocked or reason
