@@ -96,8 +96,10 @@ ROWS: dict[str, list[tuple[str, str, str, str, Check | None]]] = {
         ("peak memory", "rss_mb", "MB", "", None),
     ],
     "cpu": [
-        ("CPU, user + sys", "cpu_s", "s", "<= 2.0 x bare", lambda o, b: o <= 2.0 * b),
-        ("busy window", "busy_window_s", "s", "<= 1.5 x bare", lambda o, b: o <= 1.5 * b),
+        # A budget against regressions, re-based for the per-clear safety work: see
+        # docs/performance.md, "Where the CPU goes".
+        ("CPU, user + sys", "cpu_s", "s", "<= 4.0 x bare", lambda o, b: o <= 4.0 * b),
+        ("busy window", "busy_window_s", "s", "<= 4.5 x bare", lambda o, b: o <= 4.5 * b),
         ("peak memory", "rss_mb", "MB", "", None),
     ],
     "scale": [
